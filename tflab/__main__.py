@@ -1,0 +1,5 @@
+"""`python -m tflab` is the `tflab` command."""
+
+from tflab.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""What tflab shows the user: progress on stderr, results on stdout.
+
+With --json, stdout carries only the one JSON document; everything else goes to stderr.
+A live status line (rich) appears only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+
+class Console:
+    """Progress and results for one command."""
+
+    def __init__(self, *, json_mode: bool = False, out: IO[str] | None = None, err: IO[str] | None = None):
+        self.json_mode = json_mode
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.live = bool(getattr(self.err, "isatty", lambda: False)())
+
+    def info(self, text: str) -> None:
+        """A progress line."""
+        print(text, file=self.err, flush=True)
+
+    def note(self, text: str) -> None:
+        """Something the user should know that changed a default (a moved port, a fallback)."""
+        print(f"note: {text}", file=self.err, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}", file=self.err, flush=True)
+
+    def stream(self, source: str, line: str) -> None:
+        """One line of a command's output, prefixed with where it came from."""
+        print(f"  {source} | {line}", file=self.err, flush=True)
+
+    @contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Say what we wait for: a live spinner on a terminal, one line otherwise; then how long it took."""
+        started = time.monotonic()
+        if self.live:
+            from rich.console import Console as RichConsole
+
+            with RichConsole(file=self.err).status(what + " ..."):
+                yield
+        else:
+            self.info(what + " ...")
+            yield
+        self.info(f"{what}: done in {time.monotonic() - started:.1f} s")
+
+    def result(self, document: dict, text: str) -> None:
+        """The command's result: the JSON document with --json, else the text."""
+        if self.json_mode:
+            json.dump(document, self.out, indent=2)
+            self.out.write("\n")
+        else:
+            self.out.write(text.rstrip("\n") + "\n")
+        self.out.flush()

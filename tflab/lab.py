@@ -1,0 +1,200 @@
+"""The run-lab pipeline, written once against the Host interface.
+
+steps (basics, train + plot, summaries, export) in one TensorFlow process -> TensorBoard and
+the model server as services (started first, so their start-up overlaps the steps) -> wait
+until the exported version is AVAILABLE -> gRPC predictions from this machine -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tflab.client import ServingClient
+from tflab.console import Console
+from tflab.errors import LabStepError, UnreachableError
+from tflab.host import Host, Service
+from tflab.serving import ServerCommand, quiet_tensorflow_env, server_command
+
+log = logging.getLogger(__name__)
+
+PREDICT_XS = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+NOISE_FREE_SLOPE = 0.5
+NOISE_FREE_INTERCEPT = 2.5
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """What run-lab does, and where on the host."""
+
+    workdir: str
+    steps: int = 100
+    learning_rate: float = 0.001
+    num_examples: int = 60
+    seed: int | None = None
+    model_name: str = "nn"
+    serving_port: int = 9000
+    rest_port: int = 8501
+    tensorboard_port: int = 6006
+    prefer_builtin_server: bool = False
+    step_timeout: float = 900.0
+    ready_timeout: float = 120.0
+
+
+@dataclass
+class LabRun:
+    """A finished run: its report and the services still running on the host."""
+
+    report: dict
+    services: list[Service] = field(default_factory=list)
+
+
+Reach = Callable[[int], int]  # a port on the host -> the local port that reaches it
+
+
+def noise_free(x: float) -> float:
+    return NOISE_FREE_SLOPE * x + NOISE_FREE_INTERCEPT
+
+
+def steps_command(host: Host, options: LabOptions, report_path: str) -> list[str]:
+    """The command line of the one process that runs every TensorFlow step."""
+    argv = [host.python, posixpath.join(host.remote_dir, "steps.py"), "--workdir", options.workdir,
+            "--steps", str(options.steps), "--learning-rate", repr(options.learning_rate),
+            "--num-examples", str(options.num_examples), "--model-name", options.model_name,
+            "--report", report_path]
+    if options.seed is not None:
+        argv += ["--seed", str(options.seed)]
+    return argv
+
+
+def tensorboard_command(host: Host, logdir: str, port: int) -> list[str]:
+    """TensorBoard over every run's logs, bound to 127.0.0.1 on the host."""
+    return [host.python, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
+            "--port", str(port), "--reload_interval", "2"]
+
+
+def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], None]) -> dict:
+    """Poll TensorBoard's HTTP API until it lists the run's `loss` scalar; returns the run's tags."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
+    last = "no answer yet"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                tags = json.load(response)
+            if "loss" in tags.get(run, {}):
+                return tags[run]
+            last = f"runs listed: {sorted(tags) or 'none'}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(exc)
+        alive()
+        if time.monotonic() >= deadline:
+            raise UnreachableError(f"TensorBoard on port {port} did not show run {run} within {timeout:.0f} s ({last})")
+        time.sleep(0.25)
+
+
+def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = lambda port: port) -> LabRun:
+    """Run every lab step on host, serve the model, predict through `reach`; returns the run.
+
+    Services are left running in the returned LabRun; on failure they are stopped unless
+    the host keeps them (see stop_services). Raises LabStepError, UnreachableError.
+    """
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    workdir = options.workdir
+    models = posixpath.join(workdir, "models")
+    model_base = posixpath.join(models, options.model_name)
+    logs_root = posixpath.join(workdir, "logs")
+    env = quiet_tensorflow_env()
+    services: list[Service] = []
+    run = LabRun({}, services)
+    try:
+        server = server_command(host, model_base_path=model_base, model_name=options.model_name,
+                                port=options.serving_port, rest_port=options.rest_port,
+                                prefer_builtin=options.prefer_builtin_server)
+        console.info(f"starting {server.describe()}")
+        server_svc = host.start_service("model-server", server.argv, log_path=posixpath.join(workdir, "services", "model-server.log"),
+                                        env=env, port=options.serving_port)
+        services.append(server_svc)
+        console.info(f"starting TensorBoard on 127.0.0.1:{options.tensorboard_port} over {logs_root}")
+        tb_svc = host.start_service("tensorboard", tensorboard_command(host, logs_root, options.tensorboard_port),
+                                    log_path=posixpath.join(workdir, "services", "tensorboard.log"), env=env,
+                                    port=options.tensorboard_port)
+        services.append(tb_svc)
+
+        report_path = posixpath.join(workdir, "steps-report.json")
+        console.info("running the lab steps (basics, train, summaries, export) in one TensorFlow process")
+        t0 = time.monotonic()
+
+        def on_line(kind: str, line: str) -> None:
+            if kind == "out":
+                step, _, text = line.partition("] ")
+                console.stream(step.lstrip("[") if text else "steps", text or line)
+
+        host.run(steps_command(host, options, report_path), step="lab steps", env=env, on_line=on_line,
+                 timeout=options.step_timeout)
+        timings["steps"] = time.monotonic() - t0
+        steps = json.loads(host.read_text(report_path))
+        version = steps["export"]["version"]
+
+        def check_alive(service: Service) -> Callable[[], None]:
+            def alive() -> None:
+                if not host.service_alive(service):
+                    raise LabStepError(service.name, "stopped unexpectedly", tail=host.read_log(service),
+                                       hint=f"its log is {service.log_path}")
+            return alive
+
+        address = f"127.0.0.1:{reach(options.serving_port)}"
+        with console.waiting(f"waiting for {options.model_name} version {version} to be AVAILABLE at {address}"):
+            with ServingClient(address, timeout=10.0) as client:
+                client.wait_available(options.model_name, version=version, timeout=options.ready_timeout,
+                                      alive=check_alive(server_svc))
+                timings["serving_ready"] = time.monotonic() - started
+                result = client.predict(PREDICT_XS, model=options.model_name, signature="prediction")
+        timings["first_prediction"] = time.monotonic() - started
+        predictions = [{"x": x, "predicted": y, "noise_free": noise_free(x)} for x, y in zip(result.inputs, result.outputs)]
+
+        run_name = posixpath.basename(steps["artifacts"]["logdir"])
+        tb_port = reach(options.tensorboard_port)
+        with console.waiting(f"waiting for TensorBoard to list run {run_name}"):
+            tags = wait_tensorboard(tb_port, run_name, options.ready_timeout, check_alive(tb_svc))
+        timings["total"] = time.monotonic() - started
+        run.report = build_report(host, steps, server, result.version, predictions, tb_port, tags, timings)
+        return run
+    except BaseException:
+        stop_services(host, services)
+        raise
+
+
+def build_report(host: Host, steps: dict, server: ServerCommand, version: int, predictions: list[dict],
+                 tb_port: int, tb_tags: dict, timings: dict) -> dict:
+    """The run's report: the same keys for every kind of host."""
+    return {
+        "host": {"name": host.name, "python": host.python},
+        "basics": steps["basics"],
+        "training": steps["training"],
+        "predictions": predictions,
+        "server": {"kind": server.kind, "address": server.address, "model_name": server.model_name,
+                   "version": version, "rest_address": f"127.0.0.1:{server.rest_port}" if server.rest_port else None,
+                   "model_base_path": server.model_base_path},
+        "tensorboard": {"url": f"http://127.0.0.1:{tb_port}/", "scalars": sorted(tb_tags)},
+        "tensorflow": steps.get("tensorflow", {}),
+        "artifacts": steps["artifacts"],
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def stop_services(host: Host, services: list[Service]) -> None:
+    """Stop the lab's services on the host, newest first."""
+    for service in reversed(services):
+        try:
+            host.stop_service(service)
+        except Exception as exc:  # stopping the rest matters more than this one
+            log.warning("could not stop %s (pid %d): %s", service.name, service.pid, exc)
+    services.clear()

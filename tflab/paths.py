@@ -1,0 +1,19 @@
+"""Where tflab keeps and finds things on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+def remote_dir() -> Path:
+    """The folder of the scripts that run on lab hosts (the repository's remote/)."""
+    spec = importlib.util.find_spec("tflab_remote")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parent.parent / "remote"  # a source checkout, not installed
+
+
+def results_dir(lab: str) -> Path:
+    """The default folder for a lab's results, under the current directory."""
+    return Path.cwd() / "tflab-results" / lab

@@ -1,0 +1,33 @@
+"""Local ports: check that one is free, or pick a free one near it."""
+
+from __future__ import annotations
+
+import socket
+
+
+def is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on host:port and it can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the system says is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pick(preferred: int, taken: set[int] | frozenset[int] = frozenset(), host: str = "127.0.0.1") -> int:
+    """preferred when it is free (and not in taken), else a free port from the system."""
+    if preferred and preferred not in taken and is_free(preferred, host):
+        return preferred
+    for _ in range(20):
+        port = free_port(host)
+        if port not in taken:
+            return port
+    raise OSError("no free local port found")

@@ -1,0 +1,55 @@
+"""Serving the exported model: the real `tensorflow_model_server` when a host has it, else
+tflab's stand-in (remote/model_server.py), started with the same flags either way."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+from tflab.host import Host
+
+REAL_BINARY = "tensorflow_model_server"
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """Which server will serve, and the command line that starts it."""
+
+    kind: str  # "tensorflow_model_server" | "builtin"
+    argv: list[str]
+    port: int
+    rest_port: int
+    model_name: str
+    model_base_path: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def describe(self) -> str:
+        what = "TensorFlow Serving (tensorflow_model_server)" if self.kind == REAL_BINARY else \
+            "tflab's built-in stand-in server (tensorflow_model_server is not installed)"
+        rest = f", REST 127.0.0.1:{self.rest_port}" if self.rest_port else ""
+        return f"{what} serving '{self.model_name}' from {self.model_base_path} on gRPC {self.address}{rest}"
+
+
+def server_command(host: Host, *, model_base_path: str, model_name: str = "nn", port: int = 9000,
+                   rest_port: int = 0, poll_seconds: float = 1.0, prefer_builtin: bool = False) -> ServerCommand:
+    """The command that serves model_base_path on host: the real binary when it is on PATH."""
+    flags = [f"--port={port}", f"--model_name={model_name}", f"--model_base_path={model_base_path}",
+             f"--file_system_poll_wait_seconds={poll_seconds:g}"]
+    if rest_port:
+        flags.append(f"--rest_api_port={rest_port}")
+    binary = None if prefer_builtin else host.which(REAL_BINARY)
+    if binary:
+        return ServerCommand(REAL_BINARY, [binary, *flags], port, rest_port, model_name, model_base_path)
+    script = posixpath.join(host.remote_dir, "model_server.py")
+    return ServerCommand(BUILTIN, [host.python, script, *flags, "--host=127.0.0.1"], port, rest_port, model_name,
+                         model_base_path)
+
+
+def quiet_tensorflow_env() -> dict[str, str]:
+    """Environment that keeps TensorFlow's C++ start-up chatter out of logs and consoles."""
+    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1"}
