@@ -161,6 +161,13 @@ def select_version(model: ModelState, name: str, version: int | None) -> LoadedV
     return current
 
 
+def dtype_name(dtype) -> str:
+    """A dtype as TensorFlow's C++ core names it in errors (float, double, int32...)."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(dtype.as_datatype_enum)[3:].lower()
+
+
 def run_signature(tf, loaded: LoadedVersion, signature_name: str, inputs: dict, output_filter=()) -> dict:
     """Check the inputs against the signature and run it; returns name -> numpy array."""
     signature_name = signature_name or DEFAULT_SIGNATURE
@@ -184,8 +191,8 @@ def run_signature(tf, loaded: LoadedVersion, signature_name: str, inputs: dict, 
         spec = specs[key]
         if value.dtype != spec.dtype.as_numpy_dtype:
             raise ServingError("INVALID_ARGUMENT",
-                               f"Expects arg[{key}] to be {spec.dtype.name} but "
-                               f"{tf.as_dtype(value.dtype).name} is provided")
+                               f"Expects arg[{key}] to be {dtype_name(spec.dtype)} but "
+                               f"{dtype_name(tf.as_dtype(value.dtype))} is provided")
         if not spec.shape.is_compatible_with(value.shape):
             raise ServingError("INVALID_ARGUMENT",
                                f"input '{key}' has shape {list(value.shape)}, "

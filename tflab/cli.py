@@ -185,10 +185,8 @@ def predict(
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; turn expected failures into one line and an exit code."""
-    import click
-
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except TflabError as err:
         tail = getattr(err, "tail", "")
         if tail:
@@ -197,15 +195,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         if err.hint:
             sys.stderr.write(f"  hint: {err.hint}\n")
         sys.exit(int(err.exit_code))
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("tflab: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))
-    except KeyboardInterrupt:
-        sys.stderr.write("tflab: interrupted\n")
-        sys.exit(int(ExitCode.INTERRUPTED))
-    except click.exceptions.ClickException as err:
-        err.show()
-        sys.exit(int(ExitCode.USAGE) if isinstance(err, click.UsageError) else err.exit_code)
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         sys.exit(err.exit_code)
-    sys.exit(0)
+    except Exception as err:
+        # click's (or typer's vendored click's) usage errors: they know how to show themselves.
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,64 @@
+"""Shared fixtures: real TensorFlow, real processes, loopback only, every wait bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REMOTE = REPO / "remote"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+if str(REMOTE) not in sys.path:  # the remote/ scripts import as plain modules, as on a lab host
+    sys.path.insert(0, str(REMOTE))
+
+
+def tflab(*args: str, timeout: float = 300, cwd: str | os.PathLike | None = None,
+          env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the tflab CLI as a user does, in a subprocess; returns the completed process."""
+    return subprocess.run([sys.executable, "-m", "tflab", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow, imported once for the session."""
+    import tensorflow
+
+    return tensorflow
+
+
+@pytest.fixture(scope="session")
+def steps_module():
+    import steps
+
+    return steps
+
+
+@pytest.fixture(scope="session")
+def lab_steps_run(tmp_path_factory):
+    """remote/steps.py run once as a lab host runs it (its own process), seed 7: (workdir, report)."""
+    workdir = tmp_path_factory.mktemp("steps")
+    report = workdir / "report.json"
+    proc = subprocess.run([sys.executable, str(REMOTE / "steps.py"), "--workdir", str(workdir), "--seed", "7",
+                           "--report", str(report)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, json.loads(report.read_text()), proc.stdout
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until it returns a truthy value or timeout passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

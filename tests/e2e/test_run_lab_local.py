@@ -1,0 +1,159 @@
+"""`tflab run-lab --local` end to end, and `tflab serve` + `tflab predict`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import tflab, wait_until
+from tflab import ports
+
+pytestmark = pytest.mark.slow
+
+XS = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention text (to prove nothing was left running)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_ports():
+    return {"--port": ports.free_port(), "--rest-port": ports.free_port(), "--tensorboard-port": ports.free_port()}
+
+
+def run_local(out: Path, local_ports: dict, *extra: str) -> subprocess.CompletedProcess:
+    args = ["run-lab", "--local", "--json", "--out", str(out), "--seed", "0"]
+    for flag, port in local_ports.items():
+        args += [flag, str(port)]
+    return tflab(*args, *extra, timeout=400)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, local_ports):
+    out = tmp_path_factory.mktemp("lab")
+    proc = run_local(out, local_ports)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, json.loads(proc.stdout), proc.stderr
+
+
+def test_run_lab_local_json_reports_every_step(first_run, local_ports):
+    out, report, stderr = first_run
+    assert report["basics"]["add"] == [4.0, 6.0]
+    assert report["basics"]["matmul"] == [[5.0], [11.0]]
+    assert report["basics"]["variable"] == [[16.0], [16.0]]
+    assert report["basics"]["operations"] == ["Const", "Const_1", "Add"]
+    t = report["training"]
+    assert (t["steps"], t["learning_rate"], t["seed"]) == (100, 0.001, 0)
+    assert len(t["losses"]) == 100 and t["final_loss"] == t["losses"][-1]
+    for key in ("slope", "intercept", "ols_slope", "ols_intercept"):
+        assert isinstance(t[key], float)
+    assert report["server"] == {"kind": "builtin", "address": f"127.0.0.1:{local_ports['--port']}",
+                                "model_name": "nn", "version": 1,
+                                "rest_address": f"127.0.0.1:{local_ports['--rest-port']}",
+                                "model_base_path": str(out / "models" / "nn")}
+    # The served model's answers are the trained line's, for x = -1..5, beside the noise-free line.
+    assert [p["x"] for p in report["predictions"]] == XS
+    for p in report["predictions"]:
+        assert p["predicted"] == pytest.approx(p["x"] * t["slope"] + t["intercept"], rel=1e-5)
+        assert p["noise_free"] == 0.5 * p["x"] + 2.5
+    a = report["artifacts"]
+    assert Path(a["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert a["saved_model"] == str(out / "models" / "nn" / "1")
+    assert (Path(a["saved_model"]) / "saved_model.pb").is_file()
+    assert any(Path(a["logdir"]).glob("events.out.tfevents.*"))
+    assert report["tensorboard"]["url"] == f"http://127.0.0.1:{local_ports['--tensorboard-port']}/"
+    assert {"loss", "weights/summaries/mean", "weights/summaries/max"} <= set(report["tensorboard"]["scalars"])
+    # Progress went to stderr, the JSON alone to stdout; the run said which server serves.
+    assert "built-in stand-in server" in stderr and "[basics]" not in stderr and "basics | add: [4.0, 6.0]" in stderr
+
+
+def test_run_lab_stops_its_services_and_frees_its_ports(first_run, local_ports):
+    out, _, _ = first_run
+    assert processes_mentioning(str(out)) == []
+    for port in local_ports.values():
+        assert ports.is_free(port)
+
+
+def test_a_second_run_serves_version_2_and_the_same_seed_trains_the_same(first_run, local_ports):
+    out, first, _ = first_run
+    proc = run_local(out, local_ports)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    second = json.loads(proc.stdout)
+    assert second["server"]["version"] == 2
+    assert second["artifacts"]["saved_model"] == str(out / "models" / "nn" / "2")
+    assert second["training"]["losses"] == pytest.approx(first["training"]["losses"], rel=1e-6)
+    assert [p["predicted"] for p in second["predictions"]] == pytest.approx(
+        [p["predicted"] for p in first["predictions"]], rel=1e-6)
+
+
+def test_a_taken_port_moves_to_a_free_one_and_says_so(tmp_path, local_ports):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        proc = run_local(tmp_path, {**local_ports, "--port": busy}, "--steps", "10")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    moved = int(report["server"]["address"].rsplit(":", 1)[1])
+    assert moved != busy
+    assert f"note: port {busy} (model server gRPC) is in use; using {moved} instead" in proc.stderr
+    assert len(report["training"]["losses"]) == 10
+
+
+def test_a_failing_step_stops_the_run_with_its_output_and_leaves_nothing_running(tmp_path, local_ports):
+    (tmp_path / "steps-report.json").mkdir()  # the steps cannot write their report
+    proc = run_local(tmp_path, local_ports)
+    assert proc.returncode == 6, proc.stderr[-3000:]
+    assert "tflab: error: lab steps: exited with status 1" in proc.stderr
+    assert "IsADirectoryError" in proc.stderr  # the step's own output tail is shown
+    assert proc.stdout == ""
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_serve_and_predict_from_the_command_line(lab_steps_run, tmp_path):
+    workdir, report, _ = lab_steps_run
+    port = ports.free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tflab", "serve", "--model-base-path",
+                               str(workdir / "models" / "nn"), "--port", str(port), "--rest-port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def answered():
+            proc = tflab("predict", "-1", "0", "2.5", "--address", f"127.0.0.1:{port}", "--json", "--timeout", "2")
+            return proc if proc.returncode == 0 else None
+
+        proc = wait_until(answered, timeout=120, interval=0.5, what="tflab serve to answer")
+        result = json.loads(proc.stdout)
+        t = report["training"]
+        assert result["version"] == 1 and result["signature"] == "prediction"
+        assert [r["x"] for r in result["predictions"]] == [-1.0, 0.0, 2.5]
+        for r in result["predictions"]:
+            assert r["predicted"] == pytest.approx(r["x"] * t["slope"] + t["intercept"], rel=1e-5)
+        text = tflab("predict", "1", "--address", f"127.0.0.1:{port}")
+        assert text.returncode == 0 and "model nn version 1 (prediction)" in text.stdout
+        missing = tflab("predict", "1", "--address", f"127.0.0.1:{port}", "--model", "other")
+        assert missing.returncode == 7 and "Servable not found for request: Latest(other)" in missing.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert "built-in stand-in server" in err
+    assert ports.is_free(port)
