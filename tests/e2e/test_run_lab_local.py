@@ -157,3 +157,35 @@ def test_serve_and_predict_from_the_command_line(lab_steps_run, tmp_path):
         _, err = server.communicate(timeout=30)
     assert "built-in stand-in server" in err
     assert ports.is_free(port)
+
+
+def test_keep_running_serves_until_ctrl_c(tmp_path):
+    local_ports = {"--port": ports.free_port(), "--rest-port": ports.free_port(),
+                   "--tensorboard-port": ports.free_port()}
+    args = [sys.executable, "-m", "tflab", "run-lab", "--local", "--keep-running", "--out", str(tmp_path),
+            "--steps", "20"]
+    for flag, port in local_ports.items():
+        args += [flag, str(port)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tb = f"http://127.0.0.1:{local_ports['--tensorboard-port']}"
+
+        def runs_listed():
+            if proc.poll() is not None:
+                raise AssertionError(f"run-lab exited early: {proc.returncode}")
+            try:
+                with urllib.request.urlopen(tb + "/data/runs", timeout=2) as r:
+                    return json.load(r)
+            except OSError:
+                return None
+
+        wait_until(lambda: runs_listed() and (tmp_path / "models" / "nn" / "1").is_dir() and
+                   tflab("predict", "1", "--address", f"127.0.0.1:{local_ports['--port']}").returncode == 0,
+                   timeout=240, interval=0.5, what="the lab's services")
+        assert "run-1" in runs_listed()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "(Ctrl-C to stop)" in err and "Predictions over gRPC" in out
+    assert processes_mentioning(str(tmp_path)) == []
