@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -167,25 +168,23 @@ def test_keep_running_serves_until_ctrl_c(tmp_path):
     for flag, port in local_ports.items():
         args += [flag, str(port)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        tb = f"http://127.0.0.1:{local_ports['--tensorboard-port']}"
-
-        def runs_listed():
-            if proc.poll() is not None:
-                raise AssertionError(f"run-lab exited early: {proc.returncode}")
-            try:
-                with urllib.request.urlopen(tb + "/data/runs", timeout=2) as r:
-                    return json.load(r)
-            except OSError:
-                return None
-
-        wait_until(lambda: runs_listed() and (tmp_path / "models" / "nn" / "1").is_dir() and
-                   tflab("predict", "1", "--address", f"127.0.0.1:{local_ports['--port']}").returncode == 0,
-                   timeout=240, interval=0.5, what="the lab's services")
-        assert "run-1" in runs_listed()
+        wait_until(lambda: proc.poll() is not None or any("(Ctrl-C to stop)" in line for line in err_lines),
+                   timeout=240, interval=0.2, what="run-lab to report and keep running")
+        assert proc.poll() is None, "".join(err_lines)[-3000:]
+        # The services are still up after the report: TensorBoard lists the run, the model answers.
+        with urllib.request.urlopen(f"http://127.0.0.1:{local_ports['--tensorboard-port']}/data/runs", timeout=10) as r:
+            assert "run-1" in json.load(r)
+        assert tflab("predict", "1", "--address", f"127.0.0.1:{local_ports['--port']}").returncode == 0
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-3000:]
-    assert "(Ctrl-C to stop)" in err and "Predictions over gRPC" in out
+        out = proc.communicate(timeout=60)[0]
+        reader.join(10)
+    assert proc.returncode == 0, "".join(err_lines)[-3000:]
+    assert "Predictions over gRPC" in out
     assert processes_mentioning(str(tmp_path)) == []
+    for port in local_ports.values():
+        assert ports.is_free(port)
