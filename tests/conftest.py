@@ -14,6 +14,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 REMOTE = REPO / "remote"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No test touches real AWS: fake credentials, no user config, and moto's validations on (set before
+# moto is imported anywhere, so they apply).
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SECURITY_TOKEN="testing",
+                  AWS_SESSION_TOKEN="testing", AWS_DEFAULT_REGION="us-west-2",
+                  AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                  MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true",
+                  MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true")
+for _var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_var, None)
 
 if str(REMOTE) not in sys.path:  # the remote/ scripts import as plain modules, as on a lab host
     sys.path.insert(0, str(REMOTE))

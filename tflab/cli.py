@@ -14,11 +14,13 @@ from typing import List, Optional
 
 import typer
 
-from tflab.errors import ExitCode, InputError, TflabError
+from infra.errors import InfraError
+from tflab.errors import ExitCode, InputError, TflabError, exit_code_for
 
 app = typer.Typer(
     name="tflab",
-    help="A real TensorFlow lab, run and served with one command: on this machine (--local) for now.\n\n"
+    help="A real TensorFlow GPU lab on AWS: `tflab up`, `tflab run-lab`, `tflab down`. "
+         "`tflab run-lab --local` runs the whole lab on this machine.\n\n"
          "Exit codes: 0 ok, 1 unexpected error, 2 bad command line, 3 bad input or local setup, "
          "4 cloud refused, 5 host or server unreachable, 6 a lab step failed, 7 not found, "
          "8 a server rejected the request, 130 interrupted.",
@@ -183,18 +185,169 @@ def predict(
     console.result(document, "\n".join(text))
 
 
+# ---------------------------------------------------------------- the cloud lifecycle
+
+NAME_HELP = "The lab's name."
+REGION_HELP = "AWS region [default: --profile's, AWS_REGION, AWS_DEFAULT_REGION or ~/.aws/config]."
+PROFILE_HELP = "AWS profile [default: AWS_PROFILE or 'default']."
+
+
+def _confirm(yes: bool, action: str):
+    """A confirm(question) that asks on a terminal, or refuses off one unless --yes."""
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise InputError(f"refusing to {action} without --yes: standard input is not a terminal",
+                             hint="add --yes to confirm")
+        return typer.confirm(question, default=False, err=True)
+
+    return confirm
+
+
+def _provider(region: Optional[str], profile: Optional[str], state=None):
+    from tflab.cloud import make_provider
+
+    if state is not None:
+        region = region or state.region
+        profile = profile or state.profile
+    return make_provider(region, profile)
+
+
+def _status_text(doc: dict) -> str:
+    if not doc.get("exists"):
+        return f"lab {doc['name']} ({doc['region']}): no instance (local state only)"
+    cost = doc.get("cost_so_far_usd_estimate")
+    lines = [f"lab {doc['name']} ({doc['region']}): {doc['state']}",
+             f"  instance   {doc['instance_id']} {doc['instance_type']}{' (spot)' if doc.get('spot') else ''} "
+             f"in {doc.get('zone')}",
+             f"  address    {doc.get('public_ip') or '-'}"]
+    if doc.get("uptime_hours") is not None:
+        lines.append(f"  uptime     {doc['uptime_hours']:.2f} h"
+                     + (f", about ${cost:.2f} so far (estimate)" if cost is not None else ""))
+    if doc.get("key_path"):
+        lines.append(f"  ssh        ssh -i {doc['key_path']} {doc['ssh_user']}@{doc['ssh_address'].rsplit(':', 1)[0]}")
+    lines.append("  ports      " + ", ".join(f"{k} {v['host']} -> local {v['local']}" for k, v in doc["ports"].items()))
+    return "\n".join(lines)
+
+
+@app.command()
+def up(
+    name: str = typer.Option("lab", "--name", help=NAME_HELP),
+    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    instance_type: str = typer.Option("g4dn.xlarge", "--instance-type", help="EC2 instance type (g4dn.xlarge: 1 NVIDIA T4)."),
+    spot: bool = typer.Option(False, "--spot", help="A one-time spot instance (cheaper; AWS may reclaim it)."),
+    disk_gb: int = typer.Option(100, "--disk-gb", min=20, max=16384, help="Root volume size (gp3), GiB."),
+    ami: Optional[str] = typer.Option(None, "--ami", help="An image id instead of the current Deep Learning AMI."),
+    ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
+                                                help="The SSM parameter holding the image id "
+                                                     "[default: the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)]."),
+    ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="Who may SSH in [default: this machine's public address /32]."),
+    subnet_id: Optional[str] = typer.Option(None, "--subnet-id", help="Launch in this subnet [default: the default VPC's]."),
+    ssh_host: Optional[str] = typer.Option(None, "--ssh-host", help="Reach the lab at this address instead of its public one (VPN, forwarded port)."),
+    ssh_port: Optional[int] = typer.Option(None, "--ssh-port", help="SSH port of --ssh-host [default: 22]."),
+    ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="SSH user [default: ubuntu]."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the instance is launched."),
+    wait_timeout: float = typer.Option(900, "--wait-timeout", min=0, help="Seconds to wait for the instance to run."),
+    host_key_timeout: float = typer.Option(240, "--host-key-timeout", min=0,
+                                           help="Seconds to wait for the SSH host key fingerprints in the console output."),
+    keep_on_failure: bool = typer.Option(False, "--keep-on-failure", help="Keep what a failed up created (for debugging)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before launching."),
+    json_out: bool = typer.Option(False, "--json", help="Print the lab's state as JSON."),
+) -> None:
+    """Launch a GPU instance from the current Deep Learning AMI and remember it as a lab."""
+    from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
+    from tflab.cloud import ssh_cidr as resolve_cidr, up as run_up
+    from tflab.state import StateStore, check_name
+
+    check_name(name)
+    if ami and ami_parameter:
+        raise typer.BadParameter("give --ami or --ami-parameter, not both", param_hint="--ami")
+    console = _console(json_out)
+    store = StateStore()
+    provider = _provider(region, profile, store.load(name))
+    spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
+                      spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id)
+    state, action = run_up(provider, store, spec, console, confirm=_confirm(yes, "launch an instance"),
+                           profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
+                           host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure,
+                           ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)
+    doc = state.to_dict() | {"action": action}
+    address = state.ssh_host or state.public_ip
+    text = (f"lab '{name}' {action}: {state.instance_id} ({state.instance_type}) in {state.region}, "
+            f"address {address or 'not yet known'}\n"
+            f"next: tflab run-lab --name {name}   ...   tflab down --name {name}")
+    console.result(doc, text)
+
+
+@app.command()
+def status(
+    name: str = typer.Option("lab", "--name", help=NAME_HELP),
+    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show a lab: state, type, address, uptime, estimated cost so far, ports."""
+    from tflab.cloud import status as lab_status
+    from tflab.state import StateStore, check_name
+
+    store = StateStore()
+    provider = _provider(region, profile, store.load(check_name(name)))
+    doc = lab_status(provider, store, name)
+    _console(json_out).result(doc, _status_text(doc))
+
+
+@app.command("list")
+def list_(
+    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the labs as JSON."),
+) -> None:
+    """List every tflab lab in the region, found by tags."""
+    from tflab.cloud import list_labs
+    from tflab.state import StateStore
+
+    provider = _provider(region, profile)
+    rows = list_labs(provider, StateStore())
+    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {r.get('instance_type', '-'):<14} "
+                     f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-')}" for r in rows)
+    _console(json_out).result({"region": provider.region, "labs": rows},
+                              text or f"no tflab labs in {provider.region}")
+
+
+@app.command()
+def down(
+    name: str = typer.Option("lab", "--name", help=NAME_HELP),
+    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before removing."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
+) -> None:
+    """Remove everything the lab created (found by tags), then check that nothing is left."""
+    from tflab.cloud import down as lab_down
+    from tflab.state import StateStore, check_name
+
+    store = StateStore()
+    provider = _provider(region, profile, store.load(check_name(name)))
+    console = _console(json_out)
+    report = lab_down(provider, store, name, console, confirm=_confirm(yes, "remove a lab"))
+    console.result(report, f"lab '{name}' in {report['region']}: "
+                           + ("removed; nothing tagged with it is left" if report["removed"] else "nothing to remove"))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; turn expected failures into one line and an exit code."""
     try:
         code = app(args=argv, standalone_mode=False)
-    except TflabError as err:
+    except (TflabError, InfraError) as err:
         tail = getattr(err, "tail", "")
         if tail:
             sys.stderr.write("".join(f"  | {line}\n" for line in tail.splitlines()[-15:]))
         sys.stderr.write(f"tflab: error: {err.message}\n")
         if err.hint:
             sys.stderr.write(f"  hint: {err.hint}\n")
-        sys.exit(int(err.exit_code))
+        sys.exit(int(exit_code_for(err)))
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("tflab: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))

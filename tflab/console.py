@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 class Console:
@@ -38,17 +38,30 @@ class Console:
         print(f"  {source} | {line}", file=self.err, flush=True)
 
     @contextmanager
-    def waiting(self, what: str) -> Iterator[None]:
-        """Say what we wait for: a live spinner on a terminal, one line otherwise; then how long it took."""
+    def waiting(self, what: str) -> Iterator[Callable[[str], None]]:
+        """Say what we wait for and how long it took: a live status line on a terminal, lines otherwise.
+
+        Yields update(text), which shows the current detail (printed only when it changes off a terminal).
+        """
         started = time.monotonic()
+        last = [""]
         if self.live:
             from rich.console import Console as RichConsole
 
-            with RichConsole(file=self.err).status(what + " ..."):
-                yield
+            with RichConsole(file=self.err).status(what + " ...") as status:
+                def update(text: str) -> None:
+                    status.update(f"{what}: {text} ({time.monotonic() - started:.0f} s)")
+
+                yield update
         else:
             self.info(what + " ...")
-            yield
+
+            def update(text: str) -> None:
+                if text != last[0]:
+                    last[0] = text
+                    self.info(f"  {text}")
+
+            yield update
         self.info(f"{what}: done in {time.monotonic() - started:.1f} s")
 
     def result(self, document: dict, text: str) -> None:

@@ -86,3 +86,17 @@ class LabStepError(TflabError):
         self.step = step
         self.status = status
         self.tail = tail
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code of any expected failure: tflab's own, or the cloud layer's."""
+    if isinstance(exc, TflabError):
+        return exc.exit_code
+    from infra import errors as infra
+
+    table = [(infra.CredentialsError, ExitCode.INPUT), (infra.InputError, ExitCode.INPUT),
+             (infra.WaitTimeout, ExitCode.UNREACHABLE), (infra.InfraError, ExitCode.CLOUD)]
+    for cls, code in table:
+        if isinstance(exc, cls):
+            return code
+    return ExitCode.FAILURE

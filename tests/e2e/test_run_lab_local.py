@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tflab, wait_until
+from tests.conftest import tflab, wait_until
 from tflab import ports
 
 pytestmark = pytest.mark.slow

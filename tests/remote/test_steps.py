@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REMOTE
+from tests.conftest import REMOTE
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
-from conftest import tflab
+from tests.conftest import tflab
 from tflab import ports
 
 HEAVY = ("tensorflow", "grpc", "boto3", "botocore", "paramiko", "sshtunnel", "numpy", "moto")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run-lab", "--help"], ["serve", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in
+                                  ("run-lab", "serve", "predict", "up", "status", "list", "down")])
 def test_help_imports_no_heavy_library(args):
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tflab", *args], capture_output=True,
                           text=True, timeout=60)
@@ -28,7 +29,7 @@ def test_help_imports_no_heavy_library(args):
 
 def test_help_lists_the_commands_and_documents_the_exit_codes():
     proc = tflab("--help")
-    for word in ("run-lab", "serve", "predict", "Exit codes", "130 interrupted"):
+    for word in ("up", "run-lab", "down", "status", "list", "serve", "predict", "Exit codes", "130 interrupted"):
         assert word in proc.stdout
 
 

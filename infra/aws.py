@@ -1,0 +1,436 @@
+"""The Provider on AWS EC2, with boto3. The session is injected (tests pass a moto-backed one)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from infra import tags
+from infra.errors import (AmiError, CapacityError, CloudError, CredentialsError, InfraError, InputError,
+                          PermissionDenied, QuotaError, WaitTimeout)
+from infra.hostkeys import parse_fingerprints
+from infra.provider import (Created, Image, Instance, InstanceType, LaunchSpec, Leftovers, Progress, Provider,
+                            QuotaCheck)
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+# (on-demand quota, spot quota) by instance family letter(s): "Running On-Demand G and VT instances" etc.
+QUOTAS = {
+    "g": (("L-DB2E81BA", "Running On-Demand G and VT instances"), ("L-3819A6DF", "All G and VT Spot Instance Requests")),
+    "vt": (("L-DB2E81BA", "Running On-Demand G and VT instances"), ("L-3819A6DF", "All G and VT Spot Instance Requests")),
+    "p": (("L-417A185B", "Running On-Demand P instances"), ("L-7212CCBC", "All P Spot Instance Requests")),
+}
+STANDARD_QUOTA = (("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+                  ("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"))
+
+
+def family_quota(instance_type: str, spot: bool) -> tuple[str, str]:
+    """The vCPU quota (code, name) that limits launching this type."""
+    family = instance_type.split(".")[0]
+    letters = "".join(c for c in family if c.isalpha())
+    for prefix in ("vt", "g", "p"):
+        if letters.startswith(prefix):
+            return QUOTAS[prefix][1 if spot else 0]
+    return STANDARD_QUOTA[1 if spot else 0]
+
+
+@contextmanager
+def translated(action: str, **context) -> Iterator[None]:
+    """Turn botocore failures into infra errors that say what to do."""
+    import botocore.exceptions as bx
+
+    try:
+        yield
+    except bx.NoCredentialsError as exc:
+        raise CredentialsError("no AWS credentials found",
+                               hint="run `aws configure` (or `aws sso login`), set AWS_PROFILE, or pass --profile") from exc
+    except bx.NoRegionError as exc:
+        raise CredentialsError("no AWS region configured",
+                               hint="pass --region, set AWS_REGION, or run `aws configure`") from exc
+    except bx.ProfileNotFound as exc:
+        raise CredentialsError(str(exc), hint="check --profile / AWS_PROFILE against ~/.aws/config") from exc
+    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
+        raise CloudError(f"cannot reach AWS for {action}: {exc}", code="Unreachable",
+                         hint="check your network connection and the region") from exc
+    except bx.ClientError as exc:
+        raise from_client_error(exc, action, **context) from exc
+
+
+def from_client_error(exc, action: str, **context) -> InfraError:
+    """The infra error for an AWS error code."""
+    err = exc.response.get("Error", {})
+    code = err.get("Code", "")
+    message = err.get("Message", "") or str(exc)
+    if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+        return PermissionDenied(action, message.split("Encoded authorization failure message")[0].strip(" ."))
+    if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"):
+        return CredentialsError("your AWS credentials have expired",
+                                hint="refresh them (`aws sso login`, or new temporary credentials) and try again")
+    if code in ("AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                "InvalidAccessKeyId"):
+        return CredentialsError(f"AWS did not accept your credentials ({code})",
+                                hint="check the access key and secret of your profile (`aws configure list`)")
+    if code in ("VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded"):
+        quota_code, quota_name = family_quota(context.get("instance_type", ""), context.get("spot", False))
+        return QuotaError(quota_name, quota_code, context.get("region", "this region"), None,
+                          context.get("vcpus", 0) or 4)
+    if code.startswith("InvalidAMIID"):
+        return AmiError(f"the image {context.get('image', '')} cannot be launched: {message}",
+                        hint="pass another image with --ami, or let tflab resolve the current one (no --ami)")
+    if code in ("InvalidInstanceType", "Unsupported") or code.startswith("InvalidParameter") or \
+            code in ("InvalidSubnetID.NotFound", "InvalidSubnet"):
+        return InputError(f"{action} refused: {message}", hint="check the options given to tflab")
+    if code == "InsufficientInstanceCapacity":
+        return CapacityError(context.get("instance_type", "?"), context.get("region", "?"), context.get("zones", []))
+    return CloudError(f"{action} failed: {code}: {message}", code=code)
+
+
+def _tags(resource: dict) -> list[dict]:
+    return resource.get("Tags") or []
+
+
+class AwsProvider(Provider):
+    """Provider on EC2. Waits poll every `poll` seconds (tests use a short one)."""
+
+    def __init__(self, session, *, poll: float = 2.0, config=None):
+        self.session = session
+        self.region = session.region_name
+        if not self.region:
+            raise CredentialsError("no AWS region configured", hint="pass --region, set AWS_REGION, or run `aws configure`")
+        self.poll = poll
+        self._config = config
+        self._clients: dict[str, object] = {}
+
+    def client(self, service: str):
+        """One client per service, made on first use."""
+        if service not in self._clients:
+            with translated(f"{service} client"):
+                self._clients[service] = self.session.client(service, region_name=self.region, config=self._config)
+        return self._clients[service]
+
+    @property
+    def ec2(self):
+        return self.client("ec2")
+
+    # ------------------------------------------------------------------ identity, image, type, quota
+
+    def whoami(self) -> str:
+        with translated("sts:GetCallerIdentity"):
+            return self.client("sts").get_caller_identity()["Arn"]
+
+    def resolve_image(self, spec: LaunchSpec) -> Image:
+        image_id, source = spec.ami, "--ami"
+        if not image_id:
+            source = f"SSM parameter {spec.ami_parameter}"
+            try:
+                with translated("ssm:GetParameter"):
+                    value = self.client("ssm").get_parameter(Name=spec.ami_parameter)["Parameter"]["Value"]
+            except CloudError as exc:
+                if exc.code == "ParameterNotFound":
+                    raise AmiError(f"the SSM parameter {spec.ami_parameter} does not exist in {self.region}",
+                                   hint="check the region, pass --ami-parameter with another parameter, or --ami") from exc
+                raise
+            image_id = (value or "").strip()
+            if not image_id.startswith("ami-"):
+                raise AmiError(f"the SSM parameter {spec.ami_parameter} holds no image id ({value!r})",
+                               hint="pass --ami with an image id, or --ami-parameter with another parameter")
+        with translated("ec2:DescribeImages", image=image_id):
+            images = self.ec2.describe_images(ImageIds=[image_id])["Images"]
+        if not images:
+            raise AmiError(f"the image {image_id} does not exist in {self.region}", hint="check --ami and --region")
+        img = images[0]
+        if img.get("State", "available") != "available":
+            raise AmiError(f"the image {image_id} is {img.get('State')}, not available", hint="pass another --ami")
+        return Image(image_id, img.get("Name", ""), img.get("Architecture", "x86_64"),
+                     img.get("RootDeviceName") or "/dev/sda1", source)
+
+    def describe_type(self, instance_type: str) -> InstanceType:
+        with translated("ec2:DescribeInstanceTypes", instance_type=instance_type):
+            try:
+                types = self.ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code.startswith("InvalidInstanceType") or code == "InvalidParameterValue":
+                    raise InputError(f"{instance_type} is not an instance type in {self.region}",
+                                     hint="check --instance-type (e.g. g4dn.xlarge, g5.xlarge)") from exc
+                raise
+        if not types:
+            raise InputError(f"{instance_type} is not an instance type in {self.region}", hint="check --instance-type")
+        t = types[0]
+        gpus = ", ".join(f"{g.get('Count', 1)} x {g.get('Manufacturer', '')} {g.get('Name', '')} "
+                         f"({g.get('MemoryInfo', {}).get('SizeInMiB', 0) // 1024} GiB)"
+                         for g in t.get("GpuInfo", {}).get("Gpus", []))
+        return InstanceType(instance_type, int(t["VCpuInfo"]["DefaultVCpus"]),
+                            tuple(t.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])), gpus)
+
+    def check_quota(self, itype: InstanceType, spot: bool) -> QuotaCheck:
+        code, name = family_quota(itype.name, spot)
+        running = self._running_vcpus(code, spot)
+        needed = itype.vcpus + running
+        try:
+            with translated("servicequotas:GetServiceQuota"):
+                value = self.client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+        except (PermissionDenied, CloudError) as exc:
+            reason = exc.code if isinstance(exc, CloudError) else f"no permission for {exc.action}"
+            return QuotaCheck(code, name, needed, None, note=f"could not read it ({reason})")
+        if value < needed:
+            raise QuotaError(name, code, self.region, value, needed)
+        return QuotaCheck(code, name, needed, value)
+
+    def _running_vcpus(self, quota_code: str, spot: bool) -> int:
+        """vCPUs of running instances that count against the same quota."""
+        total = 0
+        with translated("ec2:DescribeInstances"):
+            pages = self.ec2.get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+            for page in pages:
+                for r in page["Reservations"]:
+                    for i in r["Instances"]:
+                        if family_quota(i["InstanceType"], spot)[0] == quota_code and \
+                                (i.get("InstanceLifecycle") == "spot") == spot:
+                            total += self.describe_type(i["InstanceType"]).vcpus
+        return total
+
+    # ------------------------------------------------------------------ finding
+
+    def _instance(self, raw: dict) -> Instance:
+        launched = raw.get("LaunchTime")
+        return Instance(
+            id=raw["InstanceId"], state=raw["State"]["Name"], instance_type=raw["InstanceType"],
+            public_ip=raw.get("PublicIpAddress"), private_ip=raw.get("PrivateIpAddress"),
+            zone=raw.get("Placement", {}).get("AvailabilityZone"),
+            launch_time=launched.isoformat() if hasattr(launched, "isoformat") else launched,
+            spot=raw.get("InstanceLifecycle") == "spot", image_id=raw.get("ImageId"), key_name=raw.get("KeyName"),
+            security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups", [])), lab=tags.lab_of(_tags(raw)))
+
+    def find_instances(self, lab: str | None, live_only: bool = True) -> list[Instance]:
+        filters = tags.lab_filter(lab)
+        if live_only:
+            filters = filters + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+        found = []
+        with translated("ec2:DescribeInstances"):
+            for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for r in page["Reservations"]:
+                    found += [self._instance(i) for i in r["Instances"]]
+        return found
+
+    def _describe_instance(self, instance_id: str) -> Instance:
+        with translated("ec2:DescribeInstances"):
+            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return self._instance(reservations[0]["Instances"][0])
+
+    # ------------------------------------------------------------------ making
+
+    def key_name(self, lab: str) -> str:
+        return f"tflab-{lab}"
+
+    def create_key_pair(self, lab: str, created: Created) -> str:
+        name = self.key_name(lab)
+        with translated("ec2:DeleteKeyPair"):  # an old one from a half-done `up`: its private key is gone
+            self.ec2.delete_key_pair(KeyName=name)
+        with translated("ec2:CreateKeyPair"):
+            response = self.ec2.create_key_pair(KeyName=name, KeyType="ed25519",
+                                                TagSpecifications=tags.tag_specifications(lab, "key-pair"))
+        created.key_pair = name
+        return response["KeyMaterial"]
+
+    def _vpc_for(self, subnet_id: str | None) -> str:
+        if subnet_id:
+            with translated("ec2:DescribeSubnets"):
+                subnets = self.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+            return subnets[0]["VpcId"]
+        with translated("ec2:DescribeVpcs"):
+            vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise InputError(f"there is no default VPC in {self.region}", hint="pass --subnet-id of a public subnet")
+        return vpcs[0]["VpcId"]
+
+    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created) -> str:
+        vpc = self._vpc_for(subnet_id)
+        with translated("ec2:DescribeSecurityGroups"):
+            groups = self.ec2.describe_security_groups(
+                Filters=tags.lab_filter(lab) + [{"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
+        if groups:
+            group_id = groups[0]["GroupId"]
+        else:
+            with translated("ec2:CreateSecurityGroup"):
+                group_id = self.ec2.create_security_group(
+                    GroupName=f"tflab-{lab}-{uuid.uuid4().hex[:8]}", VpcId=vpc,
+                    Description=f"tflab lab {lab}: SSH from one address only",
+                    TagSpecifications=tags.tag_specifications(lab, "security-group"))["GroupId"]
+            created.security_group = group_id
+        try:
+            with translated("ec2:AuthorizeSecurityGroupIngress"):
+                self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[{
+                    "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": "tflab: SSH from the lab's user"}]}])
+        except CloudError as exc:
+            if exc.code != "InvalidPermission.Duplicate":
+                raise
+        return group_id
+
+    def _subnets(self, spec: LaunchSpec) -> list[tuple[str | None, str | None]]:
+        """(subnet, zone) pairs to try in turn: the given subnet, or the default subnet of each zone offering the type."""
+        if spec.subnet_id:
+            return [(spec.subnet_id, None)]
+        with translated("ec2:DescribeInstanceTypeOfferings"):
+            offered = {o["Location"] for o in self.ec2.describe_instance_type_offerings(
+                LocationType="availability-zone",
+                Filters=[{"Name": "instance-type", "Values": [spec.instance_type]}])["InstanceTypeOfferings"]}
+        with translated("ec2:DescribeSubnets"):
+            subnets = self.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+        pairs = sorted((s["AvailabilityZone"], s["SubnetId"]) for s in subnets
+                       if not offered or s["AvailabilityZone"] in offered)
+        if not pairs:
+            if offered or not subnets:
+                raise CapacityError(spec.instance_type, self.region, [])
+        return [(subnet, zone) for zone, subnet in pairs] or [(None, None)]
+
+    def launch(self, spec: LaunchSpec, image: Image, security_group: str, key_name: str, created: Created,
+               progress: Progress) -> Instance:
+        params = {
+            "ImageId": image.id, "InstanceType": spec.instance_type, "MinCount": 1, "MaxCount": 1,
+            "KeyName": key_name, "SecurityGroupIds": [security_group],
+            "TagSpecifications": tags.tag_specifications(spec.lab, "instance", "volume"),
+            "BlockDeviceMappings": [{"DeviceName": image.root_device, "Ebs": {
+                "VolumeSize": spec.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+        }
+        if spec.user_data:
+            params["UserData"] = spec.user_data
+        if spec.spot:
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        tried: list[str] = []
+        context = {"instance_type": spec.instance_type, "region": self.region, "spot": spec.spot, "image": image.id}
+        for subnet, zone in self._subnets(spec):
+            attempt = dict(params, ClientToken=f"tflab-{spec.lab}-{uuid.uuid4().hex}")
+            if subnet:
+                attempt["SubnetId"] = subnet
+            where = zone or subnet or self.region
+            progress(f"launching {spec.instance_type} in {where}")
+            try:
+                with translated("ec2:RunInstances", zones=tried + [where], **context):
+                    raw = self.ec2.run_instances(**attempt)["Instances"][0]
+            except CapacityError:
+                tried.append(where)
+                log.info("no capacity for %s in %s", spec.instance_type, where)
+                continue
+            created.instances.append(raw["InstanceId"])
+            return self._instance(raw)
+        raise CapacityError(spec.instance_type, self.region, tried)
+
+    def start(self, instance_id: str) -> None:
+        with translated("ec2:StartInstances"):
+            self.ec2.start_instances(InstanceIds=[instance_id])
+
+    # ------------------------------------------------------------------ waiting
+
+    def _poll(self, what: str, timeout: float, check, progress: Progress):
+        deadline = time.monotonic() + timeout
+        while True:
+            value, status = check()
+            if value is not None:
+                return value
+            progress(f"{what} ({status})")
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"gave up waiting for {what} after {timeout:.0f} s (last: {status})",
+                                  hint="`tflab status` shows where it is; `tflab down` removes it")
+            time.sleep(self.poll)
+
+    def wait_running(self, instance_id: str, timeout: float, progress: Progress) -> Instance:
+        def check():
+            inst = self._describe_instance(instance_id)
+            if inst.state in ("shutting-down", "terminated", "stopped"):
+                raise CloudError(f"instance {instance_id} is {inst.state} instead of running",
+                                 code="InstanceStopped",
+                                 hint="spot capacity may have been reclaimed; `tflab down`, then try again")
+            if inst.state == "running" and inst.public_ip:
+                return inst, inst.state
+            return None, inst.state if inst.state != "running" else "running, no public address yet"
+
+        return self._poll(f"instance {instance_id} to run", timeout, check, progress)
+
+    def host_key_fingerprints(self, instance_id: str, timeout: float, progress: Progress) -> dict[str, str]:
+        def check():
+            with translated("ec2:GetConsoleOutput"):
+                output = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+            found = parse_fingerprints(output)
+            return (found or None), "not in the console output yet"
+
+        try:
+            return self._poll("the SSH host key fingerprints in the console output", timeout, check, progress)
+        except (WaitTimeout, PermissionDenied, CloudError) as exc:  # the lab is fine; SSH reads them later
+            log.info("no host key fingerprints for %s: %s", instance_id, exc)
+            return {}
+
+    # ------------------------------------------------------------------ removing
+
+    def teardown(self, lab: str, progress: Progress, timeout: float = 900.0) -> list[str]:
+        removed: list[str] = []
+        instances = [i for i in self.find_instances(lab, live_only=False) if i.state != "terminated"]
+        ids = [i.id for i in instances]
+        if ids:
+            progress(f"terminating {', '.join(ids)}")
+            with translated("ec2:TerminateInstances"):
+                self.ec2.terminate_instances(InstanceIds=ids)
+
+            def all_terminated():
+                states = {i.id: i.state for i in self.find_instances(lab, live_only=False) if i.id in ids}
+                left = {k: v for k, v in states.items() if v != "terminated"}
+                return (True if not left else None), ", ".join(f"{k} {v}" for k, v in left.items())
+
+            self._poll("the instances to terminate", timeout, all_terminated, progress)
+            removed += [f"instance {i}" for i in ids]
+        with translated("ec2:DescribeVolumes"):
+            volumes = self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"]
+        for v in volumes:  # volumes are deleted with their instance; any left over go now
+            if v.get("State") in ("available", "error"):
+                with translated("ec2:DeleteVolume"):
+                    self.ec2.delete_volume(VolumeId=v["VolumeId"])
+                removed.append(f"volume {v['VolumeId']}")
+        with translated("ec2:DescribeSecurityGroups"):
+            groups = self.ec2.describe_security_groups(Filters=tags.lab_filter(lab))["SecurityGroups"]
+        for g in groups:
+            self._delete_group(g["GroupId"], timeout=min(timeout, 300), progress=progress)
+            removed.append(f"security group {g['GroupId']}")
+        for name in self._lab_key_pairs(lab):
+            with translated("ec2:DeleteKeyPair"):
+                self.ec2.delete_key_pair(KeyName=name)
+            removed.append(f"key pair {name}")
+        return removed
+
+    def _delete_group(self, group_id: str, timeout: float, progress: Progress) -> None:
+        """Delete a security group, retrying while AWS still sees it in use (DependencyViolation)."""
+        def attempt():
+            try:
+                with translated("ec2:DeleteSecurityGroup"):
+                    self.ec2.delete_security_group(GroupId=group_id)
+            except CloudError as exc:
+                if exc.code == "DependencyViolation":
+                    return None, "still in use by a terminating instance"
+                if exc.code == "InvalidGroup.NotFound":
+                    return True, "gone"
+                raise
+            return True, "deleted"
+
+        self._poll(f"security group {group_id} to be deletable", timeout, attempt, progress)
+
+    def _lab_key_pairs(self, lab: str) -> list[str]:
+        with translated("ec2:DescribeKeyPairs"):
+            pairs = self.ec2.describe_key_pairs(Filters=tags.lab_filter(lab))["KeyPairs"]
+        return [p["KeyName"] for p in pairs]
+
+    def leftovers(self, lab: str) -> Leftovers:
+        instances = tuple(i.id for i in self.find_instances(lab, live_only=False) if i.state != "terminated")
+        with translated("ec2:DescribeVolumes"):
+            volumes = tuple(v["VolumeId"] for v in self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"])
+        with translated("ec2:DescribeSecurityGroups"):
+            groups = tuple(g["GroupId"] for g in
+                           self.ec2.describe_security_groups(Filters=tags.lab_filter(lab))["SecurityGroups"])
+        return Leftovers(instances, volumes, groups, tuple(self._lab_key_pairs(lab)))
+

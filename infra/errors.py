@@ -1,0 +1,77 @@
+"""Typed cloud errors with fields, each with a hint saying what to do next.
+
+tflab maps each class to an exit code in one place (tflab/errors.py); this layer only raises.
+"""
+
+from __future__ import annotations
+
+
+class InfraError(Exception):
+    """A cloud operation failed in a way the user can act on."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CredentialsError(InfraError):
+    """No credentials, or expired or invalid ones, or no region."""
+
+
+class PermissionDenied(InfraError):
+    """The credentials may not perform an action."""
+
+    def __init__(self, action: str, detail: str = ""):
+        super().__init__(f"not authorized to perform {action}" + (f": {detail}" if detail else ""),
+                         hint=f"grant the permission {action} to your IAM user or role, or use a profile that has it "
+                              "(--profile)")
+        self.action = action
+
+
+class QuotaError(InfraError):
+    """A vCPU quota is too low for the instance."""
+
+    def __init__(self, quota_name: str, quota_code: str, region: str, current: float | None, needed: int):
+        have = f"{current:g} vCPUs" if current is not None else "too low"
+        super().__init__(
+            f"the quota '{quota_name}' ({quota_code}) in {region} is {have}; this instance needs {needed}",
+            hint=f"request at least {needed}: aws service-quotas request-service-quota-increase --region {region} "
+                 f"--service-code ec2 --quota-code {quota_code} --desired-value {needed}")
+        self.quota_code = quota_code
+        self.current = current
+        self.needed = needed
+
+
+class CapacityError(InfraError):
+    """No zone of the region had capacity for the instance type."""
+
+    def __init__(self, instance_type: str, region: str, zones: list[str]):
+        super().__init__(f"no capacity for {instance_type} in {region} (zones tried: {', '.join(zones) or 'none'})",
+                         hint="try again in a few minutes, another region (--region), another type (--instance-type), "
+                              "or --spot")
+        self.instance_type = instance_type
+        self.zones = zones
+
+
+class AmiError(InfraError):
+    """The image cannot be resolved or does not fit the instance type."""
+
+
+class InputError(InfraError):
+    """A launch option is invalid (instance type, subnet, CIDR...)."""
+
+
+class CloudError(InfraError):
+    """Any other refusal from the cloud, with its code."""
+
+    def __init__(self, message: str, code: str = "", hint: str | None = None):
+        super().__init__(message, hint)
+        self.code = code
+
+
+class WaitTimeout(InfraError):
+    """Something did not reach the awaited state in time."""

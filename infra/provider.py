@@ -1,0 +1,174 @@
+"""The provisioning contract: dataclasses in and out, every resource found by the lab's tags.
+
+A Provider makes and removes one lab's resources: a key pair, a security group that lets SSH
+in from one address, and one instance. Implementations must:
+
+- tag everything they create with the lab (so `leftovers` and `teardown` work from tags alone,
+  without any local state),
+- bound every wait (raise infra.errors.WaitTimeout),
+- raise only infra.errors types for failures the user can act on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+DEFAULT_INSTANCE_TYPE = "g4dn.xlarge"
+
+Progress = Callable[[str], None]  # called with a short "what we wait for now" text
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What `up` asks for."""
+
+    lab: str
+    ssh_cidr: str
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    disk_gb: int = 100
+    spot: bool = False
+    ami: str | None = None
+    ami_parameter: str = DEFAULT_AMI_PARAMETER
+    subnet_id: str | None = None
+    user_data: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A resolved machine image."""
+
+    id: str
+    name: str
+    architecture: str
+    root_device: str
+    source: str  # how it was found: the SSM parameter, or "--ami"
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """What the launch needs to know about an instance type."""
+
+    name: str
+    vcpus: int
+    architectures: tuple[str, ...]
+    gpus: str  # e.g. "1 x NVIDIA T4 (16 GiB)", or "" for none
+
+
+@dataclass(frozen=True)
+class QuotaCheck:
+    """The vCPU quota that applies to a launch, and what was found."""
+
+    code: str
+    name: str
+    needed: int
+    value: float | None  # None: could not be read
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance as the cloud describes it."""
+
+    id: str
+    state: str
+    instance_type: str
+    public_ip: str | None
+    private_ip: str | None
+    zone: str | None
+    launch_time: str | None  # ISO 8601
+    spot: bool
+    image_id: str | None
+    key_name: str | None
+    security_groups: tuple[str, ...] = ()
+    lab: str | None = None
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What is still there, tagged with a lab."""
+
+    instances: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    key_pairs: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.instances or self.volumes or self.security_groups or self.key_pairs)
+
+    def describe(self) -> str:
+        parts = [f"{kind.replace('_', ' ')}: {', '.join(ids)}" for kind, ids in
+                 (("instances", self.instances), ("volumes", self.volumes),
+                  ("security_groups", self.security_groups), ("key_pairs", self.key_pairs)) if ids]
+        return "; ".join(parts) or "nothing"
+
+
+@dataclass
+class Created:
+    """What one `up` created so far, so a failure can remove exactly that."""
+
+    key_pair: str | None = None
+    security_group: str | None = None
+    instances: list[str] = field(default_factory=list)
+
+
+class Provider(ABC):
+    """Makes, finds and removes one lab's resources (see the module docstring for the contract)."""
+
+    region: str
+
+    @abstractmethod
+    def whoami(self) -> str:
+        """The caller's identity (an ARN); raises CredentialsError when there are no usable credentials."""
+
+    @abstractmethod
+    def resolve_image(self, spec: LaunchSpec) -> Image:
+        """The image to launch: --ami, else the SSM parameter's current value."""
+
+    @abstractmethod
+    def describe_type(self, instance_type: str) -> InstanceType:
+        """The instance type's vCPUs, architectures and GPUs."""
+
+    @abstractmethod
+    def check_quota(self, itype: InstanceType, spot: bool) -> QuotaCheck:
+        """Read the applicable vCPU quota; raise QuotaError when it is below what the launch needs."""
+
+    @abstractmethod
+    def find_instances(self, lab: str | None, live_only: bool = True) -> list[Instance]:
+        """The lab's instances (every tflab lab's when lab is None), by tags."""
+
+    @abstractmethod
+    def create_key_pair(self, lab: str, created: Created) -> str:
+        """Create the lab's key pair (ed25519); returns the private key (OpenSSH format)."""
+
+    @abstractmethod
+    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created) -> str:
+        """The lab's security group with TCP 22 from ssh_cidr only; returns its id."""
+
+    @abstractmethod
+    def launch(self, spec: LaunchSpec, image: Image, security_group: str, key_name: str, created: Created,
+               progress: Progress) -> Instance:
+        """Launch the instance, trying the region's other zones when one has no capacity."""
+
+    @abstractmethod
+    def start(self, instance_id: str) -> None:
+        """Start a stopped instance."""
+
+    @abstractmethod
+    def wait_running(self, instance_id: str, timeout: float, progress: Progress) -> Instance:
+        """Wait until the instance runs and has a public address."""
+
+    @abstractmethod
+    def host_key_fingerprints(self, instance_id: str, timeout: float, progress: Progress) -> dict[str, str]:
+        """The SSH host key fingerprints from the console output; {} when they do not appear in time."""
+
+    @abstractmethod
+    def teardown(self, lab: str, progress: Progress, timeout: float = 900.0) -> list[str]:
+        """Remove every resource tagged with the lab; returns what was removed (descriptions)."""
+
+    @abstractmethod
+    def leftovers(self, lab: str) -> Leftovers:
+        """What is still tagged with the lab (terminated instances excepted)."""

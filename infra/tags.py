@@ -1,0 +1,33 @@
+"""The lab's tags and the filters that find its resources: the only place that knows the keys."""
+
+from __future__ import annotations
+
+LAB_TAG = "tflab:lab"
+MANAGED_TAG = "tflab:managed-by"
+MANAGED_VALUE = "tflab"
+
+
+def lab_tags(lab: str) -> list[dict]:
+    """The tags every resource of the lab carries."""
+    return [{"Key": LAB_TAG, "Value": lab}, {"Key": "Name", "Value": f"tflab-{lab}"},
+            {"Key": MANAGED_TAG, "Value": MANAGED_VALUE}]
+
+
+def tag_specifications(lab: str, *resource_types: str) -> list[dict]:
+    """TagSpecifications for a create call."""
+    return [{"ResourceType": rt, "Tags": lab_tags(lab)} for rt in resource_types]
+
+
+def lab_filter(lab: str | None) -> list[dict]:
+    """Filters for one lab's resources, or for every tflab lab when lab is None."""
+    if lab is None:
+        return [{"Name": "tag-key", "Values": [LAB_TAG]}]
+    return [{"Name": f"tag:{LAB_TAG}", "Values": [lab]}]
+
+
+def lab_of(tags: list[dict] | None) -> str | None:
+    """The lab name from a resource's tags."""
+    for tag in tags or []:
+        if tag.get("Key") == LAB_TAG:
+            return tag.get("Value")
+    return None

@@ -1,0 +1,116 @@
+"""`tflab up / status / list / down` as a user runs them, against a moto server (AWS_ENDPOINT_URL)."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import boto3
+import pytest
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import EC2Backend
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import tflab
+from tflab import ports
+
+AL2023_X86 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    port = ports.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=endpoint)
+    image = ssm.get_parameter(Name=AL2023_X86)["Parameter"]["Value"]
+    ssm.put_parameter(Name="/test/dlami/ami-id", Value=image, Type="String", DataType="aws:ec2:image")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def cli(moto_server, tmp_path):
+    env = {"AWS_ENDPOINT_URL": moto_server, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
+    ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto_server)
+
+    def run(*args, **kwargs):
+        return tflab(*args, env={**env, **kwargs.pop("env", {})}, timeout=120, **kwargs)
+
+    run.ec2 = ec2
+    run.home = tmp_path / "home"
+    return run
+
+
+UP = ["up", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", "/test/dlami/ami-id", "--host-key-timeout", "0"]
+
+
+def lab_resources(ec2, lab: str) -> dict:
+    f = [{"Name": "tag:tflab:lab", "Values": [lab]}]
+    instances = [i["InstanceId"] for r in ec2.describe_instances(Filters=f)["Reservations"] for i in r["Instances"]
+                 if i["State"]["Name"] != "terminated"]
+    return {"instances": instances,
+            "volumes": [v["VolumeId"] for v in ec2.describe_volumes(Filters=f)["Volumes"]],
+            "groups": [g["GroupId"] for g in ec2.describe_security_groups(Filters=f)["SecurityGroups"]],
+            "keys": [k["KeyName"] for k in ec2.describe_key_pairs(Filters=f)["KeyPairs"]]}
+
+
+def test_up_status_list_down_with_the_cli(cli):
+    up = cli(*UP, "--name", "cli1", "--yes", "--json")
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    assert state["action"] == "created" and state["instance_type"] == "g4dn.xlarge"
+    assert "estimated cost: about $0.526/hour" in up.stderr
+    made = lab_resources(cli.ec2, "cli1")
+    assert made["instances"] == [state["instance_id"]] and made["groups"] and made["keys"] == ["tflab-cli1"]
+
+    status = cli("status", "--name", "cli1", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert (doc["state"], doc["instance_id"], doc["region"]) == ("running", state["instance_id"], "us-west-2")
+    text = cli("status", "--name", "cli1")
+    assert f"lab cli1 (us-west-2): running" in text.stdout and "ssh -i " in text.stdout
+
+    listed = cli("list", "--json")
+    assert "cli1" in [lab["name"] for lab in json.loads(listed.stdout)["labs"]]
+
+    refused = cli("down", "--name", "cli1")  # no terminal and no --yes: refuse, change nothing
+    assert refused.returncode == 3 and "refusing to remove a lab without --yes" in refused.stderr
+    assert lab_resources(cli.ec2, "cli1") == made
+
+    down = cli("down", "--name", "cli1", "--yes", "--json")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["clean"] is True
+    assert "nothing tagged with it is left" in down.stderr
+    assert lab_resources(cli.ec2, "cli1") == {"instances": [], "volumes": [], "groups": [], "keys": []}
+    assert not (cli.home / "labs" / "cli1").exists()
+
+    again = cli("down", "--name", "cli1", "--yes")
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
+    gone = cli("status", "--name", "cli1")
+    assert gone.returncode == 7 and "no lab named 'cli1'" in gone.stderr
+
+
+def test_up_refuses_to_launch_without_yes_off_a_terminal(cli):
+    proc = cli(*UP, "--name", "cli2")
+    assert proc.returncode == 3 and "refusing to launch an instance without --yes" in proc.stderr
+    assert lab_resources(cli.ec2, "cli2") == {"instances": [], "volumes": [], "groups": [], "keys": []}
+
+
+def test_a_quota_refusal_from_aws_is_one_line_with_what_to_request(cli):
+    error = EC2ClientError("VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit")
+    with mock.patch.object(EC2Backend, "run_instances", side_effect=error):  # reaches the CLI through the server
+        proc = cli(*UP, "--name", "cli3", "--yes")
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "tflab: error: the quota 'Running On-Demand G and VT instances' (L-DB2E81BA)" in proc.stderr
+    assert "--quota-code L-DB2E81BA --desired-value 4" in proc.stderr
+    assert lab_resources(cli.ec2, "cli3") == {"instances": [], "volumes": [], "groups": [], "keys": []}
+
+
+def test_no_region_and_a_bad_name_are_clear_errors(cli):
+    proc = cli("list", env={"AWS_DEFAULT_REGION": ""})
+    assert proc.returncode == 3 and "no AWS region configured" in proc.stderr and "--region" in proc.stderr
+    proc = cli("status", "--name", "Bad_Name")
+    assert proc.returncode == 3 and "not a valid lab name" in proc.stderr

@@ -1,0 +1,268 @@
+"""The lab's cloud lifecycle on this machine's side: up, status, list, down.
+
+Orchestrates an infra Provider, the lab state and the console. Everything the cloud holds is
+found by the lab's tags, so `down` works without local state and after a half-done `up`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import urllib.request
+from datetime import datetime, timezone
+from typing import Callable
+
+from tflab.console import Console
+from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
+from tflab.state import LabState, StateStore, check_name
+
+log = logging.getLogger(__name__)
+
+Confirm = Callable[[str], bool]
+LAB_PORTS = {"jupyter": (8888, 8000), "tensorboard": (6006, 6006), "serving-grpc": (9000, 9000),
+             "serving-rest": (8501, 8501)}  # name: (port on the host, local port of the tunnel)
+
+
+class Cancelled(TflabError):
+    """The user said no; nothing was changed."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+def make_provider(region: str | None, profile: str | None, poll: float = 2.0):
+    """An AwsProvider for the region and profile, resolved as the AWS CLI does (flags, env, ~/.aws)."""
+    import boto3
+    import botocore.exceptions
+
+    from infra.aws import AwsProvider
+    from infra.errors import CredentialsError
+
+    try:
+        session = boto3.Session(profile_name=profile, region_name=region)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise CredentialsError(str(exc), hint="check --profile / AWS_PROFILE against ~/.aws/config") from exc
+    return AwsProvider(session, poll=poll)
+
+
+def ssh_cidr(given: str | None) -> str:
+    """The address range allowed to SSH in: the one given, else this machine's public address /32."""
+    if given is None:
+        try:
+            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as response:
+                given = response.read().decode().strip() + "/32"
+        except OSError as exc:
+            raise InputError(f"could not detect this machine's public address ({exc})",
+                             hint="pass --ssh-cidr with your address, e.g. --ssh-cidr 203.0.113.7/32") from exc
+    try:
+        network = ipaddress.ip_network(given, strict=False)
+    except ValueError as exc:
+        raise InputError(f"--ssh-cidr {given!r} is not an address range", hint="e.g. --ssh-cidr 203.0.113.7/32") from exc
+    if network.version != 4:
+        raise InputError("--ssh-cidr must be an IPv4 range", hint="e.g. --ssh-cidr 203.0.113.7/32")
+    if network.prefixlen < 16:
+        raise InputError(f"--ssh-cidr {network} would open SSH to {network.num_addresses:,} addresses",
+                         hint="tflab opens SSH to your own address only: give a /32 (or a range of at most /16)")
+    return str(network)
+
+
+def _age_hours(launched: str | None) -> float | None:
+    if not launched:
+        return None
+    start = datetime.fromisoformat(launched)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    return max(0.0, (datetime.now(timezone.utc) - start).total_seconds() / 3600)
+
+
+def _state_from(name: str, provider, inst, previous: LabState | None, store: StateStore, profile: str | None,
+                fingerprints: dict | None = None, **overrides) -> LabState:
+    from infra.pricing import hourly
+
+    key = store.key_path(name)
+    base = previous.to_dict() if previous else {}
+    base.update(name=name, region=provider.region, profile=profile, instance_id=inst.id,
+                instance_type=inst.instance_type, spot=inst.spot, image_id=inst.image_id, zone=inst.zone,
+                public_ip=inst.public_ip, key_name=inst.key_name, key_path=str(key) if key.exists() else None,
+                security_group_id=inst.security_groups[0] if inst.security_groups else None,
+                hourly_usd=hourly(inst.instance_type), launched_at=inst.launch_time)
+    if fingerprints:
+        base["host_key_fingerprints"] = fingerprints
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return LabState.from_dict(base)
+
+
+def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm, profile: str | None = None,
+       wait: bool = True, wait_timeout: float = 900.0, host_key_timeout: float = 240.0,
+       keep_on_failure: bool = False, ssh_host: str | None = None, ssh_port: int | None = None,
+       ssh_user: str | None = None) -> tuple[LabState, str]:
+    """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started"."""
+    from infra.errors import AmiError, InfraError
+    from infra.pricing import PRICE_SOURCE, hourly
+    from infra.provider import Created
+
+    name = check_name(spec.lab)
+    overrides = {"ssh_host": ssh_host, "ssh_port": ssh_port, "ssh_user": ssh_user}
+    with store.lock(name):
+        with console.waiting(f"checking AWS credentials for {provider.region}") as update:
+            who = provider.whoami()
+            update(who)
+            existing = provider.find_instances(name)
+        previous = store.load(name)
+        if existing:
+            inst = sorted(existing, key=lambda i: i.state != "running")[0]
+            action = "reused"
+            if inst.state in ("stopped", "stopping"):
+                console.info(f"lab '{name}' exists ({inst.id}, {inst.state}); starting it")
+                if inst.state == "stopping":
+                    raise InputError(f"lab '{name}' ({inst.id}) is stopping", hint="wait a minute, then `tflab up` again")
+                provider.start(inst.id)
+                action = "started"
+            else:
+                console.info(f"lab '{name}' exists already ({inst.id}, {inst.state}); reusing it")
+            if wait or action == "started":
+                with console.waiting(f"waiting for {inst.id} to run") as update:
+                    inst = provider.wait_running(inst.id, wait_timeout, update)
+            if not store.key_path(name).exists():
+                console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "
+                             "SSH to it needs that key")
+            state = _state_from(name, provider, inst, previous, store, profile, **overrides)
+            store.save(state)
+            return state, action
+
+        with console.waiting("checking the image, the instance type and the vCPU quota") as update:
+            image = provider.resolve_image(spec)
+            update(f"image {image.id} ({image.name or 'no name'}) from {image.source}")
+            itype = provider.describe_type(spec.instance_type)
+            if image.architecture not in itype.architectures:
+                raise AmiError(f"the image {image.id} is {image.architecture}, but {itype.name} runs "
+                               f"{'/'.join(itype.architectures)}",
+                               hint="choose a matching --instance-type or another --ami / --ami-parameter")
+            quota = provider.check_quota(itype, spec.spot)
+        console.info(f"image: {image.id} {image.name} ({image.source})")
+        console.info(f"instance: {itype.name}, {itype.vcpus} vCPUs, GPUs: {itype.gpus or 'none'}")
+        if quota.value is None:
+            console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
+        else:
+            console.info(f"quota: {quota.name} = {quota.value:g} vCPUs, this lab needs {quota.needed}")
+        price = hourly(itype.name)
+        cost = f"about ${price:.3f}/hour on demand ({PRICE_SOURCE})" if price else "unknown (not in the bundled table)"
+        if spec.spot:
+            cost += "; spot usually costs less, and AWS may reclaim the instance"
+        console.info(f"estimated cost: {cost}, until `tflab down --name {name}`")
+        if not confirm(f"Launch {itype.name} for lab '{name}' in {provider.region}?"):
+            raise Cancelled("cancelled; nothing was created")
+
+        created = Created()
+        try:
+            with console.waiting(f"creating the key pair, security group and instance of lab '{name}'") as update:
+                store.write_key(name, provider.create_key_pair(name, created))
+                update(f"key pair {created.key_pair} (private key in {store.key_path(name)})")
+                group = provider.ensure_security_group(name, spec.ssh_cidr, spec.subnet_id, created)
+                update(f"security group {group}: SSH from {spec.ssh_cidr} only")
+                inst = provider.launch(spec, image, group, created.key_pair, created, update)
+            store.save(_state_from(name, provider, inst, previous, store, profile, **overrides))
+            console.info(f"launched {inst.id} in {inst.zone}")
+            fingerprints: dict = {}
+            if wait:
+                with console.waiting(f"waiting for {inst.id} to run with a public address") as update:
+                    inst = provider.wait_running(inst.id, wait_timeout, update)
+                with console.waiting("reading the SSH host key fingerprints from the console output") as update:
+                    fingerprints = provider.host_key_fingerprints(inst.id, host_key_timeout, update)
+                if not fingerprints:
+                    console.note("the host key fingerprints are not in the console output yet; "
+                                 "they are read again when tflab first connects")
+        except KeyboardInterrupt:
+            console.warn(f"interrupted; `tflab down --name {name}` removes what was created")
+            raise
+        except Exception as exc:  # any failure: remove what this `up` made, then re-raise
+            if keep_on_failure:
+                console.warn(f"up failed; kept what it created (--keep-on-failure): `tflab down --name {name}` removes it")
+            else:
+                console.warn(f"up failed ({exc}); removing what it created")
+                try:
+                    with console.waiting(f"removing lab '{name}'") as update:
+                        provider.teardown(name, update)
+                    store.delete(name)
+                except (InfraError, OSError) as cleanup_error:
+                    console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
+            raise
+        state = _state_from(name, provider, inst, previous, store, profile, fingerprints, **overrides)
+        store.save(state)
+        return state, "created"
+
+
+def describe(state: LabState | None, instances: list, name: str) -> dict:
+    """The status document of a lab: its state, address, uptime, cost so far and ports."""
+    from infra.pricing import hourly
+
+    inst = sorted(instances, key=lambda i: i.state != "running")[0] if instances else None
+    doc: dict = {"name": name, "region": state.region if state else None, "exists": inst is not None}
+    if inst is not None:
+        hours = _age_hours(inst.launch_time) if inst.state == "running" else None
+        price = hourly(inst.instance_type)
+        doc.update(instance_id=inst.id, state=inst.state, instance_type=inst.instance_type, spot=inst.spot,
+                   public_ip=inst.public_ip, zone=inst.zone, launched_at=inst.launch_time,
+                   uptime_hours=round(hours, 3) if hours is not None else None, hourly_usd_estimate=price,
+                   cost_so_far_usd_estimate=round(hours * price, 2) if hours is not None and price else None)
+    if state is not None:
+        doc.update(ssh_user=state.ssh_user, ssh_address=f"{state.ssh_host or state.public_ip}:{state.ssh_port}",
+                   key_path=state.key_path, host_key_fingerprints=state.host_key_fingerprints)
+    doc["ports"] = {k: {"host": h, "local": loc} for k, (h, loc) in LAB_PORTS.items()}
+    return doc
+
+
+def status(provider, store: StateStore, name: str) -> dict:
+    """The lab's status from the cloud (and the local state when there is one)."""
+    state = store.load(check_name(name))
+    instances = provider.find_instances(name)
+    if not instances and state is None:
+        raise NotFoundError(f"no lab named '{name}' in {provider.region}",
+                            hint="`tflab list` shows the labs in a region; `tflab up` makes one")
+    doc = describe(state, instances, name)
+    doc["region"] = provider.region
+    return doc
+
+
+def list_labs(provider, store: StateStore) -> list[dict]:
+    """Every tflab lab in the provider's region, found by tags."""
+    by_lab: dict[str, list] = {}
+    for inst in provider.find_instances(None):
+        by_lab.setdefault(inst.lab or "?", []).append(inst)
+    rows = []
+    for name, instances in sorted(by_lab.items()):
+        state = store.load(name) if check_name_ok(name) else None
+        rows.append(describe(state, instances, name) | {"region": provider.region, "local_state": state is not None})
+    return rows
+
+
+def check_name_ok(name: str) -> bool:
+    try:
+        check_name(name)
+    except InputError:
+        return False
+    return True
+
+
+def down(provider, store: StateStore, name: str, console: Console, *, confirm: Confirm) -> dict:
+    """Remove everything tagged with the lab, then check that nothing is left; returns a report."""
+    from infra.errors import CloudError
+
+    check_name(name)
+    with store.lock(name):
+        before = provider.leftovers(name)
+        if before.empty:
+            store.delete(name)
+            console.info(f"lab '{name}' in {provider.region}: nothing to remove")
+            return {"name": name, "region": provider.region, "removed": [], "left": [], "clean": True}
+        if not confirm(f"Remove lab '{name}' in {provider.region} ({before.describe()})?"):
+            raise Cancelled("cancelled; nothing was removed")
+        with console.waiting(f"removing lab '{name}'") as update:
+            removed = provider.teardown(name, update)
+        with console.waiting(f"checking that nothing tagged with lab '{name}' is left"):
+            left = provider.leftovers(name)
+        if not left.empty:
+            raise CloudError(f"lab '{name}' still has: {left.describe()}", code="Leftovers",
+                             hint=f"run `tflab down --name {name}` again; if it stays, remove them in the console")
+        store.delete(name)
+        console.info(f"lab '{name}' removed: {', '.join(removed)}; nothing tagged with it is left")
+        return {"name": name, "region": provider.region, "removed": removed, "left": [], "clean": True}
