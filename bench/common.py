@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # added to the environment at each call
 
 
 def time_command(argv: list[str], runs: int, warmup: int = 1) -> list[float]:
@@ -19,7 +19,7 @@ def time_command(argv: list[str], runs: int, warmup: int = 1) -> list[float]:
     times = []
     for i in range(warmup + runs):
         started = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
         if i >= warmup:
             times.append(time.perf_counter() - started)
     return times
@@ -34,7 +34,7 @@ def summary(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
 def export_model(workdir: Path) -> Path:
     """Run the lab steps once (a real SavedModel); returns the model base path."""
     subprocess.run([PY, str(REPO / "remote" / "steps.py"), "--workdir", str(workdir), "--seed", "0"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
     return workdir / "models" / "nn"
 
 
@@ -44,7 +44,7 @@ def start_server(base: Path, port: int) -> subprocess.Popen:
 
     proc = subprocess.Popen([PY, str(REPO / "remote" / "model_server.py"), f"--port={port}", "--model_name=nn",
                              f"--model_base_path={base}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ENV)
+                            env={**os.environ, **ENV})
     with ServingClient(f"127.0.0.1:{port}") as client:
         client.wait_available("nn", timeout=120)
     return proc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def run_lab(out: Path) -> tuple[float, dict]:
             "--port", str(ports.free_port()), "--rest-port", str(ports.free_port()),
             "--tensorboard-port", str(ports.free_port())]
     started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **ENV}, check=True)
     return time.perf_counter() - started, json.loads(proc.stdout)
 
 
