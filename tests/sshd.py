@@ -1,0 +1,114 @@
+"""A real OpenSSH server for the tests: /usr/sbin/sshd on 127.0.0.1, throwaway keys, its own config.
+
+No system file is touched; the server is stopped by its process group (its session children too).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "tflab-test", "-f", str(path)], check=True)
+    return path
+
+
+def fingerprint_of(public_key: Path) -> tuple[str, str]:
+    """(type label, 'SHA256:...') as ssh-keygen -l prints them."""
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(public_key)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return out[-1].strip("()"), out[1]
+
+
+class Sshd:
+    """One sshd process; start() and stop() may be called again (same port, same or new host key)."""
+
+    def __init__(self, root: Path, port: int):
+        self.root = root
+        self.port = port
+        root.mkdir(parents=True, exist_ok=True)
+        self.user = getpass.getuser()
+        self.user_key = keygen(root / "user_key")
+        (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+        self.host_key = keygen(root / "host_key")
+        self.proc: subprocess.Popen | None = None
+
+    def new_host_key(self) -> Path:
+        for p in (self.root / "host_key", self.root / "host_key.pub"):
+            p.unlink()
+        self.host_key = keygen(self.root / "host_key")
+        return self.host_key
+
+    @property
+    def host_fingerprint(self) -> tuple[str, str]:
+        return fingerprint_of(Path(str(self.host_key) + ".pub"))
+
+    def config(self) -> Path:
+        path = self.root / "sshd_config"
+        path.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}", f"PidFile {self.root / 'sshd.pid'}",
+            "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
+            "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
+            "ClientAliveInterval 0", "",
+        ]))
+        return path
+
+    def start(self, timeout: float = 15.0) -> "Sshd":
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config())], start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not answer in time")
+
+    def children(self) -> list[int]:
+        """The per-connection sshd processes (they call setsid, so the group signal misses them)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if self.proc is not None and int(fields[1]) == self.proc.pid:
+                    found.append(int(entry))
+        return found
+
+    def stop(self) -> None:
+        """Stop the server and every session it serves, as a reboot of the host would."""
+        if self.proc is None:
+            return
+        for pid in self.children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None

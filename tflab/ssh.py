@@ -1,0 +1,478 @@
+"""SSH to a lab host with paramiko: verified host keys, commands with streamed output, file push
+and fetch over SFTP, and detached services.
+
+A Connection opens lazily, is a context manager, closes idempotently and keeps one SFTP client
+(Fabric's manner). Host keys are always verified: against the lab's known_hosts (pinned from the
+fingerprints EC2 printed on the console) or the user's ~/.ssh/known_hosts. An unknown key is
+refused unless the user asked to trust it on first use; a changed key is always refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tflab.errors import InputError, LabStepError, TflabError, UnreachableError
+from tflab.host import CommandResult, Host, LineSink, Service
+
+log = logging.getLogger(__name__)
+
+
+class HostKeyError(TflabError):
+    """The server's host key is unknown or does not match: the connection is refused."""
+
+    exit_code = UnreachableError.exit_code
+
+
+def fingerprint(key) -> str:
+    """OpenSSH's SHA256 fingerprint of a paramiko key: 'SHA256:base64-without-padding'."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def key_type_label(key) -> str:
+    """'ED25519', 'ECDSA' or 'RSA', as cloud-init labels fingerprints."""
+    name = key.get_name()
+    if "ed25519" in name:
+        return "ED25519"
+    if "ecdsa" in name:
+        return "ECDSA"
+    if "rsa" in name:
+        return "RSA"
+    return name.upper()
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to connect, and which host keys to trust."""
+
+    host: str
+    user: str
+    port: int = 22
+    identity: str | None = None  # a private key file; None: the SSH agent and ~/.ssh keys
+    known_hosts: str = field(default_factory=lambda: str(Path.home() / ".ssh" / "known_hosts"))
+    pinned: dict = field(default_factory=dict)  # {"ED25519": "SHA256:..."} from the console output
+    accept_new: bool = False  # trust an unknown key on first use (and record it)
+    label: str = ""  # for messages: "lab 'x'" or "user@host"
+
+    @property
+    def host_key_name(self) -> str:
+        """How known_hosts names this host (OpenSSH's [host]:port form off port 22)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def display(self) -> str:
+        return self.label or f"{self.user}@{self.host}:{self.port}"
+
+
+def parse_host(spec: str, default_user: str = "ubuntu") -> tuple[str, str, int]:
+    """'user@address[:port]' -> (user, address, port)."""
+    user, _, rest = spec.rpartition("@")
+    user = user or default_user
+    host, port = rest, 22
+    if rest.startswith("["):  # [ipv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port = int(tail[1:]) if tail.startswith(":") else 22
+    elif rest.count(":") == 1:
+        host, _, p = rest.partition(":")
+        if not p.isdigit():
+            raise InputError(f"'{spec}' has a bad port", hint="use user@address[:port], e.g. ubuntu@10.0.0.5:22")
+        port = int(p)
+    if not host:
+        raise InputError(f"'{spec}' names no host", hint="use user@address[:port]")
+    return user, host, port
+
+
+class _VerifyPolicy:
+    """paramiko's MissingHostKeyPolicy for a key not in known_hosts: pinned, trusted on first use, or refused."""
+
+    def __init__(self, target: SshTarget):
+        self.target = target
+        self.recorded: str | None = None
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        fp, kind = fingerprint(key), key_type_label(key)
+        target = self.target
+        if target.pinned:
+            if target.pinned.get(kind) == fp:
+                self._record(client, key, f"matches the fingerprint the instance printed ({kind} {fp})")
+                return
+            raise HostKeyError(
+                f"the host key of {target.display} ({kind} {fp}) does not match the fingerprints the instance "
+                f"printed on its console ({', '.join(f'{k} {v}' for k, v in target.pinned.items())})",
+                hint="someone may be intercepting the connection; do not connect. `tflab down` and `tflab up` again")
+        if target.accept_new:
+            self._record(client, key, f"trusted on first use ({kind} {fp}), as --accept-new-host-key asked")
+            return
+        raise HostKeyError(
+            f"the host key of {target.display} is not known: {kind} {fp}",
+            hint=f"check the fingerprint with the host's owner, then add --accept-new-host-key to record it in "
+                 f"{target.known_hosts}")
+
+    def _record(self, client, key, why: str) -> None:
+        path = Path(self.target.known_hosts)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "a") as f:
+            f.write(f"{self.target.host_key_name} {key.get_name()} {key.get_base64()}\n")
+        os.chmod(path, 0o600)
+        client.get_host_keys().add(self.target.host_key_name, key.get_name(), key)
+        self.recorded = why
+        log.info("host key of %s recorded in %s: %s", self.target.display, path, why)
+
+
+class Connection:
+    """One verified SSH connection to a host (see the module docstring)."""
+
+    def __init__(self, target: SshTarget, *, connect_timeout: float = 15.0, keepalive: float = 15.0):
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self._client = None
+        self._sftp = None
+        self._lock = threading.Lock()
+        self.host_key_note: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None and self._client.get_transport() is not None and \
+            self._client.get_transport().is_active()
+
+    def open(self) -> "Connection":
+        """Connect and authenticate (once); raises HostKeyError, UnreachableError, InputError."""
+        with self._lock:
+            if self.is_open:
+                return self
+            self._close_locked()
+            self._client = self._connect()
+        return self
+
+    def _connect(self):
+        import paramiko
+
+        t = self.target
+        client = paramiko.SSHClient()
+        known = Path(t.known_hosts)
+        if known.exists():
+            try:
+                client.load_host_keys(str(known))
+            except (OSError, paramiko.SSHException) as exc:
+                raise InputError(f"cannot read {known}: {exc}", hint="fix or move the file") from exc
+        policy = _VerifyPolicy(t)
+        client.set_missing_host_key_policy(policy)
+        key_filename = None
+        if t.identity:
+            if not Path(t.identity).is_file():
+                raise InputError(f"the key file {t.identity} does not exist", hint="check --identity")
+            key_filename = t.identity
+        try:
+            client.connect(t.host, port=t.port, username=t.user, key_filename=key_filename,
+                           look_for_keys=key_filename is None, allow_agent=key_filename is None,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout)
+        except HostKeyError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"the host key of {t.display} CHANGED: it is now {key_type_label(exc.key)} {fingerprint(exc.key)}, "
+                f"but {t.known_hosts} has {fingerprint(exc.expected_key)}",
+                hint="someone may be intercepting the connection, or the host was rebuilt; if you know why, "
+                     f"remove its line from {t.known_hosts}") from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise InputError(f"{t.display} refused the SSH key ({exc})",
+                             hint="check --identity and the user (ubuntu on the Deep Learning AMI)") from exc
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise UnreachableError(f"cannot connect to {t.display}: {exc or type(exc).__name__}",
+                                   hint="check the address and port, and that the host runs an SSH server") from exc
+        transport = client.get_transport()
+        transport.set_keepalive(int(self.keepalive))
+        try:  # small SSH messages must not wait for delayed ACKs (Nagle): ~40 ms per new tunnel otherwise
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        self.host_key_note = policy.recorded
+        return client
+
+    def close(self) -> None:
+        """Close the SFTP client and the connection (idempotent)."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # closing a dead channel
+                pass
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def transport(self):
+        self.open()
+        return self._client.get_transport()
+
+    @property
+    def sftp(self):
+        """The connection's one SFTP client."""
+        self.open()
+        if self._sftp is None:
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    # ------------------------------------------------------------------ commands
+
+    def run(self, command: str, *, step: str = "command", on_line: LineSink | None = None, timeout: float = 600.0,
+            check: bool = True) -> CommandResult:
+        """Run a shell command; stream its stdout and stderr lines as they come; return its status.
+
+        Raises LabStepError (with the output's tail) when check and the status is not 0, or on timeout.
+        """
+        started = time.monotonic()
+        channel = self.transport.open_session()
+        channel.exec_command(command)
+        tail: deque[str] = deque(maxlen=40)
+        lock = threading.Lock()
+
+        def pump(stream, kind):
+            for raw in iter(stream.readline, ""):
+                line = raw.rstrip("\n")
+                with lock:
+                    tail.append(line)
+                    if on_line is not None:
+                        on_line(kind, line)
+
+        readers = [threading.Thread(target=pump, args=(channel.makefile("r"), "out"), daemon=True),
+                   threading.Thread(target=pump, args=(channel.makefile_stderr("r"), "err"), daemon=True)]
+        for r in readers:
+            r.start()
+        deadline = started + timeout
+        while not channel.exit_status_ready():
+            if time.monotonic() > deadline:
+                channel.close()
+                raise LabStepError(step, f"did not finish within {timeout:.0f} s on {self.target.display}",
+                                   tail="\n".join(tail))
+            time.sleep(0.02)
+        status = channel.recv_exit_status()
+        for r in readers:
+            r.join(10)
+        channel.close()
+        result = CommandResult((command,), status, "\n".join(tail), time.monotonic() - started)
+        if check and status != 0:
+            raise LabStepError(step, f"exited with status {status} on {self.target.display}", status=status,
+                               tail=result.tail)
+        return result
+
+    def output(self, command: str, timeout: float = 60.0) -> str:
+        """A command's stdout (it must succeed)."""
+        lines: list[str] = []
+        self.run(command, step=command.split()[0] if command else "command", timeout=timeout,
+                 on_line=lambda kind, line: lines.append(line) if kind == "out" else None)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ files
+
+    def push(self, local_dir: str | os.PathLike, remote_dir: str,
+             progress: Callable[[str], None] | None = None) -> dict:
+        """Sync a local folder to the host: new or changed files (by content hash) only, modes kept.
+
+        Returns {"sent": [...], "skipped": n, "bytes": n}.
+        """
+        local_dir = Path(local_dir)
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        remote_hashes = self._remote_hashes(remote_dir)
+        sftp = self.sftp
+        sent, skipped, total = [], 0, 0
+        made: set[str] = set()
+        for i, path in enumerate(files, 1):
+            rel = path.relative_to(local_dir).as_posix()
+            data = path.read_bytes()
+            mode = stat.S_IMODE(path.stat().st_mode)
+            remote = posixpath.join(remote_dir, rel)
+            if remote_hashes.get(rel) == (hashlib.sha256(data).hexdigest(), mode & 0o111 != 0):
+                skipped += 1
+                continue
+            folder = posixpath.dirname(remote)
+            if folder not in made:
+                self._makedirs(folder)
+                made.add(folder)
+            tmp = f"{remote}.tflab-partial"
+            with sftp.open(tmp, "wb") as f:
+                f.set_pipelined(True)
+                f.write(data)
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, remote)
+            sent.append(rel)
+            total += len(data)
+            if progress is not None:
+                progress(f"{i}/{len(files)} {rel}")
+        return {"sent": sent, "skipped": skipped, "bytes": total}
+
+    def _remote_hashes(self, remote_dir: str) -> dict[str, tuple[str, bool]]:
+        """{relative path: (sha256, executable)} of the files already under remote_dir."""
+        script = ("import hashlib, os, sys\nroot = sys.argv[1]\n"
+                  "for base, dirs, files in os.walk(root):\n"
+                  "    for name in files:\n"
+                  "        p = os.path.join(base, name)\n"
+                  "        h = hashlib.sha256(open(p, 'rb').read()).hexdigest()\n"
+                  "        print(h, int(os.access(p, os.X_OK) and os.stat(p).st_mode & 0o111 != 0), "
+                  "os.path.relpath(p, root))\n")
+        command = f"test -d {shlex.quote(remote_dir)} && python3 -c {shlex.quote(script)} {shlex.quote(remote_dir)} || true"
+        found = {}
+        for line in self.output(command).splitlines():
+            digest, executable, rel = line.split(" ", 2)
+            found[rel] = (digest, executable == "1")
+        return found
+
+    def _makedirs(self, path: str) -> None:
+        self.run(f"mkdir -p {shlex.quote(path)}", step="mkdir")
+
+    def fetch(self, remote_path: str, local_path: str | os.PathLike) -> Path:
+        """Copy one file from the host to this machine (written atomically)."""
+        local_path = Path(local_path)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local_path.with_name(f".{local_path.name}.partial")
+        self.sftp.get(remote_path, str(tmp))
+        os.replace(tmp, local_path)
+        return local_path
+
+    def read_text(self, path: str) -> str:
+        with self.sftp.open(path, "r") as f:
+            return f.read().decode()
+
+
+def command_line(argv: list[str], cwd: str | None = None, env: dict | None = None) -> str:
+    """A POSIX shell command line for argv, run in cwd with env added."""
+    parts = []
+    if cwd:
+        parts.append(f"cd {shlex.quote(cwd)} &&")
+    if env:
+        parts.append("env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
+    parts.append(" ".join(shlex.quote(a) for a in argv))
+    return " ".join(parts)
+
+
+class SshHost(Host):
+    """A lab host reached over SSH: the run-lab pipeline's Host for `up` labs and `--host`."""
+
+    def __init__(self, connection: Connection, *, python: str = "python3", workdir: str = "tflab"):
+        self.connection = connection
+        self.name = connection.target.display
+        self._python = python
+        self.workdir = workdir
+
+    @property
+    def python(self) -> str:
+        return self._python
+
+    @property
+    def remote_dir(self) -> str:
+        return posixpath.join(self.workdir, "remote")
+
+    def which(self, program: str) -> str | None:
+        found = self.connection.output(f"command -v {shlex.quote(program)} || true").strip()
+        return found.splitlines()[-1] if found else None
+
+    def run(self, argv, *, step, cwd=None, env=None, on_line=None, timeout=600.0) -> CommandResult:
+        return self.connection.run(command_line(argv, cwd, env), step=step, on_line=on_line, timeout=timeout)
+
+    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
+        """Start argv detached from the SSH session (setsid, nohup): it outlives the connection."""
+        pid_path = posixpath.splitext(log_path)[0] + ".pid"
+        folder = posixpath.dirname(log_path)
+        inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
+        command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
+                   f"nohup setsid sh -c {shlex.quote(inner)} "
+                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {shlex.quote(pid_path)}; "
+                   f"cat {shlex.quote(pid_path)}")
+        pid = int(self.connection.output(command).strip().splitlines()[-1])
+        return Service(name, pid, log_path, port)
+
+    def service_alive(self, service: Service) -> bool:
+        return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
+
+    def stop_service(self, service: Service, timeout: float = 5.0) -> None:
+        pid = service.pid
+        script = (f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
+                  f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; "
+                  f"kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; exit 0")
+        self.connection.run(script, step="stop", timeout=timeout + 10)
+
+    def read_log(self, service: Service, lines: int = 20) -> str:
+        return self.connection.output(f"tail -n {int(lines)} {shlex.quote(service.log_path)} 2>/dev/null || true")
+
+    def read_text(self, path: str) -> str:
+        return self.connection.read_text(path)
+
+
+def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None]) -> Connection:
+    """Wait until the host answers SSH: TCP, then the banner, then authentication; returns the connection.
+
+    Backs off from 0.5 s to 5 s between tries; raises UnreachableError after timeout with the
+    stage it was stuck at. Host key errors are not retried.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    stage = "TCP connection"
+    last = ""
+    while True:
+        stage, ready = _probe(target, min(10.0, max(1.0, deadline - time.monotonic())))
+        if ready:
+            progress("authentication")
+            connection = Connection(target)
+            try:
+                return connection.open()
+            except (UnreachableError, InputError) as exc:  # sshd up, but the key not installed yet
+                stage, last = "authentication", str(exc)
+        else:
+            last = stage
+        progress(f"waiting for the {stage}")
+        if time.monotonic() + delay > deadline:
+            raise UnreachableError(f"{target.display} did not answer SSH within {timeout:.0f} s "
+                                   f"(stuck at the {stage}{': ' + last if last and last != stage else ''})",
+                                   hint="check that the host runs and that the security group lets your address in")
+        time.sleep(delay)
+        delay = min(delay * 1.6, 5.0)
+
+
+def _probe(target: SshTarget, timeout: float) -> tuple[str, bool]:
+    """(stage reached, whether an SSH banner answered)."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=min(timeout, 5.0)) as s:
+            s.settimeout(timeout)
+            banner = b""
+            while not banner.endswith(b"\n") and len(banner) < 256:
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                banner += chunk
+            if banner.startswith(b"SSH-"):
+                return "authentication", True
+            return "SSH banner", False
+    except OSError:
+        return "TCP connection", False
