@@ -336,6 +336,183 @@ def down(
                            + ("removed; nothing tagged with it is left" if report["removed"] else "nothing to remove"))
 
 
+# ---------------------------------------------------------------- SSH
+
+HOST_HELP = "Any machine instead of a lab: user@address[:port]."
+IDENTITY_HELP = "Private key file [default: the lab's key; with --host, your SSH agent and ~/.ssh keys]."
+KNOWN_HOSTS_HELP = "known_hosts file [default: the lab's own; with --host, ~/.ssh/known_hosts]."
+ACCEPT_HELP = "Trust an unknown host key on first use and record it (a changed key is always refused)."
+
+
+def _target(name: str, host: Optional[str], identity: Optional[str], known_hosts: Optional[str], accept_new: bool):
+    from tflab.targets import resolve_target
+
+    return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
+
+
+def _interactive_shell(connection) -> int:
+    """A terminal shell over paramiko, for machines without an ssh client."""
+    import os
+    import select
+    import shutil
+    import termios
+    import tty
+
+    columns, lines = shutil.get_terminal_size()
+    channel = connection.transport.open_session()
+    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
+    channel.invoke_shell()
+    old = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        while True:
+            readable, _, _ = select.select([channel, sys.stdin], [], [])
+            if channel in readable:
+                data = channel.recv(4096)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if sys.stdin in readable:
+                data = os.read(sys.stdin.fileno(), 1024)
+                if not data:
+                    break
+                channel.sendall(data)
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
+    return channel.recv_exit_status()
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def ssh(
+    command: Optional[List[str]] = typer.Argument(None, help="A command to run (after --); none: a shell."),
+    name: str = typer.Option("lab", "--name", help=NAME_HELP),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    identity: Optional[str] = typer.Option(None, "--identity", "-i", help=IDENTITY_HELP),
+    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help=KNOWN_HOSTS_HELP),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help=ACCEPT_HELP),
+) -> None:
+    """Open a shell on the lab (or --host), or run a command there and exit with its status."""
+    import os
+    import shlex
+    import shutil
+
+    from tflab.ssh import Connection
+
+    target = _target(name, host, identity, known_hosts, accept_new_host_key)
+    console = _console(False)
+    with Connection(target) as connection:
+        connection.open()  # verifies the host key (and records a pinned or accepted one)
+        if connection.host_key_note:
+            console.note(f"host key of {target.display} {connection.host_key_note}")
+        if command:
+            def emit(kind: str, line: str) -> None:
+                stream = sys.stdout if kind == "out" else sys.stderr
+                stream.write(line + "\n")
+                stream.flush()
+
+            result = connection.run(shlex.join(command), step="ssh", on_line=emit, check=False, timeout=24 * 3600)
+            raise typer.Exit(result.status)
+        client = shutil.which("ssh")
+        if client is None or not sys.stdin.isatty():
+            if not sys.stdin.isatty():
+                raise InputError("an interactive shell needs a terminal", hint="give a command after --")
+            raise typer.Exit(_interactive_shell(connection))
+    argv = [client, "-p", str(target.port), "-o", f"UserKnownHostsFile={target.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=15"]
+    if target.identity:
+        argv += ["-i", target.identity, "-o", "IdentitiesOnly=yes"]
+    os.execv(client, argv + [f"{target.user}@{target.host}"])
+
+
+@app.command()
+def tunnel(
+    name: str = typer.Option("lab", "--name", help=NAME_HELP),
+    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+    identity: Optional[str] = typer.Option(None, "--identity", "-i", help=IDENTITY_HELP),
+    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help=KNOWN_HOSTS_HELP),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help=ACCEPT_HELP),
+    forward: Optional[List[str]] = typer.Option(None, "--forward", "-L", help="Another forward, LOCAL:REMOTE (repeatable)."),
+    no_lab_ports: bool = typer.Option(False, "--no-lab-ports", help="Only the --forward ports, not the lab's."),
+    reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
+) -> None:
+    """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
+    Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops."""
+    from tflab.cloud import LAB_PORTS
+    from tflab.ssh import Connection
+    from tflab.tunnels import Forward, Tunnels, parse_forward
+
+    target = _target(name, host, identity, known_hosts, accept_new_host_key)
+    forwards = [] if no_lab_ports else [Forward(n, remote, local) for n, (remote, local) in LAB_PORTS.items()]
+    forwards += [parse_forward(spec) for spec in forward or []]
+    if not forwards:
+        raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
+    console = _console(False)
+    connection = Connection(target)
+    tunnels = Tunnels(connection, forwards).start()
+    try:
+        for fname, (wanted, got) in tunnels.moved.items():
+            console.note(f"local port {wanted} ({fname}) is in use; using {got} instead")
+        for f in forwards:
+            console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
+        console.info("forwarding until Ctrl-C")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        seen_errors = 0
+        while True:
+            time.sleep(0.5)
+            for message in tunnels.errors[seen_errors:]:
+                console.warn(message)
+            seen_errors = len(tunnels.errors)
+            if connection.is_open:
+                continue
+            console.warn(f"the SSH connection to {target.display} dropped; reconnecting")
+            tunnels.stop()
+            tunnels = _reconnect(connection, forwards, tunnels.local_ports, reconnect_tries, console)
+            seen_errors = 0
+            console.info(f"reconnected to {target.display}; the same local ports forward again")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tunnels.stop()
+        connection.close()
+
+
+def _reconnect(connection, forwards, local_ports: dict, tries: int, console):
+    """Reopen the connection with bounded backoff and forward the same local ports again."""
+    from tflab.errors import UnreachableError
+    from tflab.tunnels import Forward, Tunnels
+
+    delay = 1.0
+    for attempt in range(1, tries + 1):
+        try:
+            connection.open()
+            same = [Forward(f.name, f.remote_port, local_ports.get(f.name, f.local_port)) for f in forwards]
+            return Tunnels(connection, same).start()
+        except UnreachableError as exc:
+            console.info(f"  reconnect {attempt}/{tries} failed ({exc}); next try in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise UnreachableError(f"could not reconnect to {connection.target.display} after {tries} tries",
+                           hint="check that the host runs (`tflab status`), then `tflab tunnel` again")
+
+
+@app.command("ssh-config")
+def ssh_config(name: str = typer.Option("lab", "--name", help=NAME_HELP)) -> None:
+    """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
+    from tflab.cloud import LAB_PORTS
+    from tflab.targets import resolve_target
+
+    target = resolve_target(name=name, host=None)
+    console = _console(False)
+    if not Path(target.known_hosts).exists():
+        console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "
+                     "the host key, or ssh refuses the host (StrictHostKeyChecking)")
+    lines = [f"Host tflab-{name}", f"  HostName {target.host}", f"  User {target.user}", f"  Port {target.port}",
+             f"  IdentityFile {target.identity}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {target.known_hosts}",
+             "  StrictHostKeyChecking yes", "  ServerAliveInterval 15"]
+    lines += [f"  LocalForward 127.0.0.1:{local} 127.0.0.1:{remote}" for remote, local in LAB_PORTS.values()]
+    console.result({}, "\n".join(lines))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; turn expected failures into one line and an exit code."""
     try:

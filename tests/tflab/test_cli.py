@@ -16,7 +16,8 @@ HEAVY = ("tensorflow", "grpc", "boto3", "botocore", "paramiko", "sshtunnel", "nu
 
 
 @pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in
-                                  ("run-lab", "serve", "predict", "up", "status", "list", "down")])
+                                  ("run-lab", "serve", "predict", "up", "status", "list", "down",
+                                                                "ssh", "tunnel", "ssh-config")])
 def test_help_imports_no_heavy_library(args):
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tflab", *args], capture_output=True,
                           text=True, timeout=60)

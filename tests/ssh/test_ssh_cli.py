@@ -1,0 +1,105 @@
+"""`tflab ssh`, `tflab tunnel` and `tflab ssh-config` as a user runs them, against a real sshd."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+
+from tests.conftest import tflab, wait_until
+from tests.sshd import Sshd
+from tflab import ports
+from tflab.state import LabState, StateStore
+
+
+def host_args(sshd, tmp_path, *extra):
+    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
+            "--known-hosts", str(tmp_path / "known_hosts"), *extra]
+
+
+def test_ssh_host_runs_a_command_and_exits_with_its_status(sshd, tmp_path):
+    refused = tflab("ssh", *host_args(sshd, tmp_path), "--", "echo", "hi")
+    kind, fp = sshd.host_fingerprint
+    assert refused.returncode == 5 and f"is not known: {kind} {fp}" in refused.stderr
+    assert "--accept-new-host-key" in refused.stderr and "Traceback" not in refused.stderr
+
+    proc = tflab("ssh", *host_args(sshd, tmp_path, "--accept-new-host-key"), "--", "echo", "hi")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hi\n" and "trusted on first use" in proc.stderr
+    status = tflab("ssh", *host_args(sshd, tmp_path), "--", "sh", "-c", "echo to-err >&2; exit 7")
+    assert status.returncode == 7 and status.stderr.strip() == "to-err"
+
+
+def test_ssh_to_a_lab_uses_its_key_and_pinned_fingerprint(sshd, tmp_path):
+    home = tmp_path / "home"
+    store = StateStore(home)
+    kind, fp = sshd.host_fingerprint
+    store.save(LabState(name="pinned", region="us-west-2", instance_id=None, ssh_host="127.0.0.1",
+                        ssh_port=sshd.port, ssh_user=sshd.user, key_path=str(sshd.user_key),
+                        host_key_fingerprints={kind: fp}))
+    env = {"TFLAB_HOME": str(home)}
+    proc = tflab("ssh", "--name", "pinned", "--", "echo", "lab", env=env)
+    assert proc.returncode == 0 and proc.stdout == "lab\n", proc.stderr
+    assert store.known_hosts_path("pinned").exists()
+    config = tflab("ssh-config", "--name", "pinned", env=env)
+    assert config.returncode == 0
+    for line in ("Host tflab-pinned", "HostName 127.0.0.1", f"Port {sshd.port}", f"IdentityFile {sshd.user_key}",
+                 f"UserKnownHostsFile {store.known_hosts_path('pinned')}", "StrictHostKeyChecking yes",
+                 "LocalForward 127.0.0.1:8000 127.0.0.1:8888"):
+        assert line in config.stdout
+    # The block works with OpenSSH itself.
+    (tmp_path / "ssh_config").write_text(config.stdout)
+    real = subprocess.run(["ssh", "-F", str(tmp_path / "ssh_config"), "-o", "BatchMode=yes", "tflab-pinned",
+                           "echo", "openssh"], capture_output=True, text=True, timeout=30)
+    assert real.returncode == 0 and real.stdout == "openssh\n", real.stderr
+    missing = tflab("ssh", "--name", "nope", "--", "true", env=env)
+    assert missing.returncode == 7 and "no lab named 'nope'" in missing.stderr
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sshd = Sshd(tmp_path / "sshd", ports.free_port()).start()
+    local = ports.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *host_args(sshd, tmp_path, "--accept-new-host-key"),
+                             "--no-lab-ports", "--forward", f"{local}:{server.server_address[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+
+    def echo() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", local), timeout=5) as s:
+                s.sendall(b"ping")
+                return s.recv(4) == b"ping"
+        except OSError:
+            return False
+
+    try:
+        wait_until(lambda: any("forwarding until Ctrl-C" in line for line in lines), 60, what="the tunnel")
+        assert echo()
+        sshd.stop()  # the host goes away, sessions and all
+        sshd.start()
+        wait_until(lambda: any("reconnected" in line for line in lines), 60, what="the reconnect")
+        assert any("dropped; reconnecting" in line for line in lines)
+        assert echo()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        reader.join(5)
+        sshd.stop()
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, "".join(lines)
+    assert ports.is_free(local)
