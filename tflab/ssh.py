@@ -132,6 +132,19 @@ class _VerifyPolicy:
         log.info("host key of %s recorded in %s: %s", self.target.display, path, why)
 
 
+def _transport(sock, **kwargs):
+    """paramiko's Transport, preferring AES-GCM: measured +25-30 % tunnel throughput and less CPU per
+    byte than paramiko's default aes128-ctr + HMAC on AES-NI machines (bench/README.md). Servers
+    without GCM negotiate the next cipher as before."""
+    import paramiko
+
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    gcm = [c for c in options.ciphers if c.endswith("-gcm@openssh.com")]
+    options.ciphers = tuple(gcm + [c for c in options.ciphers if c not in gcm])
+    return transport
+
+
 class Connection:
     """One verified SSH connection to a host (see the module docstring)."""
 
@@ -188,7 +201,7 @@ class Connection:
             client.connect(t.host, port=t.port, username=t.user, key_filename=key_filename,
                            look_for_keys=key_filename is None, allow_agent=key_filename is None,
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                           auth_timeout=self.connect_timeout)
+                           auth_timeout=self.connect_timeout, transport_factory=_transport)
         except HostKeyError:
             client.close()
             raise

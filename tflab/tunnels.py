@@ -14,7 +14,6 @@ dead remote port closes the local connection at once and is recorded as a clear 
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import socketserver
 import threading
@@ -74,29 +73,31 @@ class _Handler(socketserver.BaseRequestHandler):
 
     @staticmethod
     def _pump(sock, channel) -> None:
-        sock_open, chan_open = True, True
-        while sock_open or chan_open:
-            watch = ([sock] if sock_open else []) + ([channel] if chan_open else [])
-            readable, _, _ = select.select(watch, [], [], 1.0)
-            if sock in readable:
-                data = sock.recv(CHUNK)
-                if data:
+        """Two blocking loops, one per direction (a thread each): measured faster per message than one
+        select() loop, which pays a pipe write and a wake-up for every packet from the transport."""
+
+        def upstream() -> None:  # client -> host
+            try:
+                while data := sock.recv(CHUNK):
                     channel.sendall(data)
-                else:  # the client shut its write side: pass the EOF on, keep reading the answer
-                    channel.shutdown_write()
-                    sock_open = False
-            if channel in readable:
-                data = channel.recv(CHUNK)
-                if data:
-                    sock.sendall(data)
-                else:  # the remote side shut its write side (data read first: a close may follow it)
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    chan_open = False
-            if not chan_open and channel.closed:  # closed for good: nothing the client sends can arrive
-                break
+                channel.shutdown_write()  # the client half-closed: pass the EOF on, keep the answer coming
+            except OSError:
+                pass
+
+        up = threading.Thread(target=upstream, name="tunnel-up", daemon=True)
+        up.start()
+        try:
+            while data := channel.recv(CHUNK):  # host -> client
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # the host half-closed (data read first: a close may follow it)
+        except OSError:
+            pass
+        if channel.closed:  # closed for good: stop reading the client too
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        up.join(30)
 
 
 def _forwarder_class():
@@ -122,9 +123,14 @@ def _forwarder_class():
                                                  "tunnels": self._tunnels})
 
         def _stop_transport(self, force=False):
-            """Stop the forward servers; the transport belongs to the Connection and stays open."""
+            """Stop the forward servers, all at once (each waits up to its 0.1 s poll); the transport
+            belongs to the Connection and stays open."""
+            stoppers = [threading.Thread(target=server.shutdown, daemon=True) for server in self._server_list]
+            for t in stoppers:
+                t.start()
+            for t in stoppers:
+                t.join(5)
             for server in self._server_list:
-                server.shutdown()
                 server.server_close()
             self.is_alive = False
             self.__dict__.pop("_transport", None)  # not ours to close; and sshtunnel's __del__ then stays quiet
