@@ -399,7 +399,11 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     pred_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_grpc.add_ModelServiceServicer_to_server(model_service, server)
     address = f"{args.host}:{args.port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+        bound = 0
+    if bound == 0:
         print(f"model_server: cannot listen on {address}: the port is taken", file=sys.stderr, flush=True)
         return 3
     poll_once(tf, model)  # serve what is there before saying we run

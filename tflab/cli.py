@@ -66,31 +66,85 @@ def _wait_for_interrupt() -> None:
 @app.command("run-lab")
 def run_lab(
     local: bool = typer.Option(False, "--local", help="Run the whole lab on this machine: no cloud, no SSH."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the results [default: ./tflab-results/local]."),
+    name: str = typer.Option("lab", "--name", help="The lab made by `tflab up` to run on."),
+    host: Optional[str] = typer.Option(None, "--host", help="Any SSH machine instead of a lab: user@address[:port]."),
+    identity: Optional[str] = typer.Option(None, "--identity", "-i", help="Private key file for --host."),
+    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help="known_hosts file for --host [default: ~/.ssh/known_hosts]."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
+                                             help="Trust an unknown host key on first use and record it."),
+    python: Optional[str] = typer.Option(None, "--python", help="The host's interpreter, if it already has TensorFlow "
+                                                               "and the rest [default: a venv the bootstrap makes]."),
+    workdir: str = typer.Option("~/tflab", "--workdir", help="Folder on the host."),
+    detach: bool = typer.Option(False, "--detach", help="Leave at once after the report (services keep running on the host)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the results here [default: ./tflab-results/<lab>]."),
     steps: int = typer.Option(100, "--steps", min=1, help="Gradient descent steps."),
     learning_rate: float = typer.Option(0.001, "--learning-rate", help="Learning rate (> 0)."),
     num_examples: int = typer.Option(60, "--num-examples", min=2, help="Number of noisy points."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed; the same seed gives the same run."),
-    port: int = typer.Option(9000, "--port", help="Model server gRPC port (a free one if taken)."),
-    rest_port: int = typer.Option(8501, "--rest-port", help="Model server REST port, 0 for none (a free one if taken)."),
-    tensorboard_port: int = typer.Option(6006, "--tensorboard-port", help="TensorBoard port (a free one if taken)."),
+    port: int = typer.Option(9000, "--port", help="--local: model server gRPC port (a free one if taken)."),
+    rest_port: int = typer.Option(8501, "--rest-port", help="--local: REST port, 0 for none (a free one if taken)."),
+    tensorboard_port: int = typer.Option(6006, "--tensorboard-port", help="--local: TensorBoard port (a free one if taken)."),
     builtin_server: bool = typer.Option(False, "--builtin-server",
                                         help="Use tflab's stand-in server even where tensorflow_model_server exists."),
     keep_running: bool = typer.Option(False, "--keep-running",
-                                      help="Keep TensorBoard and the model server up until Ctrl-C."),
+                                      help="--local: keep TensorBoard and the model server up until Ctrl-C."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
 ) -> None:
-    """Run every step of the lab, serve the model and call it over gRPC; print the report."""
+    """Run every step of the lab, serve the model and call it over gRPC; print the report.
+
+    On a lab made by `tflab up` (--name), on any SSH machine (--host), or here (--local).
+    """
     if not learning_rate > 0:
         raise typer.BadParameter("must be > 0", param_hint="--learning-rate")
-    if not local:
-        raise InputError("run-lab needs a lab host; on this machine use --local",
-                         hint="tflab run-lab --local (cloud labs and --host come with `tflab up` and the SSH layer)")
+    from tflab.lab import LabOptions
+    from tflab.report import render
+
+    console = _console(json_out)
+    training = dict(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
+                    prefer_builtin_server=builtin_server)
+    if local:
+        _run_local(console, out, training, port, rest_port, tensorboard_port, keep_running)
+        return
+    import re
+
+    from tflab.remote_lab import HostOptions, run_remote
+    from tflab.state import StateStore
+    from tflab.targets import resolve_target
+
+    store = StateStore()
+    target = resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts,
+                            accept_new=accept_new_host_key, store=store)
+    label = name if not host else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
+    results = (out or Path.cwd() / "tflab-results" / label).resolve()
+    run = run_remote(target, LabOptions(workdir="", **training), HostOptions(workdir=workdir, python=python),
+                     console, results)
+    try:
+        if not host:
+            state = store.load(name)
+            if state is not None:
+                from tflab.state import LabState
+
+                store.save(LabState.from_dict(state.to_dict() | {"workdir": run.workdir}))
+        console.result(run.report, render(run.report))
+        if not detach and sys.stdin.isatty() and sys.stdout.isatty():
+            console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in run.report["urls"].items() if v)
+                         + "   (Ctrl-C to close them; the services keep running on the host)")
+            _wait_for_interrupt()
+        else:
+            console.info(f"services keep running on the host; `tflab tunnel{' --name ' + name if not host else ''}` "
+                         "reaches them again")
+    finally:
+        run.tunnels.stop()
+        run.connection.close()
+
+
+def _run_local(console, out, training: dict, port: int, rest_port: int, tensorboard_port: int,
+               keep_running: bool) -> None:
+    """run-lab --local: every step, TensorBoard and the model server on this machine."""
     from tflab.host import LocalHost
     from tflab.lab import LabOptions, run_lab as run, stop_services
     from tflab.report import render
 
-    console = _console(json_out)
     workdir = (out or Path.cwd() / "tflab-results" / "local").resolve()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,9 +152,8 @@ def run_lab(
         raise InputError(f"cannot use {workdir} for the results: {exc.strerror}", hint="choose another --out") from exc
     chosen = _local_ports(console, {"serving": (port, "model server gRPC"), "rest": (rest_port, "model server REST"),
                                     "tensorboard": (tensorboard_port, "TensorBoard")})
-    options = LabOptions(workdir=str(workdir), steps=steps, learning_rate=learning_rate, num_examples=num_examples,
-                         seed=seed, serving_port=chosen["serving"], rest_port=chosen["rest"],
-                         tensorboard_port=chosen["tensorboard"], prefer_builtin_server=builtin_server)
+    options = LabOptions(workdir=str(workdir), serving_port=chosen["serving"], rest_port=chosen["rest"],
+                         tensorboard_port=chosen["tensorboard"], **training)
     host = LocalHost()
     lab = run(host, options, console)
     try:
@@ -252,11 +305,15 @@ def up(
     wait_timeout: float = typer.Option(900, "--wait-timeout", min=0, help="Seconds to wait for the instance to run."),
     host_key_timeout: float = typer.Option(240, "--host-key-timeout", min=0,
                                            help="Seconds to wait for the SSH host key fingerprints in the console output."),
+    ssh_timeout: float = typer.Option(600, "--ssh-timeout", min=0, help="Seconds to wait for SSH to answer."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
+                                             help="Trust the host key on first use when the console shows no fingerprints."),
     keep_on_failure: bool = typer.Option(False, "--keep-on-failure", help="Keep what a failed up created (for debugging)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before launching."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab's state as JSON."),
 ) -> None:
-    """Launch a GPU instance from the current Deep Learning AMI and remember it as a lab."""
+    """Launch a GPU instance from the current Deep Learning AMI, wait until SSH answers with its verified
+    host key (the host's bootstrap starts at boot), and remember it as a lab."""
     from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
     from tflab.cloud import ssh_cidr as resolve_cidr, up as run_up
     from tflab.state import StateStore, check_name
@@ -267,12 +324,16 @@ def up(
     console = _console(json_out)
     store = StateStore()
     provider = _provider(region, profile, store.load(name))
+    from tflab.cloud import boot_user_data
+
     spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
-                      spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id)
+                      spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
+                      user_data=boot_user_data(ssh_user or "ubuntu"))
     state, action = run_up(provider, store, spec, console, confirm=_confirm(yes, "launch an instance"),
                            profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
                            host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure,
-                           ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)
+                           ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user, ssh_timeout=ssh_timeout,
+                           accept_new_host_key=accept_new_host_key)
     doc = state.to_dict() | {"action": action}
     address = state.ssh_host or state.public_ip
     text = (f"lab '{name}' {action}: {state.instance_id} ({state.instance_type}) in {state.region}, "

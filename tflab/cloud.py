@@ -29,6 +29,19 @@ class Cancelled(TflabError):
     exit_code = ExitCode.INTERRUPTED
 
 
+def boot_user_data(ssh_user: str, workdir: str = "tflab") -> str:
+    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it)."""
+    from tflab.paths import remote_dir
+
+    script = (remote_dir() / "bootstrap.sh").read_text()
+    home = "/root" if ssh_user == "root" else f"/home/{ssh_user}"
+    folder = f"{home}/{workdir}"
+    return (f"#!/bin/bash\n# tflab: prepare the lab while the instance boots (remote/bootstrap.sh, as run-lab runs it)\n"
+            f"mkdir -p {folder}/remote\ncat > {folder}/remote/bootstrap.sh <<'TFLAB_BOOTSTRAP_EOF'\n{script}"
+            f"TFLAB_BOOTSTRAP_EOF\nchown -R {ssh_user}: {folder}\n"
+            f"sudo -u {ssh_user} -H nohup bash {folder}/remote/bootstrap.sh {folder} >/dev/null 2>&1 &\n")
+
+
 def make_provider(region: str | None, profile: str | None, poll: float = 2.0):
     """An AwsProvider for the region and profile, resolved as the AWS CLI does (flags, env, ~/.aws)."""
     import boto3
@@ -94,8 +107,14 @@ def _state_from(name: str, provider, inst, previous: LabState | None, store: Sta
 def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm, profile: str | None = None,
        wait: bool = True, wait_timeout: float = 900.0, host_key_timeout: float = 240.0,
        keep_on_failure: bool = False, ssh_host: str | None = None, ssh_port: int | None = None,
-       ssh_user: str | None = None) -> tuple[LabState, str]:
-    """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started"."""
+       ssh_user: str | None = None, ssh_timeout: float = 600.0, accept_new_host_key: bool = False,
+       ssh_wait: bool = True) -> tuple[LabState, str]:
+    """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started".
+
+    With wait, it returns once SSH answers with the host key pinned from the console output (or,
+    with accept_new_host_key, trusted on first use). An instance that runs but does not answer SSH
+    in time is kept (and said so): `down` removes it.
+    """
     from infra.errors import AmiError, InfraError
     from infra.pricing import PRICE_SOURCE, hourly
     from infra.provider import Created
@@ -127,6 +146,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                              "SSH to it needs that key")
             state = _state_from(name, provider, inst, previous, store, profile, **overrides)
             store.save(state)
+            if wait and ssh_wait:
+                wait_ssh(store, state, console, ssh_timeout, accept_new_host_key)
             return state, action
 
         with console.waiting("checking the image, the instance type and the vCPU quota") as update:
@@ -188,7 +209,23 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             raise
         state = _state_from(name, provider, inst, previous, store, profile, fingerprints, **overrides)
         store.save(state)
+        if wait and ssh_wait:
+            wait_ssh(store, state, console, ssh_timeout, accept_new_host_key)
         return state, "created"
+
+
+def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool) -> None:
+    """Wait until the lab answers SSH with its pinned (or, if asked, first-seen) host key."""
+    from tflab.ssh import wait_for_ssh
+    from tflab.targets import resolve_target
+
+    target = resolve_target(name=state.name, host=None, accept_new=accept_new, store=store)
+    if not target.pinned and not accept_new and not __import__("os").path.exists(target.known_hosts):
+        console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
+                     "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
+        return
+    with console.waiting(f"waiting for SSH on {target.display}") as update:
+        wait_for_ssh(target, timeout=timeout, progress=update).close()
 
 
 def describe(state: LabState | None, instances: list, name: str) -> dict:
@@ -243,8 +280,26 @@ def check_name_ok(name: str) -> bool:
     return True
 
 
+def stop_host_services(store: StateStore, name: str, console: Console) -> None:
+    """Stop the services run-lab left on the lab's host (best effort: terminating stops them too)."""
+    state = store.load(name)
+    if state is None or not state.workdir or not (state.ssh_host or state.public_ip):
+        return
+    from tflab.ssh import Connection, SshHost
+    from tflab.targets import resolve_target
+
+    try:
+        target = resolve_target(name=name, host=None, store=store)
+        with Connection(target, connect_timeout=10) as connection:
+            SshHost(connection).stop_all_services(f"{state.workdir}/services")
+        console.info(f"stopped the lab's services on {target.display}")
+    except (TflabError, OSError) as exc:
+        console.note(f"could not stop the services on the host ({exc}); terminating the instance stops them")
+
+
 def down(provider, store: StateStore, name: str, console: Console, *, confirm: Confirm) -> dict:
-    """Remove everything tagged with the lab, then check that nothing is left; returns a report."""
+    """Stop the lab's services, remove everything tagged with the lab, then check that nothing is
+    left; returns a report."""
     from infra.errors import CloudError
 
     check_name(name)
@@ -256,6 +311,7 @@ def down(provider, store: StateStore, name: str, console: Console, *, confirm: C
             return {"name": name, "region": provider.region, "removed": [], "left": [], "clean": True}
         if not confirm(f"Remove lab '{name}' in {provider.region} ({before.describe()})?"):
             raise Cancelled("cancelled; nothing was removed")
+        stop_host_services(store, name, console)
         with console.waiting(f"removing lab '{name}'") as update:
             removed = provider.teardown(name, update)
         with console.waiting(f"checking that nothing tagged with lab '{name}' is left"):

@@ -47,6 +47,7 @@ class Service:
     pid: int
     log_path: str
     port: int | None = None
+    kept: bool = False  # already running from an earlier run with the same command
 
 
 class Host(ABC):

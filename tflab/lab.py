@@ -43,6 +43,10 @@ class LabOptions:
     rest_port: int = 8501
     tensorboard_port: int = 6006
     prefer_builtin_server: bool = False
+    server_kind: str | None = None  # what the host's bootstrap found: docker-gpu | binary | builtin
+    jupyter_port: int | None = None  # None: no Jupyter (the local run)
+    jupyter_token_file: str | None = None
+    stop_on_failure: bool = True  # a lab host keeps the services that were up when a step fails
     step_timeout: float = 900.0
     ready_timeout: float = 120.0
 
@@ -79,6 +83,34 @@ def tensorboard_command(host: Host, logdir: str, port: int) -> list[str]:
             "--port", str(port), "--reload_interval", "2"]
 
 
+def jupyter_command(host: Host, port: int, root: str) -> list[str]:
+    """JupyterLab bound to 127.0.0.1 on the host, its token read from JUPYTER_TOKEN_FILE (never argv)."""
+    return [host.python, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+            f"--port={port}", "--port-retries=0", f"--ServerApp.root_dir={root}"]
+
+
+def http_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def wait_jupyter(port: int, token: str, timeout: float, alive: Callable[[], None]) -> list[str]:
+    """Poll Jupyter's /api/status with the token until it answers; returns the notebooks it lists."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        try:
+            http_json(f"http://127.0.0.1:{port}/api/status?token={token}")
+            contents = http_json(f"http://127.0.0.1:{port}/api/contents?token={token}")
+            return sorted(item["name"] for item in contents.get("content", []) if item.get("type") == "notebook")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(exc)
+        alive()
+        if time.monotonic() >= deadline:
+            raise UnreachableError(f"Jupyter did not answer within {timeout:.0f} s ({last})")
+        time.sleep(0.25)
+
+
 def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], None]) -> dict:
     """Poll TensorBoard's HTTP API until it lists the run's `loss` scalar; returns the run's tags."""
     deadline = time.monotonic() + timeout
@@ -86,8 +118,7 @@ def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], No
     last = "no answer yet"
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                tags = json.load(response)
+            tags = http_json(url)
             if "loss" in tags.get(run, {}):
                 return tags[run]
             last = f"runs listed: {sorted(tags) or 'none'}"
@@ -117,16 +148,30 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
     try:
         server = server_command(host, model_base_path=model_base, model_name=options.model_name,
                                 port=options.serving_port, rest_port=options.rest_port,
-                                prefer_builtin=options.prefer_builtin_server)
-        console.info(f"starting {server.describe()}")
+                                prefer_builtin=options.prefer_builtin_server, kind=options.server_kind)
         server_svc = host.start_service("model-server", server.argv, log_path=posixpath.join(workdir, "services", "model-server.log"),
                                         env=env, port=options.serving_port)
         services.append(server_svc)
-        console.info(f"starting TensorBoard on 127.0.0.1:{options.tensorboard_port} over {logs_root}")
+        console.info(f"{'kept running' if server_svc.kept else 'started'}: {server.describe()}")
         tb_svc = host.start_service("tensorboard", tensorboard_command(host, logs_root, options.tensorboard_port),
                                     log_path=posixpath.join(workdir, "services", "tensorboard.log"), env=env,
                                     port=options.tensorboard_port)
         services.append(tb_svc)
+        console.info(f"{'kept running' if tb_svc.kept else 'started'}: TensorBoard on 127.0.0.1:{options.tensorboard_port} "
+                     f"over {logs_root}")
+        jupyter_svc = None
+        if options.jupyter_port:
+            notebooks = posixpath.join(workdir, "notebooks")
+            host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
+                      host.remote_dir, "--workdir", workdir, "--port", str(options.serving_port)],
+                     step="notebooks", timeout=60)
+            jupyter_svc = host.start_service("jupyter", jupyter_command(host, options.jupyter_port, notebooks),
+                                             log_path=posixpath.join(workdir, "services", "jupyter.log"),
+                                             env={"JUPYTER_TOKEN_FILE": options.jupyter_token_file},
+                                             port=options.jupyter_port)
+            services.append(jupyter_svc)
+            console.info(f"{'kept running' if jupyter_svc.kept else 'started'}: JupyterLab on "
+                         f"127.0.0.1:{options.jupyter_port} over {notebooks}")
 
         report_path = posixpath.join(workdir, "steps-report.json")
         console.info("running the lab steps (basics, train, summaries, export) in one TensorFlow process")
@@ -164,11 +209,21 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
         tb_port = reach(options.tensorboard_port)
         with console.waiting(f"waiting for TensorBoard to list run {run_name}"):
             tags = wait_tensorboard(tb_port, run_name, options.ready_timeout, check_alive(tb_svc))
+        jupyter = None
+        if jupyter_svc is not None:
+            token = host.read_text(options.jupyter_token_file).strip()
+            jupyter_port = reach(options.jupyter_port)
+            with console.waiting("waiting for JupyterLab"):
+                listed = wait_jupyter(jupyter_port, token, options.ready_timeout, check_alive(jupyter_svc))
+            jupyter = {"url": f"http://127.0.0.1:{jupyter_port}/lab?token={token}", "notebooks": listed}
         timings["total"] = time.monotonic() - started
         run.report = build_report(host, steps, server, result.version, predictions, tb_port, tags, timings)
+        if jupyter is not None:
+            run.report["jupyter"] = jupyter
         return run
     except BaseException:
-        stop_services(host, services)
+        if options.stop_on_failure:
+            stop_services(host, services)
         raise
 
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 def render(report: dict) -> str:
     """A readable summary of a run-lab report."""
     b, t, s = report["basics"], report["training"], report["server"]
-    lines = [f"tflab lab report ({report['host']['name']})", "",
+    host = report["host"]
+    lines = [f"tflab lab report ({host['name']})", ""]
+    if host.get("workdir"):
+        gpus = host.get("gpus_nvidia_smi") or []
+        lines += [f"Host: {host.get('address')}, {host['workdir']}, Python {host.get('python')}",
+                  f"  GPUs (nvidia-smi): {'; '.join(gpus) if gpus else 'none'}; "
+                  f"TensorFlow sees: {', '.join(host.get('gpus_tensorflow') or []) or 'none'}",
+                  f"  serving: {host.get('serving')}; bootstrap {host.get('bootstrap_seconds', 0):.1f} s", ""]
+    lines += [
              "Basics: graphs and sessions (tf.compat.v1)",
              f"  operations   {', '.join(b['operations'])}",
              f"  add          {b['add']}",
@@ -25,11 +33,14 @@ def render(report: dict) -> str:
              f"  {'x':>6} {'predicted':>10} {'noise-free':>11}"]
     lines += [f"  {p['x']:>6g} {p['predicted']:>10.4f} {p['noise_free']:>11g}" for p in report["predictions"]]
     a = report["artifacts"]
-    lines += ["", f"TensorBoard  {report['tensorboard']['url']}",
+    lines += ["", f"TensorBoard  {report['tensorboard']['url']}"]
+    if report.get("jupyter"):
+        lines.append(f"Jupyter      {report['jupyter']['url']}   ({len(report['jupyter']['notebooks'])} notebooks)")
+    lines += [
               f"Plot         {a['plot']}",
               f"Logs         {a['logdir']}",
               f"SavedModel   {a['saved_model']}"]
     if report.get("timings"):
-        lines += ["", "Timings (s from start): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+        lines += ["", "Timings (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
                                                          for k, v in report["timings"].items())]
     return "\n".join(lines)

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from dataclasses import dataclass
 
 from tflab.host import Host
 
 REAL_BINARY = "tensorflow_model_server"
 BUILTIN = "builtin"
+DOCKER_GPU = "tensorflow/serving:latest-gpu"
+DOCKER_NAME = "tflab-serving"
 
 
 @dataclass(frozen=True)
 class ServerCommand:
     """Which server will serve, and the command line that starts it."""
 
-    kind: str  # "tensorflow_model_server" | "builtin"
+    kind: str  # "tensorflow_model_server" | "tensorflow/serving:latest-gpu" | "builtin"
     argv: list[str]
     port: int
     rest_port: int
@@ -29,20 +32,34 @@ class ServerCommand:
         return f"127.0.0.1:{self.port}"
 
     def describe(self) -> str:
-        what = "TensorFlow Serving (tensorflow_model_server)" if self.kind == REAL_BINARY else \
-            "tflab's built-in stand-in server (tensorflow_model_server is not installed)"
+        what = {REAL_BINARY: "TensorFlow Serving (tensorflow_model_server)",
+                DOCKER_GPU: f"TensorFlow Serving on the GPU ({DOCKER_GPU} in Docker)"}.get(
+            self.kind, "tflab's built-in stand-in server (tensorflow_model_server is not installed)")
         rest = f", REST 127.0.0.1:{self.rest_port}" if self.rest_port else ""
         return f"{what} serving '{self.model_name}' from {self.model_base_path} on gRPC {self.address}{rest}"
 
 
 def server_command(host: Host, *, model_base_path: str, model_name: str = "nn", port: int = 9000,
-                   rest_port: int = 0, poll_seconds: float = 1.0, prefer_builtin: bool = False) -> ServerCommand:
-    """The command that serves model_base_path on host: the real binary when it is on PATH."""
+                   rest_port: int = 0, poll_seconds: float = 1.0, prefer_builtin: bool = False,
+                   kind: str | None = None) -> ServerCommand:
+    """The command that serves model_base_path on host.
+
+    kind is what the host's bootstrap found ("docker-gpu", "binary" or "builtin"); without it, the
+    real binary when it is on PATH, else the stand-in.
+    """
     flags = [f"--port={port}", f"--model_name={model_name}", f"--model_base_path={model_base_path}",
              f"--file_system_poll_wait_seconds={poll_seconds:g}"]
     if rest_port:
         flags.append(f"--rest_api_port={rest_port}")
-    binary = None if prefer_builtin else host.which(REAL_BINARY)
+    if kind == "docker-gpu" and not prefer_builtin:
+        # The image serves gRPC on 8500 and REST on 8501; publish them on the host's loopback only.
+        publish = ["-p", f"127.0.0.1:{port}:8500"] + (["-p", f"127.0.0.1:{rest_port}:8501"] if rest_port else [])
+        run = ["docker", "run", "--rm", "--name", DOCKER_NAME, "--gpus", "all", *publish,
+               "-v", f"{model_base_path}:/models/{model_name}", "-e", f"MODEL_NAME={model_name}", DOCKER_GPU,
+               f"--file_system_poll_wait_seconds={poll_seconds:g}"]
+        script = f"docker rm -f {DOCKER_NAME} >/dev/null 2>&1; exec " + shlex.join(run)
+        return ServerCommand(DOCKER_GPU, ["sh", "-c", script], port, rest_port, model_name, model_base_path)
+    binary = None if prefer_builtin or kind == "builtin" else host.which(REAL_BINARY)
     if binary:
         return ServerCommand(REAL_BINARY, [binary, *flags], port, rest_port, model_name, model_base_path)
     script = posixpath.join(host.remote_dir, "model_server.py")

@@ -415,32 +415,58 @@ class SshHost(Host):
         return self.connection.run(command_line(argv, cwd, env), step=step, on_line=on_line, timeout=timeout)
 
     def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
-        """Start argv detached from the SSH session (setsid, nohup): it outlives the connection."""
-        pid_path = posixpath.splitext(log_path)[0] + ".pid"
+        """Start argv detached from the SSH session (setsid, nohup): it outlives the connection.
+
+        The same command still running from an earlier run (its pid and command files next to the
+        log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
+        Another command under the same name is stopped first.
+        """
+        base = posixpath.splitext(log_path)[0]
+        pid_path, cmd_path = base + ".pid", base + ".cmd"
         folder = posixpath.dirname(log_path)
         inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
+        pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
         command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
+                   f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
+                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then echo kept $(cat {pid_q}); exit 0; fi; "
+                   f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
                    f"nohup setsid sh -c {shlex.quote(inner)} "
-                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {shlex.quote(pid_path)}; "
-                   f"cat {shlex.quote(pid_path)}")
-        pid = int(self.connection.output(command).strip().splitlines()[-1])
-        return Service(name, pid, log_path, port)
+                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; echo started $(cat {pid_q})")
+        what, pid = self.connection.output(command).strip().splitlines()[-1].split()
+        if what == "kept":
+            log.info("%s is running already (pid %s) with the same command: kept", name, pid)
+        return Service(name, int(pid), log_path, port, kept=what == "kept")
 
     def service_alive(self, service: Service) -> bool:
         return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
 
     def stop_service(self, service: Service, timeout: float = 5.0) -> None:
-        pid = service.pid
-        script = (f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
-                  f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; "
-                  f"kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; exit 0")
-        self.connection.run(script, step="stop", timeout=timeout + 10)
+        self.connection.run(stop_pid(str(service.pid), timeout), step="stop", timeout=timeout + 10)
+
+    def stop_all_services(self, folder: str, timeout: float = 5.0) -> None:
+        """Stop every service whose pid file is in folder (what earlier runs left on the host)."""
+        self.connection.run(f"for f in {shlex.quote(folder)}/*.pid; do [ -f \"$f\" ] || continue; "
+                            f"{stop_pid_file('$f', quote=False, timeout=timeout)}; done; true", step="stop",
+                            timeout=timeout * 5 + 10)
 
     def read_log(self, service: Service, lines: int = 20) -> str:
         return self.connection.output(f"tail -n {int(lines)} {shlex.quote(service.log_path)} 2>/dev/null || true")
 
     def read_text(self, path: str) -> str:
         return self.connection.read_text(path)
+
+
+def stop_pid(pid: str, timeout: float = 5.0) -> str:
+    """Shell that stops a process group (TERM, then KILL after timeout)."""
+    return (f"(p={pid}; kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
+            f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
+            f"kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null; exit 0)")
+
+
+def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
+    """Shell that stops the process group named in a pid file, if it still runs, and removes the file."""
+    p = shlex.quote(path) if quote else f'"{path}"'
+    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p}; fi")
 
 
 def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None]) -> Connection:

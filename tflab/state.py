@@ -56,6 +56,7 @@ class LabState:
     host_key_fingerprints: dict = field(default_factory=dict)
     hourly_usd: float | None = None
     launched_at: str | None = None
+    workdir: str | None = None  # where run-lab put the lab on the host (its services' pid files are there)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,7 +43,10 @@ def cli(moto_server, tmp_path):
     return run
 
 
-UP = ["up", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", "/test/dlami/ami-id", "--host-key-timeout", "0"]
+# moto's instances have made-up public addresses: the lab is reached at 127.0.0.1 (nothing listens on
+# port 1, and without console fingerprints `up` does not try SSH anyway), never at those addresses.
+UP = ["up", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", "/test/dlami/ami-id", "--host-key-timeout", "0",
+      "--ssh-host", "127.0.0.1", "--ssh-port", "1", "--ssh-timeout", "1"]
 
 
 def lab_resources(ec2, lab: str) -> dict:

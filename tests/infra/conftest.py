@@ -83,11 +83,14 @@ def aws(monkeypatch, tmp_path):
 
 
 def up_lab(aws, *, lab: str = "lab", host_key_timeout: float = 0.0, **spec_changes):
-    """`tflab up` as the CLI calls it, against the fixture's moto account; returns (state, action)."""
+    """`tflab up` as the CLI calls it, against the fixture's moto account; returns (state, action).
+
+    No SSH wait: moto's instances have made-up public addresses, which a test must never contact.
+    """
     import dataclasses
 
     from tflab import cloud
 
     spec = dataclasses.replace(aws.spec, lab=lab, **spec_changes)
     return cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True,
-                    host_key_timeout=host_key_timeout)
+                    host_key_timeout=host_key_timeout, ssh_wait=False)
