@@ -225,7 +225,10 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
         return
     with console.waiting(f"waiting for SSH on {target.display}") as update:
-        wait_for_ssh(target, timeout=timeout, progress=update).close()
+        connection = wait_for_ssh(target, timeout=timeout, progress=update)
+    if connection.host_key_note:
+        console.note(f"host key of {target.display} {connection.host_key_note}")
+    connection.close()
 
 
 def describe(state: LabState | None, instances: list, name: str) -> dict:

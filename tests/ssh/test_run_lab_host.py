@@ -1,0 +1,178 @@
+"""`tflab run-lab` on a lab host over SSH (a real sshd on 127.0.0.1 stands in for the instance),
+with `--host`, and on a lab made by `tflab up` under a moto server, end to end with the same CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import REMOTE, tflab, wait_until
+from tests.e2e.test_run_lab_local import processes_mentioning
+from tflab import ports
+from tflab.client import ServingClient
+from tflab.lab import http_json
+from tflab.ssh import Connection, SshHost, SshTarget
+from tflab.tunnels import Forward, Tunnels
+
+pytestmark = pytest.mark.slow
+
+
+def host_args(sshd, tmp_path: Path) -> list[str]:
+    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
+            "--known-hosts", str(tmp_path / "known_hosts")]
+
+
+@pytest.fixture(scope="module")
+def lab_host(sshd, tmp_path_factory):
+    """Two runs of `run-lab --host` on one workdir: (first report, second report, stderrs, workdir, tmp)."""
+    tmp = tmp_path_factory.mktemp("runlab")
+    workdir = tmp / "host-workdir"
+    args = ["run-lab", *host_args(sshd, tmp), "--accept-new-host-key", "--python", sys.executable,
+            "--workdir", str(workdir), "--out", str(tmp / "results"), "--json", "--seed", "5", "--steps", "50"]
+    first = tflab(*args, timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = tflab(*args, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    yield json.loads(first.stdout), json.loads(second.stdout), (first.stderr, second.stderr), workdir, tmp
+    target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp / "known_hosts"))
+    with Connection(target) as conn:
+        SshHost(conn).stop_all_services(f"{workdir}/services")
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_run_lab_on_a_host_runs_every_step_and_serves_through_the_tunnel(lab_host, tf):
+    report, _, (stderr, _), workdir, tmp = lab_host
+    assert report["host"]["workdir"] == str(workdir) and report["host"]["serving"] == "builtin"
+    assert "tflab's stand-in server will serve" in stderr  # the host has no Docker or TF Serving: said so
+    assert report["basics"]["variable"] == [[16.0], [16.0]]
+    assert report["training"]["steps"] == 50 and report["server"]["version"] == 1
+    # The report's predictions are the exported SavedModel's.
+    loaded = tf.saved_model.load(report["remote_artifacts"]["saved_model"])
+    xs = np.array([p["x"] for p in report["predictions"]], np.float32).reshape(-1, 1)
+    expected = loaded.signatures["prediction"](input=tf.constant(xs))["output"].numpy().ravel()
+    assert [p["predicted"] for p in report["predictions"]] == pytest.approx(expected.tolist(), rel=1e-6)
+    # Results fetched back here, without the Jupyter token in the file.
+    results = tmp / "results"
+    assert (results / "run-1.png").read_bytes()[:4] == b"\x89PNG"
+    saved = (results / "report.json").read_text()
+    token = report["jupyter"]["url"].split("token=")[1]
+    assert token not in saved and json.loads(saved)["predictions"] == report["predictions"]
+    assert report["jupyter"]["notebooks"] == ["1-basics.ipynb", "2-train.ipynb", "3-tensorboard.ipynb",
+                                              "4-export.ipynb", "5-predict.ipynb"]
+
+
+def test_the_services_keep_running_on_the_host_and_answer_through_tunnels(lab_host, sshd):
+    _, report, _, workdir, tmp = lab_host
+    target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp / "known_hosts"))
+    remote = report["host"]["ports"]
+    with Connection(target) as conn, Tunnels(conn, [Forward(n, p, 0) for n, p in remote.items()]) as t:
+        tags = http_json(t.url("tensorboard", "/data/plugin/scalars/tags"))
+        histograms = http_json(t.url("tensorboard", "/data/plugin/histograms/tags"))
+        assert "loss" in tags["run-2"] and "weights/summaries/mean" in tags["run-2"]
+        assert {"y_error", "weights/summaries/histogram"} <= set(histograms["run-1"])
+        token = report["jupyter"]["url"].split("token=")[1]
+        assert "started" in http_json(t.url("jupyter", f"/api/status?token={token}"))
+        with pytest.raises(OSError):  # no token, no entry
+            http_json(t.url("jupyter", "/api/status"))
+        listed = http_json(t.url("jupyter", f"/api/contents?token={token}"))
+        assert len([c for c in listed["content"] if c["type"] == "notebook"]) == 5
+        with ServingClient(f"127.0.0.1:{t.local_ports['serving']}") as client:
+            result = client.predict([0.0, 1.0])
+        t2 = report["training"]
+        assert result.version == 2
+        assert result.outputs == pytest.approx([t2["intercept"], t2["slope"] + t2["intercept"]], rel=1e-5)
+
+
+def test_a_second_run_skips_the_bootstrap_and_serves_version_2(lab_host):
+    first, second, (_, stderr2), _, _ = lab_host
+    assert "already done" in stderr2
+    assert second["host"]["bootstrap_seconds"] < first["host"]["bootstrap_seconds"]
+    assert second["server"]["version"] == 2
+    assert second["training"]["losses"] == pytest.approx(first["training"]["losses"], rel=1e-6)
+
+
+def test_a_bootstrap_started_at_boot_is_waited_for(sshd, tmp_path):
+    workdir = tmp_path / "boot"
+    script = str(REMOTE / "bootstrap.sh")
+    early = subprocess.Popen(["bash", script, str(workdir), sys.executable], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: (workdir / "bootstrap.log").exists(), 30, what="the first bootstrap")
+    late = subprocess.run(["bash", script, str(workdir), sys.executable], capture_output=True, text=True, timeout=300)
+    early.communicate(timeout=300)
+    assert early.returncode == 0 and late.returncode == 0, late.stdout + late.stderr
+    assert "another bootstrap is running" in late.stdout and "already done" in late.stdout
+    assert (workdir / "serving").read_text().strip() == "builtin"
+
+
+def test_a_python_without_tensorflow_is_refused_by_the_bootstrap(tmp_path):
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    proc = subprocess.run(["bash", str(REMOTE / "bootstrap.sh"), str(tmp_path / "w"), str(tmp_path / "bare/bin/python")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "lacks one of: tensorflow" in proc.stdout
+    assert not (tmp_path / "w" / "bootstrap.done").exists()
+
+
+def test_up_run_lab_down_on_a_moto_lab_reached_at_the_local_sshd(sshd, tmp_path):
+    """The whole mission with the CLI a user runs: AWS is a moto server, the instance is the local sshd."""
+    port = ports.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=endpoint)
+    image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+    ssm.put_parameter(Name="/test/dlami", Value=image["Parameter"]["Value"], Type="String")
+    home = tmp_path / "home"
+    env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(home)}
+    key = home / "labs" / "mission" / "id_ed25519"
+    authorized = sshd.root / "authorized_keys"
+    original = authorized.read_text()
+
+    def authorize_the_lab_key():  # what the AMI does with the key pair at boot
+        deadline = time.monotonic() + 120
+        while not key.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        private = serialization.load_ssh_private_key(key.read_bytes(), password=None)
+        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        authorized.write_text(original + public.decode() + "\n")
+
+    booting = threading.Thread(target=authorize_the_lab_key, daemon=True)
+    booting.start()
+    workdir = tmp_path / "mission-workdir"
+    try:
+        up = tflab("up", "--name", "mission", "--yes", "--json", "--ssh-cidr", "203.0.113.7/32",
+                   "--ami-parameter", "/test/dlami", "--host-key-timeout", "0", "--ssh-host", "127.0.0.1",
+                   "--ssh-port", str(sshd.port), "--ssh-user", sshd.user, "--accept-new-host-key",
+                   "--ssh-timeout", "120", env=env, timeout=300)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "waiting for SSH on lab 'mission'" in up.stderr and "trusted on first use" in up.stderr
+        booting.join(10)
+        run = tflab("run-lab", "--name", "mission", "--python", sys.executable, "--workdir", str(workdir),
+                    "--out", str(tmp_path / "results"), "--json", "--steps", "20", env=env, timeout=600)
+        assert run.returncode == 0, run.stderr[-4000:]
+        report = json.loads(run.stdout)
+        assert report["server"]["version"] == 1 and len(report["predictions"]) == 7
+        assert processes_mentioning(str(workdir)) != []  # the services run on the host after run-lab
+        down = tflab("down", "--name", "mission", "--yes", "--json", env=env, timeout=300)
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert json.loads(down.stdout)["clean"] is True
+        assert "stopped the lab's services" in down.stderr
+        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint)
+        tagged = [{"Name": "tag:tflab:lab", "Values": ["mission"]}]
+        live = [i for r in ec2.describe_instances(Filters=tagged)["Reservations"] for i in r["Instances"]
+                if i["State"]["Name"] != "terminated"]
+        assert live == [] and ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
+        assert ec2.describe_key_pairs(Filters=tagged)["KeyPairs"] == []
+        wait_until(lambda: processes_mentioning(str(workdir)) == [], 15, what="the lab's services to stop")
+    finally:
+        authorized.write_text(original)
+        server.stop()
