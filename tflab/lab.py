@@ -94,40 +94,44 @@ def http_json(url: str, timeout: float = 5.0):
         return json.load(response)
 
 
-def wait_jupyter(port: int, token: str, timeout: float, alive: Callable[[], None]) -> list[str]:
-    """Poll Jupyter's /api/status with the token until it answers; returns the notebooks it lists."""
+def poll_http(what: str, check: Callable[[], object], timeout: float, alive: Callable[[], None]):
+    """Call check() until it returns a value (not None); HTTP and connection errors mean "not yet".
+
+    alive() is called between tries and raises when the service behind died.
+    """
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while True:
         try:
-            http_json(f"http://127.0.0.1:{port}/api/status?token={token}")
-            contents = http_json(f"http://127.0.0.1:{port}/api/contents?token={token}")
-            return sorted(item["name"] for item in contents.get("content", []) if item.get("type") == "notebook")
+            value = check()
+            if value is not None:
+                return value
+            last = "not ready"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             last = str(exc)
         alive()
         if time.monotonic() >= deadline:
-            raise UnreachableError(f"Jupyter did not answer within {timeout:.0f} s ({last})")
+            raise UnreachableError(f"{what} within {timeout:.0f} s ({last})")
         time.sleep(0.25)
+
+
+def wait_jupyter(port: int, token: str, timeout: float, alive: Callable[[], None]) -> list[str]:
+    """Poll Jupyter's /api/status with the token until it answers; returns the notebooks it lists."""
+    def check():
+        http_json(f"http://127.0.0.1:{port}/api/status?token={token}")
+        contents = http_json(f"http://127.0.0.1:{port}/api/contents?token={token}")
+        return sorted(item["name"] for item in contents.get("content", []) if item.get("type") == "notebook")
+
+    return poll_http("Jupyter did not answer", check, timeout, alive)
 
 
 def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], None]) -> dict:
     """Poll TensorBoard's HTTP API until it lists the run's `loss` scalar; returns the run's tags."""
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
-    last = "no answer yet"
-    while True:
-        try:
-            tags = http_json(url)
-            if "loss" in tags.get(run, {}):
-                return tags[run]
-            last = f"runs listed: {sorted(tags) or 'none'}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(exc)
-        alive()
-        if time.monotonic() >= deadline:
-            raise UnreachableError(f"TensorBoard on port {port} did not show run {run} within {timeout:.0f} s ({last})")
-        time.sleep(0.25)
+    def check():
+        tags = http_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+        return tags[run] if "loss" in tags.get(run, {}) else None
+
+    return poll_http(f"TensorBoard on port {port} did not show run {run}", check, timeout, alive)
 
 
 def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = lambda port: port) -> LabRun:

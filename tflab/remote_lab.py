@@ -87,8 +87,8 @@ def run_remote(target: SshTarget, lab_options: LabOptions, host_options: HostOpt
     tunnels = None
     try:
         workdir = resolve_workdir(connection, host_options.workdir)
-        with console.waiting(f"pushing remote/ to {workdir}/remote"):
-            pushed = connection.push(remote_dir(), posixpath.join(workdir, "remote"))
+        with console.waiting(f"pushing remote/ to {workdir}/remote") as update:
+            pushed = connection.push(remote_dir(), posixpath.join(workdir, "remote"), progress=update)
         console.info(f"pushed {len(pushed['sent'])} files ({pushed['bytes']:,} bytes), {pushed['skipped']} unchanged")
         phases["push"] = time.monotonic() - started
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from unittest import mock
 
@@ -66,6 +67,11 @@ def test_up_status_list_down_with_the_cli(cli):
     assert state["action"] == "created" and state["instance_type"] == "g4dn.xlarge"
     assert "estimated cost: about $0.526/hour" in up.stderr
     made = lab_resources(cli.ec2, "cli1")
+    # The host's bootstrap starts from the user data at boot, as ubuntu, overlapping with `up`'s waits.
+    user_data = cli.ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute="userData")
+    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    assert script.startswith("#!/bin/bash") and "/home/ubuntu/tflab/remote/bootstrap.sh" in script
+    assert "sudo -u ubuntu -H nohup bash" in script and "flock" in script
     assert made["instances"] == [state["instance_id"]] and made["groups"] and made["keys"] == ["tflab-cli1"]
 
     status = cli("status", "--name", "cli1", "--json")

@@ -176,3 +176,20 @@ def test_up_run_lab_down_on_a_moto_lab_reached_at_the_local_sshd(sshd, tmp_path)
     finally:
         authorized.write_text(original)
         server.stop()
+
+
+def test_a_failing_step_stops_the_run_and_leaves_the_services_up(sshd, tmp_path):
+    workdir = tmp_path / "failing"
+    (workdir / "steps-report.json").mkdir(parents=True)  # the steps cannot write their report
+    proc = tflab("run-lab", *host_args(sshd, tmp_path), "--accept-new-host-key", "--python", sys.executable,
+                 "--workdir", str(workdir), "--out", str(tmp_path / "out"), "--steps", "5", timeout=600)
+    try:
+        assert proc.returncode == 6, proc.stderr[-3000:]
+        assert "tflab: error: lab steps: exited with status 1" in proc.stderr and "IsADirectoryError" in proc.stderr
+        running = processes_mentioning(str(workdir))
+        assert any("model_server.py" in p for p in running) and any("tensorboard" in p for p in running)
+    finally:
+        target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp_path / "known_hosts"))
+        with Connection(target) as conn:
+            SshHost(conn).stop_all_services(f"{workdir}/services")
+    assert processes_mentioning(str(workdir)) == []
