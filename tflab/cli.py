@@ -111,7 +111,13 @@ def run_lab(
     from tflab.state import StateStore
     from tflab.targets import resolve_target
 
+    from tflab.errors import NotFoundError
+
     store = StateStore()
+    if not host and store.load(name) is None:
+        raise NotFoundError(f"no lab named '{name}' on this machine",
+                            hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
+                                 "--local runs the lab here")
     target = resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts,
                             accept_new=accept_new_host_key, store=store)
     label = name if not host else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")

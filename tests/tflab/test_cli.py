@@ -43,10 +43,10 @@ def assert_one_line_error(proc, code: int, *fragments: str):
         assert fragment in proc.stderr, proc.stderr
 
 
-def test_run_lab_without_a_host_says_to_use_local(tmp_path):
-    proc = tflab("run-lab", cwd=tmp_path)
-    assert_one_line_error(proc, 3, "run-lab needs a lab host", "hint: tflab run-lab --local")
-    assert not any(tmp_path.iterdir())
+def test_run_lab_without_a_lab_says_what_to_do(tmp_path):
+    proc = tflab("run-lab", cwd=tmp_path, env={"TFLAB_HOME": str(tmp_path / "home")})
+    assert_one_line_error(proc, 7, "no lab named 'lab' on this machine", "`tflab up` makes one", "--local runs the lab here")
+    assert not any(p.name != "home" for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("args", [["--learning-rate", "0"], ["--steps", "0"], ["--num-examples", "1"], ["--bogus"]])
