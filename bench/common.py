@@ -6,8 +6,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -36,6 +39,21 @@ def export_model(workdir: Path) -> Path:
     subprocess.run([PY, str(REPO / "remote" / "steps.py"), "--workdir", str(workdir), "--seed", "0"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
     return workdir / "models" / "nn"
+
+
+@contextmanager
+def served_model() -> Iterator[str]:
+    """A freshly exported lab model served by the stand-in server; yields its gRPC address."""
+    from tflab import ports
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = ports.free_port()
+        server = start_server(export_model(Path(tmp)), port)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(10)
 
 
 def start_server(base: Path, port: int) -> subprocess.Popen:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import export_model, start_server  # noqa: E402
+from common import served_model  # noqa: E402
 
-from tflab import ports  # noqa: E402
 from tflab.client import ServingClient  # noqa: E402
 
 XS = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
@@ -64,24 +62,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = export_model(Path(tmp))
-        port = ports.free_port()
-        server = start_server(base, port)
-        try:
-            address = f"127.0.0.1:{port}"
-            with ServingClient(address) as client:
-                sequential(client, 200)  # warm-up
-                seq = sequential(client, args.calls)
-            print(f"# Predict, 7 inputs, stand-in server on {address}")
-            print(f"sequential x{args.calls}: p50 {pct(seq, 0.5):.2f} ms, p99 {pct(seq, 0.99):.2f} ms, "
-                  f"mean {statistics.mean(seq) * 1000:.2f} ms")
-            count, lat = threaded(address, args.threads, args.seconds)
-            print(f"{args.threads} threads x {args.seconds:g} s: {count / args.seconds:.0f} calls/s, "
-                  f"p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms")
-        finally:
-            server.terminate()
-            server.wait(10)
+    with served_model() as address:
+        with ServingClient(address) as client:
+            sequential(client, 200)  # warm-up
+            seq = sequential(client, args.calls)
+        print(f"# Predict, 7 inputs, stand-in server on {address}")
+        print(f"sequential x{args.calls}: p50 {pct(seq, 0.5):.2f} ms, p99 {pct(seq, 0.99):.2f} ms, "
+              f"mean {statistics.mean(seq) * 1000:.2f} ms")
+        count, lat = threaded(address, args.threads, args.seconds)
+        print(f"{args.threads} threads x {args.seconds:g} s: {count / args.seconds:.0f} calls/s, "
+              f"p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, export_model, start_server, summary, time_command  # noqa: E402
+from common import PY, served_model, summary, time_command  # noqa: E402
 
-from tflab import ports  # noqa: E402
 
 # A bare grpcio call: the request bytes are built once here, the timed process only imports grpc.
 BARE = """
@@ -52,20 +50,12 @@ def main() -> None:
     request.model_spec.name = "nn"
     request.model_spec.signature_name = "prediction"
     column_tensor([1.0, 2.0], request.inputs["input"])
-    with tempfile.TemporaryDirectory() as tmp:
-        base = export_model(Path(tmp))
-        port = ports.free_port()
-        server = start_server(base, port)
-        try:
-            address = f"127.0.0.1:{port}"
-            print(f"bare grpcio Predict process  "
-                  f"{summary(time_command([PY, '-c', BARE, address, request.SerializeToString().hex()], n))}")
-            print(f"tflab predict 1 2            "
-                  f"{summary(time_command([PY, '-m', 'tflab', 'predict', '1', '2', '--address', address], n))}")
-            print(f"client importing TensorFlow  {summary(time_command([PY, '-c', TF_CLIENT, address], max(3, n // 3)))}")
-        finally:
-            server.terminate()
-            server.wait(10)
+    with served_model() as address:
+        print(f"bare grpcio Predict process  "
+              f"{summary(time_command([PY, '-c', BARE, address, request.SerializeToString().hex()], n))}")
+        print(f"tflab predict 1 2            "
+              f"{summary(time_command([PY, '-m', 'tflab', 'predict', '1', '2', '--address', address], n))}")
+        print(f"client importing TensorFlow  {summary(time_command([PY, '-c', TF_CLIENT, address], max(3, n // 3)))}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -53,9 +53,14 @@ def _local_ports(console, wanted: dict[str, tuple[int, str]]) -> dict[str, int]:
     return chosen
 
 
+def _interrupt(*_) -> None:
+    """A signal handler that makes SIGTERM behave as Ctrl-C (so `finally` blocks clean up)."""
+    raise KeyboardInterrupt
+
+
 def _wait_for_interrupt() -> None:
     """Block until Ctrl-C or SIGTERM."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -522,7 +527,7 @@ def tunnel(
         for f in forwards:
             console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
         console.info("forwarding until Ctrl-C")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
         seen_errors = 0
         while True:
             time.sleep(0.5)

@@ -79,7 +79,7 @@ def test_up_status_list_down_with_the_cli(cli):
     doc = json.loads(status.stdout)
     assert (doc["state"], doc["instance_id"], doc["region"]) == ("running", state["instance_id"], "us-west-2")
     text = cli("status", "--name", "cli1")
-    assert f"lab cli1 (us-west-2): running" in text.stdout and "ssh -i " in text.stdout
+    assert "lab cli1 (us-west-2): running" in text.stdout and "ssh -i " in text.stdout
 
     listed = cli("list", "--json")
     assert "cli1" in [lab["name"] for lab in json.loads(listed.stdout)["labs"]]

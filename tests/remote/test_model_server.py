@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import REMOTE, wait_until
+from tests.conftest import REMOTE
 from tflab import ports
 from tflab.client import ServingClient, column_tensor, serving_apis
 from tflab.errors import NotFoundError, RequestError, UnreachableError
