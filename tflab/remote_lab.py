@@ -58,6 +58,23 @@ def is_this_machine(address: str) -> bool:
         return False
 
 
+def loopback_ports(connection: Connection, path: str) -> dict[str, int]:
+    """Ports for the services of a lab host that is this machine: the previous run's (so its services,
+    still running, are kept), else free ones; remembered in path on the host."""
+    try:
+        previous = json.loads(connection.read_text(path))
+        if set(previous) == set(FORWARDS):
+            return {name: int(port) for name, port in previous.items()}
+    except (OSError, ValueError):
+        pass
+    chosen: dict[str, int] = {}
+    for name in FORWARDS:
+        chosen[name] = ports.pick(0, set(chosen.values()))
+    connection.run(f"mkdir -p {shlex.quote(posixpath.dirname(path))} && "
+                   f"printf %s {shlex.quote(json.dumps(chosen))} > {shlex.quote(path)}", step="ports")
+    return chosen
+
+
 def resolve_workdir(connection: Connection, workdir: str) -> str:
     """An absolute path on the host (~ and relative paths are under the SSH user's home)."""
     if workdir.startswith("/"):
@@ -108,11 +125,8 @@ def run_remote(target: SshTarget, lab_options: LabOptions, host_options: HostOpt
         host = SshHost(connection, python=python, workdir=workdir)
         remote_ports = {name: remote for name, (remote, _) in FORWARDS.items()}
         if is_this_machine(target.host):  # the host's services and our tunnels would want the same ports
-            taken: set[int] = set()
-            for name in remote_ports:
-                remote_ports[name] = ports.pick(0, taken)
-                taken.add(remote_ports[name])
-            console.note("the lab host is this machine: its services listen on free ports ("
+            remote_ports = loopback_ports(connection, posixpath.join(workdir, "services", "ports.json"))
+            console.note("the lab host is this machine: its services listen on other ports ("
                          + ", ".join(f"{k} {v}" for k, v in remote_ports.items()) + ")")
         tunnels = Tunnels(connection, [Forward(name, remote_ports[name], local)
                                        for name, (_, local) in FORWARDS.items()])
