@@ -422,38 +422,6 @@ def _target(name: str, host: Optional[str], identity: Optional[str], known_hosts
     return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
 
 
-def _interactive_shell(connection) -> int:
-    """A terminal shell over paramiko, for machines without an ssh client."""
-    import os
-    import select
-    import shutil
-    import termios
-    import tty
-
-    columns, lines = shutil.get_terminal_size()
-    channel = connection.transport.open_session()
-    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
-    channel.invoke_shell()
-    old = termios.tcgetattr(sys.stdin)
-    try:
-        tty.setraw(sys.stdin.fileno())
-        while True:
-            readable, _, _ = select.select([channel, sys.stdin], [], [])
-            if channel in readable:
-                data = channel.recv(4096)
-                if not data:
-                    break
-                os.write(sys.stdout.fileno(), data)
-            if sys.stdin in readable:
-                data = os.read(sys.stdin.fileno(), 1024)
-                if not data:
-                    break
-                channel.sendall(data)
-    finally:
-        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
-    return channel.recv_exit_status()
-
-
 @app.command(context_settings={"ignore_unknown_options": True})
 def ssh(
     command: Optional[List[str]] = typer.Argument(None, help="A command to run (after --); none: a shell."),
@@ -468,7 +436,7 @@ def ssh(
     import shlex
     import shutil
 
-    from tflab.ssh import Connection
+    from tflab.ssh import Connection, interactive_shell
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     console = _console(False)
@@ -488,7 +456,7 @@ def ssh(
         if client is None or not sys.stdin.isatty():
             if not sys.stdin.isatty():
                 raise InputError("an interactive shell needs a terminal", hint="give a command after --")
-            raise typer.Exit(_interactive_shell(connection))
+            raise typer.Exit(interactive_shell(connection))
     argv = [client, "-p", str(target.port), "-o", f"UserKnownHostsFile={target.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=15"]
     if target.identity:
@@ -509,68 +477,23 @@ def tunnel(
 ) -> None:
     """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
     Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops."""
-    from tflab.cloud import LAB_PORTS
+    from tflab.ports import LAB_PORTS
     from tflab.ssh import Connection
-    from tflab.tunnels import Forward, Tunnels, parse_forward
+    from tflab.tunnels import Forward, forward_until_interrupted, parse_forward
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     forwards = [] if no_lab_ports else [Forward(n, remote, local) for n, (remote, local) in LAB_PORTS.items()]
     forwards += [parse_forward(spec) for spec in forward or []]
     if not forwards:
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
-    console = _console(False)
-    connection = Connection(target)
-    tunnels = Tunnels(connection, forwards).start()
-    try:
-        for fname, (wanted, got) in tunnels.moved.items():
-            console.note(f"local port {wanted} ({fname}) is in use; using {got} instead")
-        for f in forwards:
-            console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
-        console.info("forwarding until Ctrl-C")
-        signal.signal(signal.SIGTERM, _interrupt)
-        seen_errors = 0
-        while True:
-            time.sleep(0.5)
-            for message in tunnels.errors[seen_errors:]:
-                console.warn(message)
-            seen_errors = len(tunnels.errors)
-            if connection.is_open:
-                continue
-            console.warn(f"the SSH connection to {target.display} dropped; reconnecting")
-            tunnels.stop()
-            tunnels = _reconnect(connection, forwards, tunnels.local_ports, reconnect_tries, console)
-            seen_errors = 0
-            console.info(f"reconnected to {target.display}; the same local ports forward again")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tunnels.stop()
-        connection.close()
-
-
-def _reconnect(connection, forwards, local_ports: dict, tries: int, console):
-    """Reopen the connection with bounded backoff and forward the same local ports again."""
-    from tflab.errors import UnreachableError
-    from tflab.tunnels import Forward, Tunnels
-
-    delay = 1.0
-    for attempt in range(1, tries + 1):
-        try:
-            connection.open()
-            same = [Forward(f.name, f.remote_port, local_ports.get(f.name, f.local_port)) for f in forwards]
-            return Tunnels(connection, same).start()
-        except UnreachableError as exc:
-            console.info(f"  reconnect {attempt}/{tries} failed ({exc}); next try in {delay:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-    raise UnreachableError(f"could not reconnect to {connection.target.display} after {tries} tries",
-                           hint="check that the host runs (`tflab status`), then `tflab tunnel` again")
+    signal.signal(signal.SIGTERM, _interrupt)
+    forward_until_interrupted(Connection(target), forwards, _console(False), reconnect_tries)
 
 
 @app.command("ssh-config")
 def ssh_config(name: str = typer.Option("lab", "--name", help=NAME_HELP)) -> None:
     """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
-    from tflab.cloud import LAB_PORTS
+    from tflab.ports import LAB_PORTS
     from tflab.targets import resolve_target
 
     target = resolve_target(name=name, host=None)

@@ -13,14 +13,13 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from tflab.console import Console
+from tflab.ports import LAB_PORTS
 from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
 from tflab.state import LabState, StateStore, check_name
 
 log = logging.getLogger(__name__)
 
 Confirm = Callable[[str], bool]
-LAB_PORTS = {"jupyter": (8888, 8000), "tensorboard": (6006, 6006), "serving-grpc": (9000, 9000),
-             "serving-rest": (8501, 8501)}  # name: (port on the host, local port of the tunnel)
 
 
 class Cancelled(TflabError):

@@ -13,7 +13,3 @@ def remote_dir() -> Path:
         return Path(list(spec.submodule_search_locations)[0])
     return Path(__file__).resolve().parent.parent / "remote"  # a source checkout, not installed
 
-
-def results_dir(lab: str) -> Path:
-    """The default folder for a lab's results, under the current directory."""
-    return Path.cwd() / "tflab-results" / lab

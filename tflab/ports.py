@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+# The lab's services: name -> (port on the lab host, local port of the tunnel), as the original lab maps them.
+LAB_PORTS = {"serving": (9000, 9000), "rest": (8501, 8501), "tensorboard": (6006, 6006), "jupyter": (8888, 8000)}
+
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether nothing listens on host:port and it can be bound now."""

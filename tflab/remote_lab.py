@@ -22,8 +22,7 @@ from tflab.paths import remote_dir
 from tflab.ssh import Connection, SshHost, SshTarget, wait_for_ssh
 from tflab.tunnels import Forward, Tunnels
 
-# name: (port on the host, local port wanted)
-FORWARDS = {"serving": (9000, 9000), "rest": (8501, 8501), "tensorboard": (6006, 6006), "jupyter": (8888, 8000)}
+FORWARDS = ports.LAB_PORTS
 
 
 @dataclass(frozen=True)

@@ -515,3 +515,35 @@ def _probe(target: SshTarget, timeout: float) -> tuple[str, bool]:
             return "SSH banner", False
     except OSError:
         return "TCP connection", False
+
+
+def interactive_shell(connection: Connection) -> int:
+    """A terminal shell over paramiko, for machines without an ssh client."""
+    import select
+    import shutil
+    import sys
+    import termios
+    import tty
+
+    columns, lines = shutil.get_terminal_size()
+    channel = connection.transport.open_session()
+    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
+    channel.invoke_shell()
+    old = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        while True:
+            readable, _, _ = select.select([channel, sys.stdin], [], [])
+            if channel in readable:
+                data = channel.recv(4096)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if sys.stdin in readable:
+                data = os.read(sys.stdin.fileno(), 1024)
+                if not data:
+                    break
+                channel.sendall(data)
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
+    return channel.recv_exit_status()

@@ -17,10 +17,12 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 
 from tflab import ports
-from tflab.errors import InputError
+from tflab.console import Console
+from tflab.errors import InputError, UnreachableError
 from tflab.ssh import Connection
 
 log = logging.getLogger(__name__)
@@ -190,3 +192,51 @@ class Tunnels:
 
     def url(self, name: str, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.local_ports[name]}{path}"
+
+
+def forward_until_interrupted(connection: Connection, forwards: list[Forward], console: Console, tries: int) -> None:
+    """Forward until Ctrl-C (KeyboardInterrupt), saying where; when SSH drops, reconnect with bounded
+    backoff and forward the same local ports again. Closes everything on the way out."""
+    target = connection.target
+    tunnels = Tunnels(connection, forwards).start()
+    try:
+        for name, (wanted, got) in tunnels.moved.items():
+            console.note(f"local port {wanted} ({name}) is in use; using {got} instead")
+        for f in forwards:
+            console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
+        console.info("forwarding until Ctrl-C")
+        seen_errors = 0
+        while True:
+            time.sleep(0.5)
+            for message in tunnels.errors[seen_errors:]:
+                console.warn(message)
+            seen_errors = len(tunnels.errors)
+            if connection.is_open:
+                continue
+            console.warn(f"the SSH connection to {target.display} dropped; reconnecting")
+            tunnels.stop()
+            tunnels = _reconnect(connection, forwards, tunnels.local_ports, tries, console)
+            seen_errors = 0
+            console.info(f"reconnected to {target.display}; the same local ports forward again")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tunnels.stop()
+        connection.close()
+
+
+def _reconnect(connection: Connection, forwards: list[Forward], local_ports: dict, tries: int,
+               console: Console) -> Tunnels:
+    """Reopen the connection with bounded backoff and forward the same local ports again."""
+    delay = 1.0
+    for attempt in range(1, tries + 1):
+        try:
+            connection.open()
+            same = [Forward(f.name, f.remote_port, local_ports.get(f.name, f.local_port)) for f in forwards]
+            return Tunnels(connection, same).start()
+        except UnreachableError as exc:
+            console.info(f"  reconnect {attempt}/{tries} failed ({exc}); next try in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise UnreachableError(f"could not reconnect to {connection.target.display} after {tries} tries",
+                           hint="check that the host runs (`tflab status`), then `tflab tunnel` again")
