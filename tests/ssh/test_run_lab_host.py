@@ -193,3 +193,42 @@ def test_a_failing_step_stops_the_run_and_leaves_the_services_up(sshd, tmp_path)
         with Connection(target) as conn:
             SshHost(conn).stop_all_services(f"{workdir}/services")
     assert processes_mentioning(str(workdir)) == []
+
+
+def test_on_a_terminal_the_tunnels_stay_open_until_ctrl_c(lab_host, sshd):
+    import os
+    import pty
+    import signal
+
+    _, _, _, workdir, tmp = lab_host
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", *host_args(sshd, tmp), "--python", sys.executable,
+                             "--workdir", str(workdir), "--out", str(tmp / "tty-results"), "--steps", "5"],
+                            stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = bytearray()
+
+    def read_until(text: bytes) -> bool:
+        import select
+
+        while text not in seen:
+            if proc.poll() is not None or not select.select([master], [], [], 0.5)[0]:
+                return False
+            try:
+                seen.extend(os.read(master, 65536))
+            except OSError:
+                return False
+        return True
+
+    try:
+        wait_until(lambda: read_until(b"Ctrl-C to close them"), 300, interval=0, what="run-lab to keep the tunnels open")
+        line = next(l for l in seen.decode(errors="replace").splitlines() if "tunnels open:" in l)
+        tensorboard = line.split("tensorboard ")[1].split(",")[0].strip()
+        assert "run-" in "".join(http_json(tensorboard + "data/runs"))  # still forwarding after the report
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        os.close(master)
+    assert proc.returncode == 0, seen.decode(errors="replace")[-2000:]
+    port = int(tensorboard.rsplit(":", 1)[1].strip("/"))
+    assert ports.is_free(port)  # the tunnel closed with the command
