@@ -28,6 +28,40 @@ if str(REMOTE) not in sys.path:  # the remote/ scripts import as plain modules, 
     sys.path.insert(0, str(REMOTE))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only():
+    """A safety net: in the test process, a connection to anything but loopback fails at once.
+
+    (moto's instances carry made-up public addresses; nothing here may ever try them.)
+    """
+    import ipaddress
+    import socket
+
+    original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise OSError(f"tests connect to loopback only, not {host}")
+
+    def connect(sock, address):
+        check(sock, address)
+        return original_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return original_connect_ex(sock, address)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    yield
+    socket.socket.connect, socket.socket.connect_ex = original_connect, original_connect_ex
+
+
 def tflab(*args: str, timeout: float = 300, cwd: str | os.PathLike | None = None,
           env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the tflab CLI as a user does, in a subprocess; returns the completed process."""
