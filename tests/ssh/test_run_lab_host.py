@@ -67,6 +67,8 @@ def test_run_lab_on_a_host_runs_every_step_and_serves_through_the_tunnel(lab_hos
     saved = (results / "report.json").read_text()
     token = report["jupyter"]["url"].split("token=")[1]
     assert token not in saved and json.loads(saved)["predictions"] == report["predictions"]
+    host_logs = "".join(p.read_text(errors="replace") for p in (workdir / "services").glob("*.log"))
+    assert "Jupyter" in host_logs and token not in host_logs  # shown to the user, never logged on the host
     assert report["jupyter"]["notebooks"] == ["1-basics.ipynb", "2-train.ipynb", "3-tensorboard.ipynb",
                                               "4-export.ipynb", "5-predict.ipynb"]
 
