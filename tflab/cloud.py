@@ -223,8 +223,15 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
         return
-    with console.waiting(f"waiting for SSH on {target.display}") as update:
-        connection = wait_for_ssh(target, timeout=timeout, progress=update)
+    from tflab.errors import UnreachableError
+
+    try:
+        with console.waiting(f"waiting for SSH on {target.display}") as update:
+            connection = wait_for_ssh(target, timeout=timeout, progress=update)
+    except UnreachableError as exc:
+        raise UnreachableError(f"{exc.message}; the instance runs and is kept",
+                               hint=f"`tflab up --name {state.name}` waits again; `tflab down --name {state.name}` "
+                                    "removes it") from exc
     if connection.host_key_note:
         console.note(f"host key of {target.display} {connection.host_key_note}")
     connection.close()

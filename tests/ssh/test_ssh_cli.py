@@ -103,3 +103,25 @@ def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path):
         server.server_close()
     assert proc.returncode == 0, "".join(lines)
     assert ports.is_free(local)
+
+
+def test_up_keeps_an_instance_whose_ssh_does_not_answer_and_says_so(tmp_path):
+    import io
+
+    import pytest
+
+    from tflab.cloud import wait_ssh
+    from tflab.console import Console
+    from tflab.errors import UnreachableError
+
+    store = StateStore(tmp_path / "home")
+    key = tmp_path / "key"
+    key.write_text("not used: nothing answers")
+    state = LabState(name="silent", region="us-west-2", ssh_host="127.0.0.1", ssh_port=ports.free_port(),
+                     key_path=str(key))
+    store.save(state)
+    with pytest.raises(UnreachableError) as info:
+        wait_ssh(store, state, Console(err=io.StringIO()), timeout=1, accept_new=True)
+    assert "the instance runs and is kept" in info.value.message
+    assert "`tflab down --name silent` removes it" in info.value.hint
+    assert store.load("silent") == state
