@@ -98,13 +98,17 @@ def parse_host(spec: str, default_user: str = "ubuntu") -> tuple[str, str, int]:
 class _VerifyPolicy:
     """paramiko's MissingHostKeyPolicy for a key not in known_hosts: pinned, trusted on first use, or refused."""
 
-    def __init__(self, target: SshTarget):
+    def __init__(self, target: SshTarget, revoked: set[str] = frozenset()):
         self.target = target
+        self.revoked = revoked  # keys (base64) that known_hosts marks @revoked
         self.recorded: str | None = None
 
     def missing_host_key(self, client, hostname, key) -> None:
         fp, kind = fingerprint(key), key_type_label(key)
         target = self.target
+        if key.get_base64() in self.revoked:
+            raise HostKeyError(f"the host key of {target.display} ({kind} {fp}) is marked @revoked in {target.known_hosts}",
+                               hint="do not connect; ask the host's owner for its new key")
         if target.pinned:
             if target.pinned.get(kind) == fp:
                 self._record(client, key, f"matches the fingerprint the instance printed ({kind} {fp})")
@@ -143,6 +147,30 @@ def _transport(sock, **kwargs):
     gcm = [c for c in options.ciphers if c.endswith("-gcm@openssh.com")]
     options.ciphers = tuple(gcm + [c for c in options.ciphers if c not in gcm])
     return transport
+
+
+def _load_known_hosts(client, path: Path) -> set[str]:
+    """Load a known_hosts file into the client; returns the keys (base64) it marks @revoked.
+
+    Read here rather than by paramiko's loader, which fails on a marker line ("@cert-authority",
+    "@revoked") whose key it cannot parse and would otherwise take a revoked key from a plain line.
+    Certificate authorities are not used (paramiko verifies plain host keys only)."""
+    from paramiko.hostkeys import HostKeyEntry
+
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    revoked = {parts[3] for parts in (line.split() for line in lines) if len(parts) >= 4 and parts[0] == "@revoked"}
+    keys = client.get_host_keys()
+    for line in lines:
+        if not line or line.startswith(("#", "@")):
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line)
+        except Exception:  # a line paramiko cannot parse (an unknown key type, say): as paramiko does, skip it
+            continue
+        if entry is not None and entry.key.get_base64() not in revoked:  # never taken from a plain line
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
 
 
 class Connection:
@@ -185,12 +213,13 @@ class Connection:
         t = self.target
         client = paramiko.SSHClient()
         known = Path(t.known_hosts)
+        revoked: set[str] = set()
         if known.exists():
             try:
-                client.load_host_keys(str(known))
-            except (OSError, paramiko.SSHException) as exc:
+                revoked = _load_known_hosts(client, known)
+            except (OSError, UnicodeDecodeError, paramiko.SSHException) as exc:
                 raise InputError(f"cannot read {known}: {exc}", hint="fix or move the file") from exc
-        policy = _VerifyPolicy(t)
+        policy = _VerifyPolicy(t, revoked)
         client.set_missing_host_key_policy(policy)
         key_filename = None
         if t.identity:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import threading
 import time
 
@@ -68,6 +69,32 @@ def test_a_changed_host_key_is_always_refused(tmp_path):
                 Connection(SshTarget(**{**first.__dict__, "accept_new": accept_new})).open()
     finally:
         server.stop()
+
+
+def test_a_known_hosts_as_openssh_keeps_it_is_read_hashed_names_and_markers_too(target, tmp_path):
+    with Connection(target) as conn:
+        conn.output("true")  # pins the key
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", target.known_hosts], check=True, capture_output=True)
+    assert open(target.known_hosts).read().startswith("|1|")  # names hashed
+    ca = (tmp_path / "ca")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    with open(target.known_hosts, "a") as f:  # a marker line paramiko's own loader fails on
+        f.write(f"@cert-authority *.example.com {ca.with_suffix('.pub').read_text()}")
+    with Connection(unpinned(target)) as conn:
+        assert conn.output("echo known") == "known" and conn.host_key_note is None
+
+
+def test_a_host_key_marked_revoked_is_refused_even_when_pinned(target, sshd):
+    # paramiko alone skips "@revoked" lines, and would take the key from its plain line.
+    with Connection(target) as conn:
+        conn.output("true")  # pins the key
+    line = open(target.known_hosts).read().strip()
+    with open(target.known_hosts, "a") as f:
+        f.write(f"# an older key of another host\n@revoked other.example ssh-ed25519 {'A' * 68}\n@revoked {line}\n")
+    kind, fp = sshd.host_fingerprint
+    for t in (target, unpinned(target), unpinned(target, accept_new=True)):
+        with pytest.raises(HostKeyError, match=re.escape(f"({kind} {fp}) is marked @revoked")):
+            Connection(t).open()
 
 
 def test_wait_for_ssh_rides_out_a_server_that_starts_late(tmp_path):
