@@ -9,8 +9,11 @@ LAB_PORTS = {"serving": (9000, 9000), "rest": (8501, 8501), "tensorboard": (6006
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether nothing listens on host:port and it can be bound now."""
+    """Whether nothing listens on host:port and a server can bind it now. SO_REUSEADDR, as servers
+    (ssh's forwards, sshtunnel's, Python's) set it: closed connections of the port in TIME_WAIT
+    do not count as taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
