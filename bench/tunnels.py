@@ -1,5 +1,6 @@
 """Tunnels side by side, in one run, against the same local sshd: direct loopback, OpenSSH
-`ssh -N -L`, and `tflab tunnel` (each tunnel its own process, as a user runs it).
+`ssh -N -L`, and `tflab tunnel` with each of its clients (--client openssh, the default where `ssh`
+is present, and --client paramiko, the fallback); each tunnel its own process, as a user runs it.
 
 Figures: bulk MiB/s (one way, acknowledged), 64-byte round trip p50, new connection to first
 echoed byte p50 (back to back), gRPC unary p50 and calls/s with 8 threads over one channel, and
@@ -29,6 +30,7 @@ from tests.sshd import Sshd  # noqa: E402
 from tflab import ports  # noqa: E402
 
 PY = sys.executable
+PATHS = ("direct", "openssh", "tflab-openssh", "tflab-paramiko")
 
 
 class Echo(socketserver.BaseRequestHandler):
@@ -174,9 +176,9 @@ def start_openssh(sshd: Sshd, known: str, forwards: dict[int, int]) -> subproces
     return subprocess.Popen(argv + [f"{sshd.user}@127.0.0.1"], stderr=subprocess.DEVNULL)
 
 
-def start_tflab(sshd: Sshd, known: str, forwards: dict[int, int]) -> subprocess.Popen:
+def start_tflab(sshd: Sshd, known: str, forwards: dict[int, int], client: str) -> subprocess.Popen:
     argv = [PY, "-m", "tflab", "tunnel", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity",
-            str(sshd.user_key), "--known-hosts", known, "--accept-new-host-key", "--no-lab-ports"]
+            str(sshd.user_key), "--known-hosts", known, "--accept-new-host-key", "--no-lab-ports", "--client", client]
     for local, remote in forwards.items():
         argv += ["--forward", f"{local}:{remote}"]
     return subprocess.Popen(argv, stderr=subprocess.DEVNULL)
@@ -203,13 +205,16 @@ def main() -> None:
         sshd = Sshd(Path(tmp) / "sshd", ports.free_port()).start()
         try:
             for round_ in range(args.rounds):
-                for path in ("direct", "openssh", "tflab"):  # interleaved rounds: load hits all alike
+                for path in PATHS:  # interleaved rounds: load hits all alike
                     if path == "direct":
                         local, proc = dict(targets), None
                     else:
                         local = {name: ports.free_port() for name in targets}
-                        starter = start_openssh if path == "openssh" else start_tflab
-                        proc = starter(sshd, str(Path(tmp) / f"known_{path}"), {local[n]: targets[n] for n in targets})
+                        known, forwards = str(Path(tmp) / f"known_{path}"), {local[n]: targets[n] for n in targets}
+                        if path == "openssh":
+                            proc = start_openssh(sshd, known, forwards)
+                        else:
+                            proc = start_tflab(sshd, known, forwards, path.removeprefix("tflab-"))
                         for port in local.values():
                             wait_port(port)
                     r = results.setdefault(path, {})
@@ -224,16 +229,18 @@ def main() -> None:
         finally:
             sshd.stop()
             grpc_srv.stop(0)
-    metrics = list(results["tflab"])
-    print(f"# tunnels, {args.rounds} interleaved rounds, median of rounds [min-max]")
-    print(f"{'metric':<28} {'direct':>16} {'OpenSSH ssh -L':>20} {'tflab tunnel':>20} {'tflab/OpenSSH':>14}")
+    metrics = list(results["openssh"])
+    print(f"# tunnels, {args.rounds} interleaved rounds, median of rounds [min-max]; ratios against OpenSSH")
+    print(f"{'metric':<28} {'direct':>16} {'OpenSSH ssh -L':>20} {'tflab, openssh':>20} {'tflab, paramiko':>20}"
+          f" {'openssh/OpenSSH':>16} {'paramiko/OpenSSH':>17}")
     for m in metrics:
         cells = []
-        for path in ("direct", "openssh", "tflab"):
+        for path in PATHS:
             v = results[path].get(m)
             cells.append(f"{statistics.median(v):.3g} [{min(v):.3g}-{max(v):.3g}]" if v else "-")
-        ratio = statistics.median(results["tflab"][m]) / statistics.median(results["openssh"][m])
-        print(f"{m:<28} {cells[0]:>16} {cells[1]:>20} {cells[2]:>20} {ratio:>13.2f}x")
+        base = statistics.median(results["openssh"][m])
+        ratios = [statistics.median(results[p][m]) / base for p in ("tflab-openssh", "tflab-paramiko")]
+        print(f"{m:<28} {cells[0]:>16} {cells[1]:>20} {cells[2]:>20} {cells[3]:>20} {ratios[0]:>15.2f}x {ratios[1]:>16.2f}x")
 
 
 if __name__ == "__main__":

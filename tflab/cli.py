@@ -58,14 +58,15 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_for_interrupt() -> None:
-    """Block until Ctrl-C or SIGTERM."""
+def _wait_for_interrupt(alive=lambda: True) -> bool:
+    """Block until Ctrl-C or SIGTERM (True), or until alive() turns False (False)."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while True:
-            time.sleep(3600)
+        while alive():
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        return True
+    return False
 
 
 @app.command("run-lab")
@@ -140,7 +141,9 @@ def run_lab(
         if not detach and sys.stdin.isatty() and sys.stdout.isatty():
             console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in run.report["urls"].items() if v)
                          + "   (Ctrl-C to close them; the services keep running on the host)")
-            _wait_for_interrupt()
+            if not _wait_for_interrupt(lambda: run.tunnels.alive):
+                console.warn(f"the SSH connection to {target.display} dropped; the services keep running there: "
+                             f"`tflab tunnel{' --name ' + name if not host else ''}` forwards them again")
         else:
             console.info(f"services keep running on the host; `tflab tunnel{' --name ' + name if not host else ''}` "
                          "reaches them again")
@@ -474,20 +477,25 @@ def tunnel(
     forward: Optional[List[str]] = typer.Option(None, "--forward", "-L", help="Another forward, LOCAL:REMOTE (repeatable)."),
     no_lab_ports: bool = typer.Option(False, "--no-lab-ports", help="Only the --forward ports, not the lab's."),
     reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
+    client: str = typer.Option("auto", "--client", envvar="TFLAB_TUNNEL_CLIENT",
+                               help="Who carries the forwards: auto (the system's ssh where present, else paramiko), "
+                                    "openssh or paramiko. run-lab's tunnels follow $TFLAB_TUNNEL_CLIENT."),
 ) -> None:
     """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
-    Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops."""
+    Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops.
+    The host key is verified by tflab first; the forwards then run in the system's `ssh` where present."""
     from tflab.ports import LAB_PORTS
     from tflab.ssh import Connection
-    from tflab.tunnels import Forward, forward_until_interrupted, parse_forward
+    from tflab.tunnels import Forward, choose_client, forward_until_interrupted, parse_forward
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     forwards = [] if no_lab_ports else [Forward(n, remote, local) for n, (remote, local) in LAB_PORTS.items()]
     forwards += [parse_forward(spec) for spec in forward or []]
     if not forwards:
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
+    client = choose_client(client)
     signal.signal(signal.SIGTERM, _interrupt)
-    forward_until_interrupted(Connection(target), forwards, _console(False), reconnect_tries)
+    forward_until_interrupted(Connection(target), forwards, _console(False), reconnect_tries, client)
 
 
 @app.command("ssh-config")

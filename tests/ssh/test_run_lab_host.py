@@ -4,6 +4,7 @@ with `--host`, and on a lab made by `tflab up` under a moto server, end to end w
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -197,40 +198,78 @@ def test_a_failing_step_stops_the_run_and_leaves_the_services_up(sshd, tmp_path)
     assert processes_mentioning(str(workdir)) == []
 
 
-def test_on_a_terminal_the_tunnels_stay_open_until_ctrl_c(lab_host, sshd):
-    import os
-    import pty
-    import signal
+class _OnATerminal:
+    """`tflab run-lab` on a pty (as a user runs it), read as it writes."""
 
-    _, _, _, workdir, tmp = lab_host
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", *host_args(sshd, tmp), "--python", sys.executable,
-                             "--workdir", str(workdir), "--out", str(tmp / "tty-results"), "--steps", "5"],
-                            stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    seen = bytearray()
+    def __init__(self, lab_host, sshd, out: str):
+        import pty
 
-    def read_until(text: bytes) -> bool:
+        _, _, _, workdir, tmp = lab_host
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", *host_args(sshd, tmp), "--python",
+                                      sys.executable, "--workdir", str(workdir), "--out", str(tmp / out), "--steps", "5"],
+                                     stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        self.seen = bytearray()
+
+    def read_until(self, text: bytes) -> bool:
         import select
 
-        while text not in seen:
-            if proc.poll() is not None or not select.select([master], [], [], 0.5)[0]:
+        while text not in self.seen:
+            if self.proc.poll() is not None or not select.select([self.master], [], [], 0.5)[0]:
                 return False
             try:
-                seen.extend(os.read(master, 65536))
+                self.seen.extend(os.read(self.master, 65536))
             except OSError:
                 return False
         return True
 
+    def wait_for(self, text: bytes, timeout: float, what: str) -> None:
+        wait_until(lambda: self.read_until(text), timeout, interval=0, what=what)
+
+    def tensorboard_url(self) -> str:
+        line = next(l for l in self.text.splitlines() if "tunnels open:" in l)
+        return line.split("tensorboard ")[1].split(",")[0].strip()
+
+    @property
+    def text(self) -> str:
+        return self.seen.decode(errors="replace")
+
+    def close(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        os.close(self.master)
+
+
+def test_on_a_terminal_the_tunnels_stay_open_until_ctrl_c(lab_host, sshd):
+    run = _OnATerminal(lab_host, sshd, "tty-results")
     try:
-        wait_until(lambda: read_until(b"Ctrl-C to close them"), 300, interval=0, what="run-lab to keep the tunnels open")
-        line = next(l for l in seen.decode(errors="replace").splitlines() if "tunnels open:" in l)
-        tensorboard = line.split("tensorboard ")[1].split(",")[0].strip()
+        run.wait_for(b"Ctrl-C to close them", 300, what="run-lab to keep the tunnels open")
+        tensorboard = run.tensorboard_url()
         assert "run-" in "".join(http_json(tensorboard + "data/runs"))  # still forwarding after the report
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-        os.close(master)
-    assert proc.returncode == 0, seen.decode(errors="replace")[-2000:]
+        run.close()
+    assert run.proc.returncode == 0, run.text[-2000:]
     port = int(tensorboard.rsplit(":", 1)[1].strip("/"))
     assert ports.is_free(port)  # the tunnel closed with the command
+
+
+def test_on_a_terminal_a_dropped_tunnel_is_said_with_how_to_reach_the_services_again(lab_host, sshd):
+    import signal
+
+    run = _OnATerminal(lab_host, sshd, "tty-drop-results")
+    try:
+        run.wait_for(b"Ctrl-C to close them", 300, what="run-lab to keep the tunnels open")
+        children = open(f"/proc/{run.proc.pid}/task/{run.proc.pid}/children").read().split()
+        ssh = [pid for pid in children if open(f"/proc/{pid}/comm").read().strip() == "ssh"]
+        assert len(ssh) == 1, children  # the forwards run in the system's ssh (TFLAB_TUNNEL_CLIENT=auto)
+        os.kill(int(ssh[0]), signal.SIGKILL)  # as when the network goes
+        run.wait_for(b"tflab tunnel", 30, what="run-lab to say the tunnels dropped")
+        run.proc.wait(30)
+    finally:
+        run.close()
+    assert run.proc.returncode == 0, run.text[-2000:]
+    assert "dropped; the services keep running there" in run.text

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.conftest import tflab, wait_until
 from tests.sshd import Sshd
 from tflab import ports
@@ -65,14 +67,15 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
-def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path):
+@pytest.mark.parametrize("client, says", [("openssh", "forwarding with OpenSSH"), ("paramiko", "forwarding with paramiko")])
+def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path, client, says):
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sshd = Sshd(tmp_path / "sshd", ports.free_port()).start()
     local = ports.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *host_args(sshd, tmp_path, "--accept-new-host-key"),
-                             "--no-lab-ports", "--forward", f"{local}:{server.server_address[1]}"],
+                             "--no-lab-ports", "--forward", f"{local}:{server.server_address[1]}", "--client", client],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
@@ -87,7 +90,7 @@ def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path):
             return False
 
     try:
-        wait_until(lambda: any("forwarding until Ctrl-C" in line for line in lines), 60, what="the tunnel")
+        wait_until(lambda: any(says in line for line in lines), 60, what="the tunnel")
         assert echo()
         sshd.stop()  # the host goes away, sessions and all
         sshd.start()
@@ -107,8 +110,6 @@ def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path):
 
 def test_up_keeps_an_instance_whose_ssh_does_not_answer_and_says_so(tmp_path):
     import io
-
-    import pytest
 
     from tflab.cloud import wait_ssh
     from tflab.console import Console

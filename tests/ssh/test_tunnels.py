@@ -1,7 +1,10 @@
-"""Tunnels over the verified connection to a real sshd: integrity, concurrency, half-close, dead ports."""
+"""Tunnels to a real sshd after the Connection verified its key, with each client (the system's
+OpenSSH and paramiko/sshtunnel): integrity, concurrency, half-close, dead ports, and the choice
+between the two (fallback, and never around a host key that ssh refuses)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -13,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tflab import ports
-from tflab.errors import InputError
-from tflab.ssh import Connection
+from tflab.errors import InputError, UnreachableError
+from tflab.ssh import Connection, HostKeyError
 from tflab.tunnels import Forward, Tunnels, parse_forward
 
 
@@ -48,12 +51,13 @@ def servers():
         s.server_close()
 
 
-@pytest.fixture
-def tunnels(target, servers):
+@pytest.fixture(params=["openssh", "paramiko"])
+def tunnels(request, target, servers):
     dead = ports.free_port()
     conn = Connection(target)
     with Tunnels(conn, [Forward("echo", servers["echo"], 0), Forward("count", servers["count"], 0),
-                        Forward("dead", dead, 0)]) as t:
+                        Forward("dead", dead, 0)], client=request.param) as t:
+        assert t.client == request.param
         yield t
     conn.close()
 
@@ -101,11 +105,11 @@ def test_a_half_close_passes_through(tunnels):
     assert reply == b"got 100000"
 
 
-def test_nodelay_is_set_on_the_transport_socket(tunnels):
+def test_nodelay_is_set_on_the_paramiko_transport_socket(target, servers):
     # Small SSH messages (window adjusts, EOF, CLOSE) must not wait for delayed ACKs; bench/tunnels.py
     # measures what that saves on new connections.
-    transport_sock = tunnels.connection.transport.sock
-    assert transport_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    with Connection(target) as conn, Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="paramiko"):
+        assert conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_a_dead_remote_port_closes_at_once_with_a_clear_error(tunnels):
@@ -120,13 +124,14 @@ def test_a_dead_remote_port_closes_at_once_with_a_clear_error(tunnels):
     assert tunnels.errors and "dead: nothing answers on port" in tunnels.errors[0]
 
 
-def test_a_taken_local_port_moves_and_stop_releases_everything(target, servers):
+@pytest.mark.parametrize("client", ["openssh", "paramiko"])
+def test_a_taken_local_port_moves_and_stop_releases_everything(target, servers, client):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
         conn = Connection(target)
-        t = Tunnels(conn, [Forward("echo", servers["echo"], busy)]).start()
+        t = Tunnels(conn, [Forward("echo", servers["echo"], busy)], client=client).start()
         got = t.local_ports["echo"]
         assert got != busy and t.moved == {"echo": (busy, got)}
         with connect(t, "echo") as s:
@@ -151,3 +156,57 @@ def test_parse_forward(spec, ok):
 def test_parse_forward_refuses_garbage():
     with pytest.raises(InputError):
         parse_forward("a:b")
+
+
+def echoes(t: Tunnels) -> bool:
+    with connect(t, "echo") as s:
+        s.sendall(b"hi")
+        return s.recv(2) == b"hi"
+
+
+def test_auto_prefers_the_system_ssh_and_takes_paramiko_without_one(target, servers, monkeypatch, tmp_path):
+    with Connection(target) as conn:
+        with Tunnels(conn, [Forward("echo", servers["echo"], 0)]) as t:
+            assert t.client == "openssh" and t.notes == [] and echoes(t)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no ssh here
+        with Tunnels(conn, [Forward("echo", servers["echo"], 0)]) as t:
+            assert t.client == "paramiko" and echoes(t)
+        with pytest.raises(InputError, match="no `ssh` client"):
+            Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh").start()
+
+
+def test_tflab_tunnel_client_env_picks_the_client(target, servers, monkeypatch):
+    monkeypatch.setenv("TFLAB_TUNNEL_CLIENT", "paramiko")
+    with Connection(target) as conn, Tunnels(conn, [Forward("echo", servers["echo"], 0)]) as t:
+        assert t.client == "paramiko" and echoes(t)
+    monkeypatch.setenv("TFLAB_TUNNEL_CLIENT", "putty")
+    with pytest.raises(InputError, match="unknown tunnel client 'putty'"):
+        Tunnels(Connection(target), [])
+
+
+def test_a_key_file_ssh_refuses_falls_back_to_paramiko_and_says_why(target, servers, tmp_path):
+    # OpenSSH will not use a private key others can read; paramiko does: the forwards still come up.
+    loose = tmp_path / "loose_key"
+    loose.write_bytes(open(target.identity, "rb").read())
+    loose.chmod(0o644)
+    loose_target = dataclasses.replace(target, identity=str(loose))
+    with Connection(loose_target) as conn:
+        with Tunnels(conn, [Forward("echo", servers["echo"], 0)]) as t:
+            assert t.client == "paramiko" and echoes(t)
+            assert len(t.notes) == 1 and "the system's ssh could not forward" in t.notes[0]
+            assert "Permission denied" in t.notes[0]
+        with pytest.raises(UnreachableError, match="ssh could not forward"):
+            Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh").start()
+
+
+def test_a_host_key_ssh_refuses_is_never_carried_by_paramiko_instead(target, servers):
+    # The user's known_hosts marks the key @revoked: paramiko skips such lines, OpenSSH refuses the key.
+    with Connection(target) as conn:
+        conn.open()  # pins the key into known_hosts
+        line = open(target.known_hosts).read().strip()
+        with open(target.known_hosts, "a") as f:
+            f.write(f"@revoked {line}\n")
+        t = Tunnels(conn, [Forward("echo", servers["echo"], 0)])
+        with pytest.raises(HostKeyError, match="ssh refused the host key"):
+            t.start()
+        assert t.client is None and ports.is_free(t.local_ports["echo"])
