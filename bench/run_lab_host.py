@@ -1,5 +1,5 @@
 """`tflab run-lab` over SSH against a local sshd, phase by phase, next to `run-lab --local` in the
-same run. Goal (issue 5): the SSH path adds no more than a few seconds over --local.
+same run, with each tunnel client. Goal (issue 5): the SSH path adds no more than a few seconds over --local.
 
 The host is this machine (the lab's python is this one, so the bootstrap only checks it): the first
 SSH run bootstraps, the measured ones find it done, as a second `run-lab` on an instance does.
@@ -22,12 +22,13 @@ from tests.sshd import Sshd  # noqa: E402
 from tflab import ports  # noqa: E402
 
 PY = sys.executable
+CLIENTS = ("openssh", "paramiko")  # who carries run-lab's tunnels (TFLAB_TUNNEL_CLIENT)
 
 
-def tflab(*args: str) -> tuple[float, dict]:
+def tflab(*args: str, client: str = "auto") -> tuple[float, dict]:
     started = time.perf_counter()
     proc = subprocess.run([PY, "-m", "tflab", *args, "--json", "--seed", "0"], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TFLAB_TUNNEL_CLIENT": client})
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     return time.perf_counter() - started, json.loads(proc.stdout)
@@ -45,15 +46,17 @@ def main() -> None:
                   "--workdir", str(tmp / "host"), "--out", str(tmp / "results")]
         try:
             first, _ = tflab(*remote)  # bootstraps (checks the interpreter) and starts the services
-            local_times, remote_times, phases = [], [], []
+            local_times, remote_times, phases = [], {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}
             for i in range(args.runs):
                 seconds, _ = tflab("run-lab", "--local", "--out", str(tmp / f"local{i}"), "--port",
                                    str(ports.free_port()), "--rest-port", "0", "--tensorboard-port",
                                    str(ports.free_port()))
                 local_times.append(seconds)
-                seconds, report = tflab(*remote)
-                remote_times.append(seconds)
-                phases.append(report["timings"])
+                for client in CLIENTS:
+                    seconds, report = tflab(*remote, client=client)
+                    assert report["host"]["tunnel_client"] == client
+                    remote_times[client].append(seconds)
+                    phases[client].append(report["timings"])
         finally:
             subprocess.run([PY, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
                             "from tflab.ssh import Connection, SshHost, SshTarget;"
@@ -69,14 +72,16 @@ def main() -> None:
     print(f"# run-lab, {args.runs} interleaved runs each, median [min-max]")
     print(f"first SSH run (bootstrap + services started)  {first:6.2f} s")
     print(f"run-lab --local                               {s(local_times)}")
-    print(f"run-lab --host (bootstrap done)               {s(remote_times)}   "
-          f"(+{statistics.median(remote_times) - statistics.median(local_times):.2f} s)")
-    print("phases of the SSH runs, seconds from start:")
-    for key in ("phase_connect", "phase_push", "phase_bootstrap", "phase_lab", "phase_total"):
-        print(f"  {key.removeprefix('phase_'):<12} {s([p[key] for p in phases])}")
-    print("inside the lab phase (from its own start):")
-    for key in ("steps", "serving_ready", "first_prediction", "total"):
-        print(f"  {key:<16} {s([p[key] for p in phases])}")
+    for client in CLIENTS:
+        print(f"run-lab --host (bootstrap done), {client:<8} tunnels {s(remote_times[client])}   "
+              f"({statistics.median(remote_times[client]) - statistics.median(local_times):+.2f} s)")
+    for client in CLIENTS:
+        print(f"phases of the SSH runs with {client} tunnels, seconds from start:")
+        for key in ("phase_connect", "phase_push", "phase_bootstrap", "phase_tunnels_ready", "phase_lab", "phase_total"):
+            print(f"  {key.removeprefix('phase_'):<12} {s([p[key] for p in phases[client]])}")
+        print("  inside the lab phase (from its own start):")
+        for key in ("steps", "serving_ready", "first_prediction", "total"):
+            print(f"    {key:<16} {s([p[key] for p in phases[client]])}")
 
 
 if __name__ == "__main__":

@@ -129,21 +129,31 @@ def run_remote(target: SshTarget, lab_options: LabOptions, host_options: HostOpt
                          + ", ".join(f"{k} {v}" for k, v in remote_ports.items()) + ")")
         tunnels = Tunnels(connection, [Forward(name, remote_ports[name], local)
                                        for name, (_, local) in FORWARDS.items()])
-        tunnels.start()
+        tunnels.start(wait=False)  # the system's ssh logs in while the steps run
         for name, (wanted, got) in tunnels.moved.items():
             console.note(f"local port {wanted} ({name}) is in use; using {got} instead")
         by_port = {remote_ports[name]: tunnels.local_ports[name] for name in FORWARDS}
+
+        def reach(port: int) -> int:
+            if "tunnels_ready" not in phases:  # first use: the forwards must be up now
+                tunnels.ready()
+                phases["tunnels_ready"] = time.monotonic() - started
+                for note in tunnels.notes:
+                    console.note(note)
+            return by_port[port]
+
         options = replace(lab_options, workdir=workdir, serving_port=remote_ports["serving"],
                           rest_port=remote_ports["rest"], tensorboard_port=remote_ports["tensorboard"],
                           jupyter_port=remote_ports["jupyter"], jupyter_token_file=token_file,
                           server_kind=serving, stop_on_failure=False)
-        run: LabRun = run_lab(host, options, console, reach=lambda port: by_port[port])
+        run: LabRun = run_lab(host, options, console, reach=reach)
         phases["lab"] = time.monotonic() - started
 
         report = run.report
         gpus = connection.run("nvidia-smi -L 2>/dev/null || true", step="gpus", check=False).tail.strip()
         report["host"] = {"name": target.display, "address": f"{target.host}:{target.port}", "python": python,
                           "workdir": workdir, "serving": serving, "bootstrap_seconds": round(bootstrap_seconds, 3),
+                          "tunnel_client": tunnels.client,
                           "ports": remote_ports,
                           "gpus_nvidia_smi": [line for line in gpus.splitlines() if line.startswith("GPU")],
                           "gpus_tensorflow": report.get("tensorflow", {}).get("gpus", [])}

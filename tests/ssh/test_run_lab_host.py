@@ -54,6 +54,7 @@ def lab_host(sshd, tmp_path_factory):
 def test_run_lab_on_a_host_runs_every_step_and_serves_through_the_tunnel(lab_host, tf):
     report, _, (stderr, _), workdir, tmp = lab_host
     assert report["host"]["workdir"] == str(workdir) and report["host"]["serving"] == "builtin"
+    assert report["host"]["tunnel_client"] == "openssh"  # the system's ssh carries the forwards here
     assert "tflab's stand-in server will serve" in stderr  # the host has no Docker or TF Serving: said so
     assert report["basics"]["variable"] == [[16.0], [16.0]]
     assert report["training"]["steps"] == 50 and report["server"]["version"] == 1

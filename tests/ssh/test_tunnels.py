@@ -197,6 +197,13 @@ def test_a_key_file_ssh_refuses_falls_back_to_paramiko_and_says_why(target, serv
             assert "Permission denied" in t.notes[0]
         with pytest.raises(UnreachableError, match="ssh could not forward"):
             Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh").start()
+        # run-lab's way: ssh logs in while the caller goes on; the fallback keeps the local ports it said.
+        t = Tunnels(conn, [Forward("echo", servers["echo"], 0)]).start(wait=False)
+        said = dict(t.local_ports)
+        try:
+            assert t.ready().client == "paramiko" and t.local_ports == said and echoes(t)
+        finally:
+            t.stop()
 
 
 def test_a_host_key_ssh_refuses_is_never_carried_by_paramiko_instead(target, servers):
@@ -210,3 +217,14 @@ def test_a_host_key_ssh_refuses_is_never_carried_by_paramiko_instead(target, ser
         with pytest.raises(HostKeyError, match="ssh refused the host key"):
             t.start()
         assert t.client is None and ports.is_free(t.local_ports["echo"])
+
+
+def test_the_system_ssh_takes_key_and_known_hosts_paths_with_spaces_and_percent_signs(target, servers, tmp_path):
+    odd = tmp_path / "my keys %d 100%"
+    odd.mkdir()
+    key = odd / "id ed25519"
+    key.write_bytes(open(target.identity, "rb").read())
+    key.chmod(0o600)
+    odd_target = dataclasses.replace(target, identity=str(key), known_hosts=str(odd / "known hosts"))
+    with Connection(odd_target) as conn, Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh") as t:
+        assert t.client == "openssh" and echoes(t)
