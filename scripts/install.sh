@@ -40,7 +40,8 @@ extras=""
   | grep -v -E "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import tflab, tensorflow_serving, grpc" || { echo "install.sh: the install failed" >&2; exit 1; }
 
-if [ "$want_test" = 1 ] && [ ! -x /usr/sbin/sshd ]; then
-  apt_install openssh-server
+# The tests run a real sshd, and tunnels through the system's ssh client (and the paramiko fallback).
+if [ "$want_test" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; }; then
+  apt_install openssh-server openssh-client
 fi
 echo "tflab installed in $(pwd)/.venv (run: .venv/bin/tflab --help)" >&2
