@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
 
 from infra.errors import InfraError
@@ -478,6 +479,7 @@ def tunnel(
     no_lab_ports: bool = typer.Option(False, "--no-lab-ports", help="Only the --forward ports, not the lab's."),
     reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
     client: str = typer.Option("auto", "--client", envvar="TFLAB_TUNNEL_CLIENT",
+                               click_type=click.Choice(["auto", "openssh", "paramiko"], case_sensitive=False),
                                help="Who carries the forwards: auto (the system's ssh where present, else paramiko), "
                                     "openssh or paramiko. run-lab's tunnels follow $TFLAB_TUNNEL_CLIENT."),
 ) -> None:

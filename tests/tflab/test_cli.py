@@ -57,6 +57,12 @@ def test_bad_run_lab_options_are_usage_errors(tmp_path, args):
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
 
 
+@pytest.mark.parametrize("args, env", [(["--client", "putty"], {}), ([], {"TFLAB_TUNNEL_CLIENT": "putty"})])
+def test_an_unknown_tunnel_client_is_a_usage_error(tmp_path, args, env):
+    proc = tflab("tunnel", "--host", "me@127.0.0.1:1", *args, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "'putty' is not one of 'auto', 'openssh', 'paramiko'" in proc.stderr, proc.stderr
+
+
 def test_predict_with_no_server_is_a_one_line_error():
     port = ports.free_port()
     proc = tflab("predict", "1", "--address", f"127.0.0.1:{port}", "--timeout", "2")
