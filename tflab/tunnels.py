@@ -397,6 +397,8 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
     target = connection.target
     tunnels = Tunnels(connection, forwards, client=client).start()
     try:
+        if tunnels.client == "openssh":
+            connection.close()  # it verified the host key; ssh holds a connection of its own
         for note in tunnels.notes:
             console.note(note)
         for name, (wanted, got) in tunnels.moved.items():
@@ -416,6 +418,8 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             tunnels.stop()
             connection.close()
             tunnels = _reconnect(connection, forwards, tunnels.local_ports, tries, console, client)
+            if tunnels.client == "openssh":
+                connection.close()
             seen_errors = 0
             console.info(f"reconnected to {target.display}; the same local ports forward again")
     except KeyboardInterrupt:
