@@ -202,6 +202,7 @@ class _OpenSsh:
         self.said: deque[str] = deque(maxlen=20)  # its last lines that are not debug chatter
         self._failed: dict[str, str] = {}  # channel: why, until its "free" line names the port
         self._reader: threading.Thread | None = None
+        self.spawn_error = ""
         # A short folder: the control socket's path (plus ssh's 17-character suffix) must fit in 104 bytes.
         self._folder = tempfile.mkdtemp(prefix="tflab-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self.control = os.path.join(self._folder, "c")
@@ -226,14 +227,21 @@ class _OpenSsh:
         return argv + ["--", t.host]
 
     def spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+        try:
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, errors="replace")
+        except OSError as exc:  # on PATH but not runnable: wait_ready() says so
+            self.spawn_error = f"cannot run {self.program}: {exc.strerror or exc}"
+            shutil.rmtree(self._folder, ignore_errors=True)
+            return
         self._reader = threading.Thread(target=self._read, name="tunnel-ssh-log", daemon=True)
         self._reader.start()
         self._deadline = time.monotonic() + 40.0
 
     def wait_ready(self) -> None:
         """Until the forwards are up; raises ClientFailed (the process stopped) when ssh gives up."""
+        if self.spawn_error:
+            raise ClientFailed(self.spawn_error)
         while not os.path.exists(self.control):
             if self.proc.poll() is not None or time.monotonic() > self._deadline:
                 timed_out = self.proc.poll() is None

@@ -173,6 +173,12 @@ def test_auto_prefers_the_system_ssh_and_takes_paramiko_without_one(target, serv
             assert t.client == "paramiko" and echoes(t)
         with pytest.raises(InputError, match="no `ssh` client"):
             Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh").start()
+        broken = tmp_path / "ssh"  # on PATH and executable, but not a program
+        broken.write_bytes(b"")
+        broken.chmod(0o755)
+        with Tunnels(conn, [Forward("echo", servers["echo"], 0)]) as t:
+            assert t.client == "paramiko" and echoes(t)
+            assert t.notes and f"cannot run {broken}" in t.notes[0]
 
 
 def test_tflab_tunnel_client_env_picks_the_client(target, servers, monkeypatch):
