@@ -31,9 +31,10 @@ def fingerprint_of(public_key: Path) -> tuple[str, str]:
 class Sshd:
     """One sshd process; start() and stop() may be called again (same port, same or new host key)."""
 
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, allow_forwarding: bool = True):
         self.root = root
         self.port = port
+        self.allow_forwarding = allow_forwarding  # False: as a hardened host (AllowTcpForwarding no)
         root.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.user_key = keygen(root / "user_key")
@@ -57,7 +58,8 @@ class Sshd:
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}", f"PidFile {self.root / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
+            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
+            f"AllowTcpForwarding {'yes' if self.allow_forwarding else 'no'}",
             "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
             "ClientAliveInterval 0", "",
         ]))

@@ -134,8 +134,12 @@ def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], No
     return poll_http(f"TensorBoard on port {port} did not show run {run}", check, timeout, alive)
 
 
-def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = lambda port: port) -> LabRun:
+def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = lambda port: port,
+            link_alive: Callable[[], None] = lambda: None) -> LabRun:
     """Run every lab step on host, serve the model, predict through `reach`; returns the run.
+
+    link_alive() is called while waiting for a service and raises when the way to it (the SSH
+    tunnels) is gone for good, so a wait does not run to its limit for nothing.
 
     Services are left running in the returned LabRun; on failure they are stopped unless
     the host keeps them (see stop_services). Raises LabStepError, UnreachableError.
@@ -194,6 +198,7 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
 
         def check_alive(service: Service) -> Callable[[], None]:
             def alive() -> None:
+                link_alive()
                 if not host.service_alive(service):
                     raise LabStepError(service.name, "stopped unexpectedly", tail=host.read_log(service),
                                        hint=f"its log is {service.log_path}")

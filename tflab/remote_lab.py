@@ -146,7 +146,7 @@ def run_remote(target: SshTarget, lab_options: LabOptions, host_options: HostOpt
                           rest_port=remote_ports["rest"], tensorboard_port=remote_ports["tensorboard"],
                           jupyter_port=remote_ports["jupyter"], jupyter_token_file=token_file,
                           server_kind=serving, stop_on_failure=False)
-        run: LabRun = run_lab(host, options, console, reach=reach)
+        run: LabRun = run_lab(host, options, console, reach=reach, link_alive=tunnels.check)
         phases["lab"] = time.monotonic() - started
 
         report = run.report

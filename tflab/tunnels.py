@@ -306,6 +306,7 @@ class Tunnels:
         self.moved: dict[str, tuple[int, int]] = {}  # name: (wanted, got)
         self.errors: list[str] = []
         self.notes: list[str] = []
+        self.prohibited = ""  # why the host's sshd refused to forward (AllowTcpForwarding), once it did
         self._forwarder = None
         self._openssh: _OpenSsh | None = None
         self._lock = threading.Lock()
@@ -317,13 +318,33 @@ class Tunnels:
         self.stop()
 
     def record_error(self, remote_port: int, why, local_port: int | None = None) -> None:
+        """A forwarded connection the host would not open: nothing listens there, or its sshd
+        does not forward at all (AllowTcpForwarding no: "administratively prohibited")."""
         names = [f.name for f in self.forwards if f.remote_port == remote_port
                  and (local_port is None or self.local_ports.get(f.name) == local_port)]
-        message = (f"{names[0] if names else 'a tunnel'}: nothing answers on port {remote_port} of "
-                   f"{self.connection.target.display} ({why})")
+        display = self.connection.target.display
+        if "prohibited" in str(why).lower():
+            self.prohibited = f"{why}"
+            what = f"the SSH server of {display} does not allow forwarding to port {remote_port}"
+        else:
+            what = f"nothing answers on port {remote_port} of {display}"
+        message = f"{names[0] if names else 'a tunnel'}: {what} ({why})"
         with self._lock:
             self.errors.append(message)
-        log.warning(message)
+        log.info(message)  # the caller shows the errors (tflab tunnel) or acts on them (check())
+
+    def check(self) -> None:
+        """Raise UnreachableError when the forwards cannot work any more: their SSH connection is gone,
+        or the host's sshd refuses to forward."""
+        display = self.connection.target.display
+        if self.prohibited:
+            raise UnreachableError(f"the SSH server of {display} does not allow TCP forwarding ({self.prohibited}), "
+                                   "so the tunnels cannot reach the lab's services",
+                                   hint="set `AllowTcpForwarding yes` (or `local`) in its sshd_config, "
+                                        "or run the lab there with `tflab run-lab --local`")
+        if self.client is not None and not self.alive:
+            raise UnreachableError(f"the SSH tunnels to {display} closed",
+                                   hint="check that the host runs (`tflab status`), then run the command again")
 
     def start(self, wait: bool = True) -> "Tunnels":
         """Bind every forward's local port (a free one when the wanted port is taken). With wait=False

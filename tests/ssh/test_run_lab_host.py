@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from moto.server import ThreadedMotoServer
 
 from tests.conftest import REMOTE, tflab, wait_until
+from tests.sshd import Sshd
 from tests.e2e.test_run_lab_local import processes_mentioning
 from tflab import ports
 from tflab.client import ServingClient
@@ -196,6 +197,24 @@ def test_a_failing_step_stops_the_run_and_leaves_the_services_up(sshd, tmp_path)
         target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp_path / "known_hosts"))
         with Connection(target) as conn:
             SshHost(conn).stop_all_services(f"{workdir}/services")
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_a_host_whose_sshd_does_not_forward_fails_at_once_and_says_why(tmp_path):
+    hardened = Sshd(tmp_path / "sshd", ports.free_port(), allow_forwarding=False).start()
+    workdir = tmp_path / "hardened"
+    try:
+        proc = tflab("run-lab", *host_args(hardened, tmp_path), "--accept-new-host-key", "--python", sys.executable,
+                     "--workdir", str(workdir), "--out", str(tmp_path / "out"), "--steps", "5", timeout=600)
+        assert proc.returncode == 5, proc.stderr[-3000:]
+        # Said as soon as a forwarded connection was refused, not after the serving wait's limit.
+        assert "does not allow TCP forwarding" in proc.stderr and "AllowTcpForwarding yes" in proc.stderr
+        assert "within 120 s" not in proc.stderr
+    finally:
+        target = SshTarget("127.0.0.1", hardened.user, hardened.port, str(hardened.user_key), str(tmp_path / "known_hosts"))
+        with Connection(target) as conn:
+            SshHost(conn).stop_all_services(f"{workdir}/services")
+        hardened.stop()
     assert processes_mentioning(str(workdir)) == []
 
 

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.sshd import Sshd
 from tflab import ports
 from tflab.errors import InputError, UnreachableError
-from tflab.ssh import Connection, HostKeyError
+from tflab.ssh import Connection, HostKeyError, SshTarget
 from tflab.tunnels import Forward, Tunnels, parse_forward
 
 
@@ -234,3 +235,29 @@ def test_the_system_ssh_takes_key_and_known_hosts_paths_with_spaces_and_percent_
     odd_target = dataclasses.replace(target, identity=str(key), known_hosts=str(odd / "known hosts"))
     with Connection(odd_target) as conn, Tunnels(conn, [Forward("echo", servers["echo"], 0)], client="openssh") as t:
         assert t.client == "openssh" and echoes(t)
+
+
+@pytest.fixture(scope="module")
+def no_forwarding(tmp_path_factory):
+    server = Sshd(tmp_path_factory.mktemp("nofwd"), ports.free_port(), allow_forwarding=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("client", ["openssh", "paramiko"])
+def test_a_host_that_does_not_forward_is_named_as_such(no_forwarding, servers, client, tmp_path):
+    kind, fp = no_forwarding.host_fingerprint
+    target = SshTarget("127.0.0.1", no_forwarding.user, no_forwarding.port, str(no_forwarding.user_key),
+                       str(tmp_path / "known_hosts"), pinned={kind: fp}, label="hardened host")
+    with Connection(target) as conn, Tunnels(conn, [Forward("echo", servers["echo"], 0)], client=client) as t:
+        t.check()  # nothing known to be wrong yet
+        with connect(t, "echo") as s:
+            s.settimeout(10)
+            assert s.recv(10) == b""  # closed at once, no hang
+        deadline = time.monotonic() + 5
+        while not t.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert t.errors and "echo: the SSH server of hardened host does not allow forwarding" in t.errors[0]
+        with pytest.raises(UnreachableError, match="does not allow TCP forwarding") as info:
+            t.check()
+        assert "AllowTcpForwarding" in info.value.hint
