@@ -482,6 +482,8 @@ def tunnel(
                                click_type=click.Choice(["auto", "openssh", "paramiko"], case_sensitive=False),
                                help="Who carries the forwards: auto (the system's ssh where present, else paramiko), "
                                     "openssh or paramiko. run-lab's tunnels follow $TFLAB_TUNNEL_CLIENT."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON line on stdout each time the forwards are up "
+                                                        "(and one when SSH drops), for scripts."),
 ) -> None:
     """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
     Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops.
@@ -497,7 +499,7 @@ def tunnel(
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
     client = choose_client(client)
     signal.signal(signal.SIGTERM, _interrupt)
-    forward_until_interrupted(Connection(target), forwards, _console(False), reconnect_tries, client)
+    forward_until_interrupted(Connection(target), forwards, _console(json_out), reconnect_tries, client)
 
 
 @app.command("ssh-config")

@@ -64,6 +64,12 @@ class Console:
             yield update
         self.info(f"{what}: done in {time.monotonic() - started:.1f} s")
 
+    def event(self, document: dict) -> None:
+        """With --json, one compact JSON line on stdout (JSON Lines), for a command that runs on (tunnel)."""
+        if self.json_mode:
+            self.out.write(json.dumps(document, separators=(",", ":")) + "\n")
+            self.out.flush()
+
     def result(self, document: dict, text: str) -> None:
         """The command's result: the JSON document with --json, else the text."""
         if self.json_mode:

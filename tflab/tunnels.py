@@ -435,6 +435,7 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
         for f in forwards:
             console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
         console.info(f"forwarding with {_CLIENT_NAMES[tunnels.client]} until Ctrl-C")
+        console.event(_forwarding_event(tunnels))
         seen_errors = 0
         while True:
             time.sleep(0.5)
@@ -444,6 +445,7 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             if tunnels.alive:
                 continue
             console.warn(f"the SSH connection to {target.display} dropped; reconnecting")
+            console.event({"event": "dropped", "host": target.display})
             tunnels.stop()
             connection.close()
             tunnels = _reconnect(connection, forwards, tunnels.local_ports, tries, console, client)
@@ -451,11 +453,19 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
                 connection.close()
             seen_errors = 0
             console.info(f"reconnected to {target.display}; the same local ports forward again")
+            console.event(_forwarding_event(tunnels))
     except KeyboardInterrupt:
         pass
     finally:
         tunnels.stop()
         connection.close()
+
+
+def _forwarding_event(tunnels: Tunnels) -> dict:
+    """What `tflab tunnel --json` prints (one line) each time the forwards are up."""
+    return {"event": "forwarding", "host": tunnels.connection.target.display, "client": tunnels.client,
+            "forwards": {f.name: {"local": f"127.0.0.1:{tunnels.local_ports[f.name]}", "remote_port": f.remote_port}
+                         for f in tunnels.forwards}}
 
 
 _CLIENT_NAMES = {"openssh": "OpenSSH (ssh -N -L)", "paramiko": "paramiko (sshtunnel)"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import socketserver
@@ -75,11 +76,15 @@ def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path, clie
     sshd = Sshd(tmp_path / "sshd", ports.free_port()).start()
     local = ports.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *host_args(sshd, tmp_path, "--accept-new-host-key"),
-                             "--no-lab-ports", "--forward", f"{local}:{server.server_address[1]}", "--client", client],
+                             "--no-lab-ports", "--forward", f"{local}:{server.server_address[1]}", "--client", client,
+                             "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
+    events: list[dict] = []
+    out_reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stdout), daemon=True)
+    out_reader.start()
 
     def echo() -> bool:
         try:
@@ -91,16 +96,23 @@ def test_tunnel_forwards_until_ctrl_c_and_reconnects_after_a_drop(tmp_path, clie
 
     try:
         wait_until(lambda: any(says in line for line in lines), 60, what="the tunnel")
+        wait_until(lambda: events, 10, what="the --json line")
+        forward = f"port {server.server_address[1]}"
+        assert events[0] == {"event": "forwarding", "host": f"{sshd.user}@127.0.0.1:{sshd.port}", "client": client,
+                             "forwards": {forward: {"local": f"127.0.0.1:{local}", "remote_port": server.server_address[1]}}}
         assert echo()
         sshd.stop()  # the host goes away, sessions and all
         sshd.start()
         wait_until(lambda: any("reconnected" in line for line in lines), 60, what="the reconnect")
         assert any("dropped; reconnecting" in line for line in lines)
         assert echo()
+        wait_until(lambda: len(events) == 3, 10, what="the --json lines after the reconnect")
+        assert events[1]["event"] == "dropped" and events[2] == events[0]  # the same local port again
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         reader.join(5)
+        out_reader.join(5)
         sshd.stop()
         server.shutdown()
         server.server_close()
