@@ -348,7 +348,7 @@ class Tunnels:
 
     def start(self, wait: bool = True) -> "Tunnels":
         """Bind every forward's local port (a free one when the wanted port is taken). With wait=False
-        the system's ssh logs in while the caller goes on: ready() (or the first url()) waits for it."""
+        the system's ssh logs in while the caller goes on, and ready() waits for it."""
         taken: set[int] = set()
         for f in self.forwards:
             port = ports.pick(f.local_port, taken, self.bind) if f.local_port else ports.free_port(self.bind)
