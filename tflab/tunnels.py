@@ -451,6 +451,8 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             tunnels = _reconnect(connection, forwards, tunnels.local_ports, tries, console, client)
             if tunnels.client == "openssh":
                 connection.close()
+            for note in tunnels.notes:
+                console.note(note)
             seen_errors = 0
             console.info(f"reconnected to {target.display}; the same local ports forward again")
             console.event(_forwarding_event(tunnels))
