@@ -424,12 +424,17 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
     """Forward until Ctrl-C (KeyboardInterrupt), saying where; when SSH drops, reconnect with bounded
     backoff and forward the same local ports again. Closes everything on the way out."""
     target = connection.target
-    tunnels = Tunnels(connection, forwards, client=client).start()
-    try:
+
+    def started(tunnels: Tunnels) -> Tunnels:
+        """What every (re)start does: drop the verifying connection when ssh holds its own, say the notes."""
         if tunnels.client == "openssh":
             connection.close()  # it verified the host key; ssh holds a connection of its own
         for note in tunnels.notes:
             console.note(note)
+        return tunnels
+
+    tunnels = started(Tunnels(connection, forwards, client=client).start())
+    try:
         for name, (wanted, got) in tunnels.moved.items():
             console.note(f"local port {wanted} ({name}) is in use; using {got} instead")
         for f in forwards:
@@ -448,11 +453,7 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             console.event({"event": "dropped", "host": target.display})
             tunnels.stop()
             connection.close()
-            tunnels = _reconnect(connection, forwards, tunnels.local_ports, tries, console, client)
-            if tunnels.client == "openssh":
-                connection.close()
-            for note in tunnels.notes:
-                console.note(note)
+            tunnels = started(_reconnect(connection, forwards, tunnels.local_ports, tries, console, client))
             seen_errors = 0
             console.info(f"reconnected to {target.display}; the same local ports forward again")
             console.event(_forwarding_event(tunnels))
