@@ -8,7 +8,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
-from infra import tags
+from infra import limits, tags
 from infra.errors import (AmiError, CapacityError, CloudError, CredentialsError, InfraError, InputError,
                           PermissionDenied, QuotaError, WaitTimeout)
 from infra.hostkeys import parse_fingerprints
@@ -17,6 +17,8 @@ from infra.provider import (Created, Image, Instance, InstanceType, LaunchSpec, 
 
 log = logging.getLogger(__name__)
 
+# No apostrophe: a rule description takes a-zA-Z0-9, spaces and ._-:/()#,@[]+=&;{}!$* only (infra/limits.py).
+RULE_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: SSH from the lab user only")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 # (on-demand quota, spot quota) by instance family letter(s): "Running On-Demand G and VT instances" etc.
 QUOTAS = {
@@ -58,6 +60,44 @@ def translated(action: str, **context) -> Iterator[None]:
                          hint="check your network connection and the region") from exc
     except bx.ClientError as exc:
         raise from_client_error(exc, action, **context) from exc
+    except bx.InvalidRegionError as exc:
+        raise InputError(f"{exc.kwargs.get('region_name', '')!r} is not an AWS region name",
+                         hint="pass a region such as --region us-west-2 (`aws ec2 describe-regions` lists them), "
+                              "or fix AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config") from exc
+    except bx.ParamValidationError as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"{action} refused before sending: {detail}", hint="check the options given to tflab") from exc
+    except (bx.PartialCredentialsError, bx.CredentialRetrievalError, bx.TokenRetrievalError, bx.SSOError) as exc:
+        raise CredentialsError(f"your AWS credentials cannot be used: {exc}",
+                               hint="run `aws configure` (or `aws sso login`), or check AWS_PROFILE / --profile") from exc
+    except (bx.ConnectionError, bx.HTTPClientError) as exc:
+        raise CloudError(f"cannot reach AWS for {action}: {exc}", code="Unreachable",
+                         hint="check your network connection, the region and AWS_ENDPOINT_URL if set") from exc
+    except bx.BotoCoreError as exc:  # the SDK's own refusals: its configuration, a credential source...
+        raise InputError(f"{action}: {exc}", hint="check your AWS configuration: --region, --profile, ~/.aws/config "
+                                                  "and the AWS_* environment variables") from exc
+    except Exception as exc:
+        from botocore.parsers import ResponseParserError
+
+        if isinstance(exc, ResponseParserError):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CloudError(f"{action}: the answer was not AWS's ({first})", code="BadResponse",
+                             hint="check --region and AWS_ENDPOINT_URL if set; try again") from exc
+        if isinstance(exc, ValueError) and _raised_in_sdk(exc):  # e.g. a malformed AWS_ENDPOINT_URL
+            raise InputError(f"{action}: {exc}", hint="check your AWS configuration: --region, AWS_ENDPOINT_URL "
+                                                      "and the other AWS_* settings") from exc
+        raise
+
+
+def _raised_in_sdk(exc: BaseException) -> bool:
+    """Whether the exception was raised inside boto3/botocore (not by tflab's own code)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/botocore/" in name or "/boto3/" in name:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def from_client_error(exc, action: str, **context) -> InfraError:
@@ -126,6 +166,9 @@ class AwsProvider(Provider):
         image_id, source = spec.ami, "--ami"
         if not image_id:
             source = f"SSM parameter {spec.ami_parameter}"
+            limits.require(limits.SSM_PARAMETER_NAME, spec.ami_parameter,
+                           hint="--ami-parameter takes a parameter name such as "
+                                "/aws/service/deeplearning/ami/x86_64/.../latest/ami-id")
             try:
                 with translated("ssm:GetParameter"):
                     value = self.client("ssm").get_parameter(Name=spec.ami_parameter)["Parameter"]["Value"]
@@ -226,7 +269,8 @@ class AwsProvider(Provider):
     # ------------------------------------------------------------------ making
 
     def key_name(self, lab: str) -> str:
-        return f"tflab-{lab}"
+        """The lab's key pair name: tflab-<lab>, within CreateKeyPair's limit (infra/limits.py)."""
+        return limits.require(limits.KEY_NAME, limits.fit(limits.KEY_NAME, f"tflab-{lab}"))
 
     def create_key_pair(self, lab: str, created: Created) -> str:
         name = self.key_name(lab)
@@ -257,17 +301,20 @@ class AwsProvider(Provider):
         if groups:
             group_id = groups[0]["GroupId"]
         else:
+            # A fresh suffix each time: names are unique per VPC, and one from an old lab may linger.
+            name = limits.fit(limits.GROUP_NAME, f"tflab-{lab}-{uuid.uuid4().hex[:8]}")
+            description = limits.fit(limits.GROUP_DESCRIPTION, f"tflab lab {lab}: SSH from one address only")
             with translated("ec2:CreateSecurityGroup"):
                 group_id = self.ec2.create_security_group(
-                    GroupName=f"tflab-{lab}-{uuid.uuid4().hex[:8]}", VpcId=vpc,
-                    Description=f"tflab lab {lab}: SSH from one address only",
+                    GroupName=limits.require(limits.GROUP_NAME, name), VpcId=vpc,
+                    Description=limits.require(limits.GROUP_DESCRIPTION, description),
                     TagSpecifications=tags.tag_specifications(lab, "security-group"))["GroupId"]
             created.security_group = group_id
         try:
             with translated("ec2:AuthorizeSecurityGroupIngress"):
                 self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[{
                     "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": "tflab: SSH from the lab's user"}]}])
+                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": RULE_DESCRIPTION}]}])
         except CloudError as exc:
             if exc.code != "InvalidPermission.Duplicate":
                 raise
@@ -301,14 +348,15 @@ class AwsProvider(Provider):
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
         }
         if spec.user_data:
-            params["UserData"] = spec.user_data
+            params["UserData"] = limits.require(limits.USER_DATA, spec.user_data,
+                                                hint="the user data tflab builds is too long: please report it")
         if spec.spot:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         tried: list[str] = []
         context = {"instance_type": spec.instance_type, "region": self.region, "spot": spec.spot, "image": image.id}
         for subnet, zone in self._subnets(spec):
-            attempt = dict(params, ClientToken=f"tflab-{spec.lab}-{uuid.uuid4().hex}")
+            attempt = dict(params, ClientToken=limits.client_token(spec.lab))  # fresh per attempt, <= 64 chars
             if subnet:
                 attempt["SubnetId"] = subnet
             where = zone or subnet or self.region

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from infra.limits import TAG_KEY, TAG_VALUE, fit, require
+
 LAB_TAG = "tflab:lab"
 MANAGED_TAG = "tflab:managed-by"
 MANAGED_VALUE = "tflab"
 
 
 def lab_tags(lab: str) -> list[dict]:
-    """The tags every resource of the lab carries."""
-    return [{"Key": LAB_TAG, "Value": lab}, {"Key": "Name", "Value": f"tflab-{lab}"},
+    """The tags every resource of the lab carries, each within AWS's tag limits (infra/limits.py)."""
+    tags = [{"Key": LAB_TAG, "Value": lab}, {"Key": "Name", "Value": fit(TAG_VALUE, f"tflab-{lab}")},
             {"Key": MANAGED_TAG, "Value": MANAGED_VALUE}]
+    for tag in tags:
+        require(TAG_KEY, tag["Key"])
+        require(TAG_VALUE, tag["Value"], hint="choose another lab name (--name)")
+    return tags
 
 
 def tag_specifications(lab: str, *resource_types: str) -> list[dict]:

@@ -12,6 +12,8 @@ needed either.
 from __future__ import annotations
 
 import importlib.util
+import math
+import re
 import struct
 import sys
 import time
@@ -19,9 +21,54 @@ import types
 from dataclasses import dataclass
 from functools import lru_cache
 
-from tflab.errors import NotFoundError, RequestError, UnreachableError
+from tflab.errors import InputError, NotFoundError, RequestError, UnreachableError
 
 DT_FLOAT = 1  # tensorflow.core.framework.types_pb2.DT_FLOAT
+INT64_MAX = 2**63 - 1  # ModelSpec.version is a google.protobuf.Int64Value
+# gRPC's own target schemes pass through as they are (https://grpc.github.io/grpc/core/md_doc_naming.html).
+GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+HOST = re.compile(r"[A-Za-z0-9_.%-]{1,253}")
+IPV6 = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9_.-]+)?")
+ADDRESS_HINT = "use --address host:port, e.g. 127.0.0.1:9000 (an IPv6 address in brackets: [::1]:9000)"
+
+
+def check_address(address: str) -> str:
+    """A gRPC address as host:port ([ipv6]:port), or a target with one of gRPC's schemes; an InputError
+    otherwise (gRPC itself would wrap a port above 65535, use 443 for a missing one, or print a trace)."""
+    if address.startswith(GRPC_SCHEMES) and len(address) > address.index(":") + 1:
+        return address
+    if address.startswith("["):
+        host, bracket, tail = address[1:].partition("]")
+        ok = bracket and tail.startswith(":") and IPV6.fullmatch(host)
+        port = tail[1:]
+    else:
+        host, colon, port = address.rpartition(":")
+        ok = colon and HOST.fullmatch(host) and not host.startswith("-")
+        if colon and ":" in host:
+            raise InputError(f"--address {address!r}: an IPv6 address needs brackets", hint=ADDRESS_HINT)
+    if not ok:
+        raise InputError(f"--address {address!r} is not host:port", hint=ADDRESS_HINT)
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise InputError(f"--address {address!r} has a bad port ({port!r}; ports are 1-65535)", hint=ADDRESS_HINT)
+    return address
+
+
+def float32_values(values) -> list[float]:
+    """The values as Python floats that float32 holds (finite, at most about 3.4e38 in size); an
+    InputError naming the first value that it does not."""
+    out = []
+    for value in values:
+        x = float(value)
+        try:
+            struct.pack("<f", x)
+            ok = math.isfinite(x)
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise InputError(f"{value!r} is not a finite float32 value (the model's input is float32: at most "
+                             f"about 3.4e38 in size, no nan or inf)", hint="give numbers such as 1, -2.5 or 3e4")
+        out.append(x)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -52,14 +99,15 @@ def column_tensor(values: list[float], tensor):
     tensor.dtype = DT_FLOAT
     tensor.tensor_shape.dim.add().size = len(values)
     tensor.tensor_shape.dim.add().size = 1
-    tensor.tensor_content = struct.pack(f"<{len(values)}f", *values)
+    tensor.tensor_content = struct.pack(f"<{len(values)}f", *float32_values(values))
     return tensor
 
 
 def tensor_floats(tensor) -> list[float]:
     """Read a float32 TensorProto as a flat list of Python floats."""
     if tensor.dtype != DT_FLOAT:
-        raise RequestError(f"the server answered with dtype {tensor.dtype}, not float32")
+        raise RequestError(f"the server answered with dtype {tensor.dtype}, not float32",
+                           hint="this signature does not output float32: check --signature (the lab's is 'prediction')")
     count = 1
     for dim in tensor.tensor_shape.dim:
         count *= dim.size
@@ -97,7 +145,9 @@ class ServingClient:
     def __init__(self, address: str, timeout: float = 5.0):
         import grpc
 
-        self.address = address
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise InputError(f"--timeout {timeout} is not a number of seconds", hint="give a finite number > 0, e.g. 5")
+        self.address = check_address(address)
         self.timeout = timeout
         self._grpc = grpc
         self._apis = serving_apis()
@@ -120,18 +170,31 @@ class ServingClient:
         details = err.details() or ""
         G = self._grpc.StatusCode
         if code in (G.UNAVAILABLE, G.DEADLINE_EXCEEDED):
+            first = details.splitlines()[0].strip() if details.strip() else ""
             return UnreachableError(
-                f"no answer from a model server at {self.address} ({code.name.lower()}: {details.splitlines()[0] if details else ''})".rstrip(" ():"),
+                f"no answer from a model server at {self.address} ({code.name.lower()}{': ' + first if first else ''})",
                 hint="start one with `tflab serve --model-base-path DIR`, or check --address")
         if code == G.NOT_FOUND:
             return NotFoundError(f"{what}: {details}", hint=f"check the model name (--model) and that {model} is exported")
-        return RequestError(f"{what}: {code.name}: {details}", code=code.name)
+        details = " ".join(details.split())  # one line, whatever the server sent
+        if code == G.FAILED_PRECONDITION and "signature" in details.lower():
+            hint = (f"check --signature: the lab's model has 'prediction' (and serving_default); the model's "
+                    f"signatures are listed by `curl http://HOST:8501/v1/models/{model}/metadata` (the REST port) "
+                    f"or `saved_model_cli show --all --dir <its version folder>`")
+        elif code == G.INVALID_ARGUMENT:
+            hint = ("the server refused the request's values: the lab's model takes one float32 column named "
+                    "'input' (check --signature and --version)")
+        else:
+            hint = "the model server's log says more"
+        return RequestError(f"{what}: {code.name}: {details}", hint=hint, code=code.name)
 
     def status(self, model: str, version: int | None = None) -> list[VersionStatus]:
         """The versions of a model the server knows and their states."""
         apis = self._apis
         request = apis.get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = model
+        if version is not None and not 1 <= version <= INT64_MAX:
+            raise InputError(f"--version {version} is not a model version", hint=f"versions are 1 to {INT64_MAX}")
         if version:
             request.model_spec.version.value = version
         try:
@@ -159,7 +222,8 @@ class ServingClient:
                     return max(ready)
                 failed = [s for s in states if s.error and (version is None or s.version == version)]
                 if failed:
-                    raise RequestError(f"model {model} version {failed[0].version} failed to load: {failed[0].error}")
+                    raise RequestError(f"model {model} version {failed[0].version} failed to load: {failed[0].error}",
+                                       hint="the model server's log says why; export the model again (run-lab)")
                 last = ", ".join(f"version {s.version} {s.state}" for s in states) or "no version"
             except (UnreachableError, NotFoundError) as err:
                 last = str(err)
@@ -175,11 +239,15 @@ class ServingClient:
                 version: int | None = None, input_key: str = "input", output_key: str = "output") -> PredictResult:
         """Call Predict with one float32 column of inputs; returns one output per input."""
         request = self._apis.predict_pb2.PredictRequest()
+        if version is not None and not 1 <= version <= INT64_MAX:
+            raise InputError(f"--version {version} is not a model version", hint=f"versions are 1 to {INT64_MAX}")
+        if not xs:
+            raise InputError("no inputs to predict", hint="give one or more numbers, e.g. tflab predict 1 2 3.5")
         request.model_spec.name = model
         request.model_spec.signature_name = signature
         if version:
             request.model_spec.version.value = version
-        column_tensor([float(x) for x in xs], request.inputs[input_key])
+        column_tensor(float32_values(xs), request.inputs[input_key])
         started = time.perf_counter()
         try:
             response = self._predict.Predict(request, timeout=self.timeout)
@@ -187,7 +255,8 @@ class ServingClient:
             raise self._error(err, "predict", model) from err
         seconds = time.perf_counter() - started
         if output_key not in response.outputs:
-            raise RequestError(f"the answer has no output '{output_key}' (it has {sorted(response.outputs)})")
+            raise RequestError(f"the answer has no output '{output_key}' (it has {sorted(response.outputs)})",
+                               hint="check --signature: the lab's 'prediction' signature outputs 'output'")
         outputs = tensor_floats(response.outputs[output_key])
         return PredictResult(list(xs), outputs, response.model_spec.version.value,
                              response.model_spec.signature_name, seconds)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
+import shlex
 import urllib.request
 from datetime import datetime, timezone
 from typing import Callable
@@ -15,7 +17,7 @@ from typing import Callable
 from tflab.console import Console
 from tflab.ports import LAB_PORTS
 from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
-from tflab.state import LabState, StateStore, check_name
+from tflab.state import LabState, StateStore, check_name, check_ssh_user
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +30,106 @@ class Cancelled(TflabError):
     exit_code = ExitCode.INTERRUPTED
 
 
+BOOTSTRAP_EOF = "TFLAB_BOOTSTRAP_EOF"
+
+
 def boot_user_data(ssh_user: str, workdir: str = "tflab") -> str:
-    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it)."""
+    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it).
+
+    It runs as root at boot: the user is checked (check_ssh_user) and every value is shell-quoted.
+    """
     from tflab.paths import remote_dir
 
+    check_ssh_user(ssh_user)
+    if not workdir or workdir.startswith("/") or "\0" in workdir or "\n" in workdir:
+        raise InputError(f"{workdir!r} is not a folder name under the lab user's home", hint="e.g. tflab")
     script = (remote_dir() / "bootstrap.sh").read_text()
+    if not script.endswith("\n"):
+        script += "\n"
+    if BOOTSTRAP_EOF in script:  # the here-document would end early
+        raise InputError(f"remote/bootstrap.sh contains {BOOTSTRAP_EOF}", hint="rename that word in the script")
     home = "/root" if ssh_user == "root" else f"/home/{ssh_user}"
     folder = f"{home}/{workdir}"
+    q = shlex.quote
+    bootstrap = f"{folder}/remote/bootstrap.sh"
     return (f"#!/bin/bash\n# tflab: prepare the lab while the instance boots (remote/bootstrap.sh, as run-lab runs it)\n"
-            f"mkdir -p {folder}/remote\ncat > {folder}/remote/bootstrap.sh <<'TFLAB_BOOTSTRAP_EOF'\n{script}"
-            f"TFLAB_BOOTSTRAP_EOF\nchown -R {ssh_user}: {folder}\n"
-            f"sudo -u {ssh_user} -H nohup bash {folder}/remote/bootstrap.sh {folder} >/dev/null 2>&1 &\n")
+            f"mkdir -p {q(folder + '/remote')}\ncat > {q(bootstrap)} <<'{BOOTSTRAP_EOF}'\n{script}"
+            f"{BOOTSTRAP_EOF}\nchown -R {q(ssh_user + ':')} {q(folder)}\n"
+            f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n")
+
+
+INSTANCE_TYPE = re.compile(r"[a-z0-9][a-z0-9-]*\.[a-z0-9-]+")  # g4dn.xlarge, u-6tb1.metal, c7i-flex.large
+AMI_ID = re.compile(r"ami-[0-9a-f]{1,17}")  # ami- and 8 or 17 hex digits on AWS
+SUBNET_ID = re.compile(r"subnet-[0-9a-f]{1,17}")
+
+
+def check_launch_options(*, instance_type: str, ami: str | None, ami_parameter: str | None, subnet_id: str | None,
+                         ssh_host: str | None, ssh_port: int | None, ssh_user: str | None,
+                         timeouts: dict[str, float]) -> None:
+    """Refuse `up`'s options that cannot work, before any AWS call (an InputError naming the option)."""
+    import math
+
+    from infra import limits
+    from tflab.targets import check_address
+
+    if not INSTANCE_TYPE.fullmatch(instance_type) or len(instance_type) > 64:
+        raise InputError(f"--instance-type {instance_type!r} is not an instance type name",
+                         hint="e.g. --instance-type g4dn.xlarge (family.size)")
+    if ami is not None and not AMI_ID.fullmatch(ami):
+        raise InputError(f"--ami {ami!r} is not an image id", hint="e.g. --ami ami-0123456789abcdef0, or leave it out")
+    if ami_parameter is not None:
+        problems = limits.SSM_PARAMETER_NAME.problems(ami_parameter)
+        if problems:
+            raise InputError(f"--ami-parameter {ami_parameter[:80]!r} is not an SSM parameter name: {'; '.join(problems)}",
+                             hint="e.g. --ami-parameter /aws/service/deeplearning/ami/x86_64/"
+                                  "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
+    if subnet_id is not None and not SUBNET_ID.fullmatch(subnet_id):
+        raise InputError(f"--subnet-id {subnet_id!r} is not a subnet id",
+                         hint="e.g. --subnet-id subnet-0123456789abcdef0, or leave it out for the default VPC")
+    if ssh_host is not None:
+        check_address(ssh_host, "--ssh-host")
+    if ssh_port is not None and not 1 <= ssh_port <= 65535:
+        raise InputError(f"--ssh-port {ssh_port} is not a port", hint="ports are 1-65535 (SSH's is 22)")
+    if ssh_user is not None:
+        check_ssh_user(ssh_user)
+    for option, seconds in timeouts.items():
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InputError(f"{option} {seconds} is not a number of seconds",
+                             hint=f"give {option} a finite number >= 0; every wait has a limit")
 
 
 def make_provider(region: str | None, profile: str | None, poll: float = 2.0):
     """An AwsProvider for the region and profile, resolved as the AWS CLI does (flags, env, ~/.aws)."""
     import boto3
-    import botocore.exceptions
 
-    from infra.aws import AwsProvider
-    from infra.errors import CredentialsError
+    from infra.aws import AwsProvider, translated
+
+    if region is not None:
+        check_region(region)
+    if profile is not None and (not profile.strip() or any(c.isspace() or not c.isprintable() for c in profile)):
+        raise InputError(f"--profile {profile!r} is not a profile name",
+                         hint="give a profile from ~/.aws/config (`aws configure list-profiles`), or leave --profile out")
+    with translated("the AWS session"):  # an unknown profile: CredentialsError, with its hint
+        session = boto3.Session(profile_name=profile, region_name=region)
+    if session.region_name:  # none at all is AwsProvider's "no AWS region configured"
+        check_region(session.region_name, source="the configured region (AWS_REGION, AWS_DEFAULT_REGION or "
+                                                 "~/.aws/config)")
+    return AwsProvider(session, poll=poll)
+
+
+def check_region(region: str, source: str = "--region") -> str:
+    """A region name as botocore accepts it (e.g. us-west-2); an InputError before any AWS call otherwise."""
+    from botocore.exceptions import InvalidRegionError
+    from botocore.utils import validate_region_name
 
     try:
-        session = boto3.Session(profile_name=profile, region_name=region)
-    except botocore.exceptions.ProfileNotFound as exc:
-        raise CredentialsError(str(exc), hint="check --profile / AWS_PROFILE against ~/.aws/config") from exc
-    return AwsProvider(session, poll=poll)
+        if not region:
+            raise InvalidRegionError(region_name=region)
+        validate_region_name(region)
+    except InvalidRegionError as exc:
+        raise InputError(f"{source} is {region!r}, not an AWS region name",
+                         hint="e.g. --region us-west-2 (`aws ec2 describe-regions` lists them)") from exc
+    return region
 
 
 def ssh_cidr(given: str | None) -> str:
@@ -276,7 +352,11 @@ def list_labs(provider, store: StateStore) -> list[dict]:
         by_lab.setdefault(inst.lab or "?", []).append(inst)
     rows = []
     for name, instances in sorted(by_lab.items()):
-        state = store.load(name) if check_name_ok(name) else None
+        try:  # the list comes from the cloud's tags; a lab's damaged or unreadable state does not stop it
+            state = store.load(name) if check_name_ok(name) else None
+        except InputError as exc:
+            log.info("no local state for lab %s: %s", name, exc)
+            state = None
         rows.append(describe(state, instances, name) | {"region": provider.region, "local_state": state is not None})
     return rows
 

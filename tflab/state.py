@@ -23,15 +23,30 @@ from typing import Iterator
 
 from tflab.errors import InputError
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("lab\n" was a valid name).
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+# A user name on the host, as useradd(8) recommends ("[a-z_][a-z0-9_-]*[$]?", at most 32 characters) without
+# the trailing "$" (Samba machine accounts): within POSIX's portable filename characters (POSIX.1-2017 3.437
+# User Name), never starting with "-", and nothing a shell or ssh would read as syntax or an option.
+SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def check_name(name: str) -> str:
     """A lab name: lower-case letters, digits and dashes, up to 31 characters."""
-    if not NAME.match(name or ""):
-        raise InputError(f"'{name}' is not a valid lab name",
-                         hint="use lower-case letters, digits and dashes (up to 31), e.g. --name lab")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InputError(f"{name!r} is not a valid lab name",
+                         hint="use lower-case letters, digits and dashes (up to 31, the first a letter or digit), "
+                              "e.g. --name lab")
     return name
+
+
+def check_ssh_user(user: str) -> str:
+    """A user name for the lab host (it goes into the boot script run as root, and into ssh's command line)."""
+    if not isinstance(user, str) or not SSH_USER.fullmatch(user):
+        raise InputError(f"{user!r} is not a valid user name for the lab host",
+                         hint="use lower-case letters, digits, '_' and '-' (up to 32, not starting with '-' or a "
+                              "digit), as useradd(8) asks, e.g. --ssh-user ubuntu")
+    return user
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,25 @@ class LabState:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def check(self) -> "LabState":
+        """The state itself, if each field has its type (and the name, user and port are valid); a
+        TypeError or ValueError saying which is not (a state file edited by hand, or damaged)."""
+        kinds = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "dict": (dict,),
+                 "None": (type(None),)}
+        for f in dataclasses.fields(self):
+            parts = [part.strip() for part in str(f.type).split("|")]
+            if not all(part in kinds for part in parts):  # a type this check does not know: not checked
+                continue
+            accepted = tuple(t for part in parts for t in kinds[part])
+            value = getattr(self, f.name)
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                raise TypeError(f"{f.name} is {value!r}, not {f.type}")
+        check_name(self.name)
+        check_ssh_user(self.ssh_user)
+        if not 1 <= self.ssh_port <= 65535:
+            raise ValueError(f"ssh_port is {self.ssh_port}, not 1-65535")
+        return self
+
 
 class StateStore:
     """The state home: lab state files, keys and locks."""
@@ -73,9 +107,16 @@ class StateStore:
     def __init__(self, home: str | os.PathLike | None = None):
         self.home = Path(home or os.environ.get("TFLAB_HOME") or Path.home() / ".tflab")
 
+    def _unusable(self, path: Path, exc: OSError) -> InputError:
+        return InputError(f"cannot use {path} for tflab's lab state: {exc.strerror or exc}",
+                          hint="set TFLAB_HOME to a folder you can write (default ~/.tflab), or fix that path")
+
     def _private_dir(self, path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise self._unusable(path, exc) from exc
         return path
 
     def lab_dir(self, name: str) -> Path:
@@ -91,10 +132,15 @@ class StateStore:
         """The lab's state, or None when there is none."""
         path = self.lab_dir(name) / "state.json"
         try:
-            return LabState.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"it holds a JSON {type(data).__name__}, not an object")
+            return LabState.from_dict(data).check()
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError) as exc:
+        except OSError as exc:
+            raise self._unusable(path, exc) from exc
+        except (ValueError, TypeError, InputError) as exc:
             raise InputError(f"the state file {path} is damaged: {exc}",
                              hint=f"remove it; `tflab down --name {name}` still works from the cloud's tags") from exc
 
@@ -102,7 +148,11 @@ class StateStore:
         labs = self.home / "labs"
         if not labs.is_dir():
             return []
-        return [s for s in (self.load(p.name) for p in sorted(labs.iterdir()) if NAME.match(p.name)) if s]
+        try:
+            names = sorted(p.name for p in labs.iterdir())
+        except OSError as exc:
+            raise self._unusable(labs, exc) from exc
+        return [s for s in (self.load(n) for n in names if NAME.fullmatch(n)) if s]
 
     def save(self, state: LabState) -> Path:
         """Write the state atomically (a temporary file renamed over the old one)."""
@@ -117,7 +167,10 @@ class StateStore:
         return self._write(self.key_path(name), private_key if private_key.endswith("\n") else private_key + "\n")
 
     def _write(self, path: Path, text: str) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except OSError as exc:
+            raise self._unusable(path, exc) from exc
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
@@ -125,24 +178,34 @@ class StateStore:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._unusable(path, exc) from exc
             raise
         return path
 
     def delete(self, name: str) -> None:
         """Remove the lab's folder: state, key, known_hosts."""
         folder = self.lab_dir(name)
-        if folder.is_dir():
-            for child in folder.iterdir():
-                child.unlink()
-            folder.rmdir()
+        try:
+            if folder.is_dir():
+                for child in folder.iterdir():
+                    child.unlink()
+                folder.rmdir()
+        except OSError as exc:
+            raise self._unusable(folder, exc) from exc
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold the lab's lock; a second holder gets a clear error instead of waiting."""
         folder = self._private_dir(self._private_dir(self.home) / "locks")
-        with open(folder / f"{check_name(name)}.lock", "w") as f:
+        path = folder / f"{check_name(name)}.lock"
+        try:
+            f = open(path, "w")
+        except OSError as exc:
+            raise self._unusable(path, exc) from exc
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:

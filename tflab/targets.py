@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from tflab.errors import InputError, NotFoundError
@@ -10,6 +11,19 @@ from tflab.ssh import SshTarget, parse_host
 from tflab.state import LabState, StateStore, check_name
 
 log = logging.getLogger(__name__)
+
+# A host name (RFC 1123 letters, digits, dots and dashes; "_" as some internal names have), an IPv4
+# address, or an IPv6 one (colons, and "%" before a zone). Never a leading "-": ssh would read an option.
+ADDRESS = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")
+
+
+def check_address(address: str, what: str = "the address") -> str:
+    """A host name or IP address to connect to; an InputError for anything else (spaces, a newline,
+    a leading '-', a path...)."""
+    if not ADDRESS.fullmatch(address or "") or address.startswith("-"):
+        raise InputError(f"{what}: {address!r} is not a host name or IP address",
+                         hint="give a host name such as lab.example.org, or an address such as 203.0.113.7")
+    return address
 
 
 def refresh_fingerprints(store: StateStore, state: LabState) -> LabState:
@@ -35,7 +49,12 @@ def resolve_target(*, name: str | None, host: str | None, identity: str | None =
                    known_hosts: str | None = None, accept_new: bool = False,
                    store: StateStore | None = None) -> SshTarget:
     """The target of --host user@address[:port], else of the lab --name (default 'lab')."""
-    if host:
+    for option, value in (("--identity", identity), ("--known-hosts", known_hosts)):
+        if value is not None and not value.strip():
+            raise InputError(f"{option} is empty", hint=f"give {option} a file, or leave it out")
+    if host is not None:  # an empty --host is a mistake, not "no --host"
+        if not host.strip():
+            raise InputError("--host is empty", hint="give --host user@address[:port], or leave it out for the lab --name")
         user, address, port = parse_host(host)
         return SshTarget(host=address, user=user, port=port,
                          identity=str(Path(identity).expanduser()) if identity else None,
@@ -43,7 +62,7 @@ def resolve_target(*, name: str | None, host: str | None, identity: str | None =
                          str(Path.home() / ".ssh" / "known_hosts"),
                          accept_new=accept_new, label=f"{user}@{address}" + (f":{port}" if port != 22 else ""))
     store = store or StateStore()
-    name = check_name(name or "lab")
+    name = check_name("lab" if name is None else name)  # an empty --name is refused
     state = store.load(name)
     if state is None:
         raise NotFoundError(f"no lab named '{name}' on this machine",
