@@ -10,9 +10,10 @@
 # Learning Base AMI), tensorflow_model_server on PATH or from an apt repository already configured,
 # else tflab's stand-in (remote/model_server.py).
 #
-# Results: WORKDIR/python (the interpreter), WORKDIR/serving (docker-gpu | binary | builtin), and the
-# marker WORKDIR/bootstrap.done. A second run finds the marker and does nothing. Runs that overlap
-# (the one started by the instance's user data at boot, and run-lab's) take turns on a lock.
+# Results: WORKDIR/python (the interpreter), WORKDIR/serving (docker-gpu | docker-gpu-sudo | binary |
+# builtin), and the marker WORKDIR/bootstrap.done. A second run finds the marker and does nothing.
+# Runs that overlap (the one started by the instance's user data at boot, and run-lab's) take turns
+# on a lock.
 set -euo pipefail
 
 WORKDIR=${1:?usage: bootstrap.sh WORKDIR [PYTHON]}
@@ -22,7 +23,7 @@ LOG="$WORKDIR/bootstrap.log"
 MARK="$WORKDIR/bootstrap.done"
 PACKAGES="tensorboard jupyterlab grpcio tensorflow-serving-api matplotlib numpy"
 # What the marker stands for: a different interpreter request means another bootstrap.
-WANT="python=${WANT_PYTHON:-venv} packages=$PACKAGES v1"
+WANT="python=${WANT_PYTHON:-venv} packages=$PACKAGES v2"
 
 say() { echo "[bootstrap] $*"; }
 
@@ -83,10 +84,22 @@ fi
 echo "$PY" > "$WORKDIR/python"
 
 # ---- Serving
+# Docker is probed the way tflab will run it: as this user (docker-gpu), else through `sudo -n`
+# (docker-gpu-sudo), never one way here and the other when serving.
 serving=builtin
-if [ "$has_gpu" = 1 ] && command -v docker >/dev/null 2>&1 && as_root docker info >/dev/null 2>&1; then
-  say "pulling tensorflow/serving:latest-gpu"
-  if as_root docker pull -q tensorflow/serving:latest-gpu; then serving=docker-gpu; fi
+if [ "$has_gpu" = 1 ] && command -v docker >/dev/null 2>&1; then
+  docker_kind=""
+  if docker info >/dev/null 2>&1; then
+    docker_kind=docker-gpu; docker_cmd="docker"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n docker info >/dev/null 2>&1; then
+    docker_kind=docker-gpu-sudo; docker_cmd="sudo -n docker"
+  else
+    say "docker is installed but answers neither as $(id -un) nor through sudo -n: not used"
+  fi
+  if [ -n "$docker_kind" ]; then
+    say "pulling tensorflow/serving:latest-gpu ($docker_cmd)"
+    if $docker_cmd pull -q tensorflow/serving:latest-gpu; then serving=$docker_kind; fi
+  fi
 fi
 if [ "$serving" = builtin ] && command -v tensorflow_model_server >/dev/null 2>&1; then
   serving=binary

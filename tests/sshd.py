@@ -31,10 +31,11 @@ def fingerprint_of(public_key: Path) -> tuple[str, str]:
 class Sshd:
     """One sshd process; start() and stop() may be called again (same port, same or new host key)."""
 
-    def __init__(self, root: Path, port: int, allow_forwarding: bool = True):
+    def __init__(self, root: Path, port: int, allow_forwarding: bool = True, sftp: bool = True):
         self.root = root
         self.port = port
         self.allow_forwarding = allow_forwarding  # False: as a hardened host (AllowTcpForwarding no)
+        self.sftp = sftp  # False: no `Subsystem sftp`, as on hardened servers and minimal containers
         root.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.user_key = keygen(root / "user_key")
@@ -60,7 +61,7 @@ class Sshd:
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
             f"AllowTcpForwarding {'yes' if self.allow_forwarding else 'no'}",
-            "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
+            *(["Subsystem sftp internal-sftp"] if self.sftp else []), "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
             "ClientAliveInterval 0", "",
         ]))
         return path

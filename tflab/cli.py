@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,7 +23,8 @@ app = typer.Typer(
          "`tflab run-lab --local` runs the whole lab on this machine.\n\n"
          "Exit codes: 0 ok, 1 unexpected error, 2 bad command line, 3 bad input or local setup, "
          "4 cloud refused, 5 host or server unreachable, 6 a lab step failed, 7 not found, "
-         "8 a server rejected the request, 130 interrupted.",
+         "8 a server rejected the request, 9 an SSH host key unknown, changed or revoked, "
+         "130 interrupted by Ctrl-C (143 SIGTERM, 129 SIGHUP).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,22 +54,6 @@ def _local_ports(console, wanted: dict[str, tuple[int, str]]) -> dict[str, int]:
     return chosen
 
 
-def _interrupt(*_) -> None:
-    """A signal handler that makes SIGTERM behave as Ctrl-C (so `finally` blocks clean up)."""
-    raise KeyboardInterrupt
-
-
-def _wait_for_interrupt(alive=lambda: True) -> bool:
-    """Block until Ctrl-C or SIGTERM (True), or until alive() turns False (False)."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
 @app.command("run-lab")
 def run_lab(
     local: bool = typer.Option(False, "--local", help="Run the whole lab on this machine: no cloud, no SSH."),
@@ -82,15 +66,22 @@ def run_lab(
     python: Optional[str] = typer.Option(None, "--python", help="The host's interpreter, if it already has TensorFlow "
                                                                "and the rest [default: a venv the bootstrap makes]."),
     workdir: str = typer.Option("~/tflab", "--workdir", help="Folder on the host."),
+    ssh_timeout: Optional[float] = typer.Option(None, "--ssh-timeout", min=0,
+                                                help="Seconds to wait for SSH to answer [default: 600 for a lab "
+                                                     "made by `up`, which may still be booting; --host: 0, one try]."),
     detach: bool = typer.Option(False, "--detach", help="Leave at once after the report (services keep running on the host)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the results here [default: ./tflab-results/<lab>]."),
-    steps: int = typer.Option(100, "--steps", min=1, help="Gradient descent steps."),
-    learning_rate: float = typer.Option(0.001, "--learning-rate", help="Learning rate (> 0)."),
-    num_examples: int = typer.Option(60, "--num-examples", min=2, help="Number of noisy points."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed; the same seed gives the same run."),
-    port: int = typer.Option(9000, "--port", help="--local: model server gRPC port (a free one if taken)."),
-    rest_port: int = typer.Option(8501, "--rest-port", help="--local: REST port, 0 for none (a free one if taken)."),
-    tensorboard_port: int = typer.Option(6006, "--tensorboard-port", help="--local: TensorBoard port (a free one if taken)."),
+    steps: int = typer.Option(100, "--steps", min=1, max=10_000_000, help="Gradient descent steps."),
+    learning_rate: float = typer.Option(0.001, "--learning-rate", help="Learning rate (> 0, finite)."),
+    num_examples: int = typer.Option(60, "--num-examples", min=2, max=10_000_000, help="Number of noisy points."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1,
+                                        help="Random seed; the same seed gives the same run."),
+    port: int = typer.Option(9000, "--port", min=1, max=65535,
+                             help="--local: model server gRPC port (a free one if taken)."),
+    rest_port: int = typer.Option(8501, "--rest-port", min=0, max=65535,
+                                  help="--local: REST port, 0 for none (a free one if taken)."),
+    tensorboard_port: int = typer.Option(6006, "--tensorboard-port", min=1, max=65535,
+                                         help="--local: TensorBoard port (a free one if taken)."),
     builtin_server: bool = typer.Option(False, "--builtin-server",
                                         help="Use tflab's stand-in server even where tensorflow_model_server exists."),
     keep_running: bool = typer.Option(False, "--keep-running",
@@ -101,8 +92,8 @@ def run_lab(
 
     On a lab made by `tflab up` (--name), on any SSH machine (--host), or here (--local).
     """
-    if not learning_rate > 0:
-        raise typer.BadParameter("must be > 0", param_hint="--learning-rate")
+    if not 0 < learning_rate < float("inf"):
+        raise typer.BadParameter("must be > 0 and finite", param_hint="--learning-rate")
     from tflab.lab import LabOptions
     from tflab.report import render
 
@@ -115,24 +106,27 @@ def run_lab(
     import re
 
     from tflab.remote_lab import HostOptions, run_remote
+    from tflab.signals import wait_for_interrupt
     from tflab.state import StateStore
     from tflab.targets import resolve_target
 
     from tflab.errors import NotFoundError
 
     store = StateStore()
-    if not host and store.load(name) is None:
+    if host is None and store.load(name) is None:
         raise NotFoundError(f"no lab named '{name}' on this machine",
                             hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
                                  "--local runs the lab here")
     target = resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts,
                             accept_new=accept_new_host_key, store=store)
-    label = name if not host else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
+    label = name if host is None else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
     results = (out or Path.cwd() / "tflab-results" / label).resolve()
-    run = run_remote(target, LabOptions(workdir="", **training), HostOptions(workdir=workdir, python=python),
-                     console, results)
+    if ssh_timeout is None:
+        ssh_timeout = 600.0 if host is None else 0.0
+    run = run_remote(target, LabOptions(workdir="", **training),
+                     HostOptions(workdir=workdir, python=python, ssh_timeout=ssh_timeout), console, results)
     try:
-        if not host:
+        if host is None:
             state = store.load(name)
             if state is not None:
                 from tflab.state import LabState
@@ -142,11 +136,11 @@ def run_lab(
         if not detach and sys.stdin.isatty() and sys.stdout.isatty():
             console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in run.report["urls"].items() if v)
                          + "   (Ctrl-C to close them; the services keep running on the host)")
-            if not _wait_for_interrupt(lambda: run.tunnels.alive):
+            if not wait_for_interrupt(lambda: run.tunnels.alive):
                 console.warn(f"the SSH connection to {target.display} dropped; the services keep running there: "
-                             f"`tflab tunnel{' --name ' + name if not host else ''}` forwards them again")
+                             f"`tflab tunnel{' --name ' + name if host is None else ''}` forwards them again")
         else:
-            console.info(f"services keep running on the host; `tflab tunnel{' --name ' + name if not host else ''}` "
+            console.info(f"services keep running on the host; `tflab tunnel{' --name ' + name if host is None else ''}` "
                          "reaches them again")
     finally:
         run.tunnels.stop()
@@ -159,6 +153,7 @@ def _run_local(console, out, training: dict, port: int, rest_port: int, tensorbo
     from tflab.host import LocalHost
     from tflab.lab import LabOptions, run_lab as run, stop_services
     from tflab.report import render
+    from tflab.signals import wait_for_interrupt
 
     workdir = (out or Path.cwd() / "tflab-results" / "local").resolve()
     try:
@@ -176,7 +171,7 @@ def _run_local(console, out, training: dict, port: int, rest_port: int, tensorbo
         if keep_running:
             console.info(f"TensorBoard: {lab.report['tensorboard']['url']}   model server: "
                          f"{lab.report['server']['address']}   (Ctrl-C to stop)")
-            _wait_for_interrupt()
+            wait_for_interrupt()
     finally:
         stop_services(host, lab.services)
 
@@ -186,19 +181,26 @@ def serve(
     model_base_path: Path = typer.Option(..., "--model-base-path",
                                          help="Folder holding the model's numeric version folders (1, 2, ...)."),
     model_name: str = typer.Option("nn", "--model-name", help="Name clients ask for."),
-    port: int = typer.Option(9000, "--port", help="gRPC port on 127.0.0.1."),
-    rest_port: int = typer.Option(8501, "--rest-port", help="REST port on 127.0.0.1, 0 for none."),
+    port: int = typer.Option(9000, "--port", min=1, max=65535, help="gRPC port on 127.0.0.1."),
+    rest_port: int = typer.Option(8501, "--rest-port", min=0, max=65535, help="REST port on 127.0.0.1, 0 for none."),
     builtin: bool = typer.Option(False, "--builtin", help="Use tflab's stand-in even where tensorflow_model_server exists."),
 ) -> None:
     """Serve a SavedModel over gRPC until Ctrl-C: TensorFlow Serving when installed, else tflab's stand-in."""
+    import re
     import subprocess
 
     from tflab import ports
     from tflab.errors import PortInUseError
-    from tflab.host import LocalHost
+    from tflab.host import LocalHost, tied_to_this_process
     from tflab.serving import quiet_tensorflow_env, server_command
 
     console = _console(False)
+    if not str(model_base_path).strip() or str(model_base_path) == ".":
+        raise InputError("--model-base-path is empty", hint="give the folder that holds the version folders, "
+                                                             "e.g. tflab-results/local/models/nn")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+        raise InputError(f"--model-name {model_name!r} is not a model name",
+                         hint="use letters, digits, '.', '_' and '-', e.g. nn")
     base = model_base_path.resolve()
     if not base.is_dir():
         raise InputError(f"{base} is not a folder", hint="give the folder that holds the version folders, e.g. .../models/nn")
@@ -209,11 +211,14 @@ def serve(
                              rest_port=rest_port, prefer_builtin=builtin)
     versions = sorted(int(n.name) for n in base.iterdir() if n.name.isdigit())
     console.info(command.describe())
+    if command.exposure():
+        console.warn(command.exposure())
     if not versions:
         console.note(f"no version folder in {base} yet; the server will load the first one that appears")
     import os
 
-    proc = subprocess.Popen(command.argv, env={**os.environ, **quiet_tensorflow_env()})
+    # The server gets SIGTERM when tflab dies, however it dies; and it is stopped here on any signal.
+    proc = subprocess.Popen(tied_to_this_process(command.argv), env={**os.environ, **quiet_tensorflow_env()})
     try:
         status = proc.wait()
     except KeyboardInterrupt:
@@ -222,6 +227,7 @@ def serve(
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(5)
         return
     if status not in (0, -signal.SIGTERM, -signal.SIGINT):
         raise TflabError(f"the model server exited with status {status}", hint="its output is above")
@@ -274,11 +280,15 @@ def _confirm(yes: bool, action: str):
 
 
 def _provider(region: Optional[str], profile: Optional[str], state=None):
-    from tflab.cloud import make_provider
+    from tflab.cloud import check_region, make_provider
 
+    if region is not None:  # an empty --region is refused, not taken as "the default"
+        check_region(region)
+    if profile is not None and not profile.strip():
+        raise InputError("--profile is empty", hint="give a profile from ~/.aws/config, or leave --profile out")
     if state is not None:
-        region = region or state.region
-        profile = profile or state.profile
+        region = region or state.region or None
+        profile = profile or state.profile or None
     return make_provider(region, profile)
 
 
@@ -330,12 +340,16 @@ def up(
     """Launch a GPU instance from the current Deep Learning AMI, wait until SSH answers with its verified
     host key (the host's bootstrap starts at boot), and remember it as a lab."""
     from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
-    from tflab.cloud import ssh_cidr as resolve_cidr, up as run_up
+    from tflab.cloud import check_launch_options, ssh_cidr as resolve_cidr, up as run_up
     from tflab.state import StateStore, check_name
 
     check_name(name)
-    if ami and ami_parameter:
+    if ami is not None and ami_parameter is not None:
         raise typer.BadParameter("give --ami or --ami-parameter, not both", param_hint="--ami")
+    check_launch_options(instance_type=instance_type, ami=ami, ami_parameter=ami_parameter, subnet_id=subnet_id,
+                         ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user,
+                         timeouts={"--wait-timeout": wait_timeout, "--host-key-timeout": host_key_timeout,
+                                   "--ssh-timeout": ssh_timeout})
     console = _console(json_out)
     store = StateStore()
     provider = _provider(region, profile, store.load(name))
@@ -454,7 +468,8 @@ def ssh(
                 stream.write(line + "\n")
                 stream.flush()
 
-            result = connection.run(shlex.join(command), step="ssh", on_line=emit, check=False, timeout=24 * 3600)
+            result = connection.run(shlex.join(command), step="ssh", on_line=emit, check=False, timeout=24 * 3600,
+                                    shell="login")
             raise typer.Exit(result.status)
         client = shutil.which("ssh")
         if client is None or not sys.stdin.isatty():
@@ -498,7 +513,6 @@ def tunnel(
     if not forwards:
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
     client = choose_client(client)
-    signal.signal(signal.SIGTERM, _interrupt)
     forward_until_interrupted(Connection(target), forwards, _console(json_out), reconnect_tries, client)
 
 
@@ -521,7 +535,14 @@ def ssh_config(name: str = typer.Option("lab", "--name", help=NAME_HELP)) -> Non
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: run the app; turn expected failures into one line and an exit code."""
+    """Entry point: run the app; turn expected failures into one line and an exit code.
+
+    Signals are caught from the first instruction: SIGINT, SIGTERM and SIGHUP unwind the command
+    (everything it started ends), and it exits with 128 + the signal's number.
+    """
+    from tflab import signals
+
+    signals.install()
     try:
         code = app(args=argv, standalone_mode=False)
     except (TflabError, InfraError) as err:
@@ -533,8 +554,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.stderr.write(f"  hint: {err.hint}\n")
         sys.exit(int(exit_code_for(err)))
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("tflab: interrupted\n")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted(signals.received())
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except Exception as err:
@@ -543,4 +563,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    if code == 130 and signals.received():  # typer turns a KeyboardInterrupt into the exit code 130
+        _interrupted(signals.received())
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted(signum: int) -> None:
+    """Say which signal stopped the command (its cleanup has run) and exit with 128 + its number."""
+    signum = signum or signal.SIGINT
+    sys.stderr.write(f"tflab: interrupted ({signal.Signals(signum).name})\n")
+    sys.exit(128 + int(signum))

@@ -21,7 +21,8 @@ class ExitCode(IntEnum):
     LAB_FAILED = 6  # a lab step failed on the host
     NOT_FOUND = 7  # no such lab, model or version
     REQUEST = 8  # a server answered a request with an error
-    INTERRUPTED = 130  # Ctrl-C
+    HOST_KEY = 9  # an SSH host key is unknown, changed or revoked: possible interception, never retried
+    INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM exits 143 and SIGHUP 129: 128 + the signal's number
 
 
 class TflabError(Exception):

@@ -19,6 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -126,8 +127,8 @@ class LocalHost(Host):
     def run(self, argv, *, step, cwd=None, env=None, on_line=None, timeout=600.0) -> CommandResult:
         started = time.monotonic()
         tail: deque[str] = deque(maxlen=40)
-        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        proc = subprocess.Popen(tied_to_this_process(argv), cwd=cwd, env={**os.environ, **(env or {})},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
                                 start_new_session=True)
         lock = threading.Lock()
 
@@ -164,8 +165,8 @@ class LocalHost(Host):
     def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(tied_to_this_process(argv), cwd=cwd, env={**os.environ, **(env or {})},
+                                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs[proc.pid] = proc
         log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return Service(name, proc.pid, log_path, port)
@@ -202,6 +203,30 @@ class LocalHost(Host):
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+@lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    """util-linux's setpriv, when it has --pdeathsig (2.33 and newer)."""
+    program = shutil.which("setpriv")
+    if program is None:
+        return None
+    try:
+        usage = subprocess.run([program, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return program if "--pdeathsig" in usage else None
+
+
+def tied_to_this_process(argv: list[str]) -> list[str]:
+    """argv, started so that it gets SIGTERM when this process dies, even by `kill -9` (Linux's
+    parent-death signal, set by `setpriv --pdeathsig` before it execs argv: the pid stays the same).
+
+    The signal follows the thread that starts the child: start children from the main thread.
+    Where setpriv cannot do it, argv is returned as it is (the signal handlers still clean up).
+    """
+    setpriv = _setpriv() if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 def _kill_group(pid: int, sig: int) -> None:

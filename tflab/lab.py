@@ -161,6 +161,8 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
                                         env=env, port=options.serving_port)
         services.append(server_svc)
         console.info(f"{'kept running' if server_svc.kept else 'started'}: {server.describe()}")
+        if server.exposure():
+            console.warn(server.exposure())
         tb_svc = host.start_service("tensorboard", tensorboard_command(host, logs_root, options.tensorboard_port),
                                     log_path=posixpath.join(workdir, "services", "tensorboard.log"), env=env,
                                     port=options.tensorboard_port)
@@ -190,10 +192,15 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
                 step, _, text = line.partition("] ")
                 console.stream(step.lstrip("[") if text else "steps", text or line)
 
-        host.run(steps_command(host, options, report_path), step="lab steps", env=env, on_line=on_line,
-                 timeout=options.step_timeout)
+        finished = host.run(steps_command(host, options, report_path), step="lab steps", env=env, on_line=on_line,
+                            timeout=options.step_timeout)
         timings["steps"] = time.monotonic() - t0
-        steps = json.loads(host.read_text(report_path))
+        try:
+            steps = json.loads(host.read_text(report_path))
+        except (OSError, ValueError) as exc:  # it exited 0 but wrote no report: not the lab's steps.py running
+            raise LabStepError("lab steps", f"exited with status 0 but wrote no report at {report_path} on "
+                                            f"{host.name} ({exc})", tail=finished.tail,
+                               hint=f"check that {host.python} is a Python with TensorFlow (--python)") from exc
         version = steps["export"]["version"]
 
         def check_alive(service: Service) -> Callable[[], None]:
@@ -244,7 +251,8 @@ def build_report(host: Host, steps: dict, server: ServerCommand, version: int, p
         "basics": steps["basics"],
         "training": steps["training"],
         "predictions": predictions,
-        "server": {"kind": server.kind, "address": server.address, "model_name": server.model_name,
+        "server": {"kind": server.kind, "address": server.address, "listen": f"{server.listen}:{server.port}",
+                   "model_name": server.model_name,
                    "version": version, "rest_address": f"127.0.0.1:{server.rest_port}" if server.rest_port else None,
                    "model_base_path": server.model_base_path},
         "tensorboard": {"url": f"http://127.0.0.1:{tb_port}/", "scalars": sorted(tb_tags)},

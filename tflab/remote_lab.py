@@ -105,6 +105,8 @@ def run_remote(target: SshTarget, lab_options: LabOptions, host_options: HostOpt
         workdir = resolve_workdir(connection, host_options.workdir)
         with console.waiting(f"pushing remote/ to {workdir}/remote") as update:
             pushed = connection.push(remote_dir(), posixpath.join(workdir, "remote"), progress=update)
+        if connection.no_sftp_note:
+            console.note(connection.no_sftp_note)
         console.info(f"pushed {len(pushed['sent'])} files ({pushed['bytes']:,} bytes), {pushed['skipped']} unchanged")
         phases["push"] = time.monotonic() - started
 

@@ -14,6 +14,8 @@ REAL_BINARY = "tensorflow_model_server"
 BUILTIN = "builtin"
 DOCKER_GPU = "tensorflow/serving:latest-gpu"
 DOCKER_NAME = "tflab-serving"
+# What remote/bootstrap.sh records in WORKDIR/serving for Docker, and how that Docker is run.
+DOCKER_KINDS = {"docker-gpu": ["docker"], "docker-gpu-sudo": ["sudo", "-n", "docker"]}
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,29 @@ class ServerCommand:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def listen(self) -> str:
+        """The address the server listens on, on its host. tensorflow_model_server has no option to bind
+        to loopback: it listens on every interface (tensorflow_serving/model_servers/server.cc builds
+        "0.0.0.0:" + grpc_port). Docker publishes on 127.0.0.1 and the stand-in binds there."""
+        return "0.0.0.0" if self.kind == REAL_BINARY else "127.0.0.1"
+
     def describe(self) -> str:
         what = {REAL_BINARY: "TensorFlow Serving (tensorflow_model_server)",
                 DOCKER_GPU: f"TensorFlow Serving on the GPU ({DOCKER_GPU} in Docker)"}.get(
             self.kind, "tflab's built-in stand-in server (tensorflow_model_server is not installed)")
-        rest = f", REST 127.0.0.1:{self.rest_port}" if self.rest_port else ""
-        return f"{what} serving '{self.model_name}' from {self.model_base_path} on gRPC {self.address}{rest}"
+        rest = f", REST {self.listen}:{self.rest_port}" if self.rest_port else ""
+        return f"{what} serving '{self.model_name}' from {self.model_base_path} on gRPC {self.listen}:{self.port}{rest}"
+
+    def exposure(self) -> str | None:
+        """A warning when the server is reachable from other machines, else None."""
+        if self.listen == "127.0.0.1":
+            return None
+        ports = f"{self.port}" + (f" and {self.rest_port}" if self.rest_port else "")
+        return (f"{REAL_BINARY} listens on every interface of its host (it has no option to bind to 127.0.0.1): "
+                f"whoever reaches that host on port {ports} can call the model; a lab made by `tflab up` lets "
+                "only SSH through its security group, elsewhere close the ports with a firewall or use "
+                "--builtin-server")
 
 
 def server_command(host: Host, *, model_base_path: str, model_name: str = "nn", port: int = 9000,
@@ -51,13 +70,15 @@ def server_command(host: Host, *, model_base_path: str, model_name: str = "nn", 
              f"--file_system_poll_wait_seconds={poll_seconds:g}"]
     if rest_port:
         flags.append(f"--rest_api_port={rest_port}")
-    if kind == "docker-gpu" and not prefer_builtin:
+    if kind in DOCKER_KINDS and not prefer_builtin:
         # The image serves gRPC on 8500 and REST on 8501; publish them on the host's loopback only.
+        # Docker runs the way the bootstrap found it answers: as the user, or through `sudo -n`.
+        docker = DOCKER_KINDS[kind]
         publish = ["-p", f"127.0.0.1:{port}:8500"] + (["-p", f"127.0.0.1:{rest_port}:8501"] if rest_port else [])
-        run = ["docker", "run", "--rm", "--name", DOCKER_NAME, "--gpus", "all", *publish,
+        run = [*docker, "run", "--rm", "--name", DOCKER_NAME, "--gpus", "all", *publish,
                "-v", f"{model_base_path}:/models/{model_name}", "-e", f"MODEL_NAME={model_name}", DOCKER_GPU,
                f"--file_system_poll_wait_seconds={poll_seconds:g}"]
-        script = f"docker rm -f {DOCKER_NAME} >/dev/null 2>&1; exec " + shlex.join(run)
+        script = f"{shlex.join(docker)} rm -f {DOCKER_NAME} >/dev/null 2>&1; exec " + shlex.join(run)
         return ServerCommand(DOCKER_GPU, ["sh", "-c", script], port, rest_port, model_name, model_base_path)
     binary = None if prefer_builtin or kind == "builtin" else host.which(REAL_BINARY)
     if binary:

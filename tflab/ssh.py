@@ -10,6 +10,7 @@ refused unless the user asked to trust it on first use; a changed key is always 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tflab.errors import InputError, LabStepError, TflabError, UnreachableError
+from tflab.errors import ExitCode, InputError, LabStepError, TflabError, UnreachableError
 from tflab.host import CommandResult, Host, LineSink, Service
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class HostKeyError(TflabError):
     """The server's host key is unknown or does not match: the connection is refused."""
 
-    exit_code = UnreachableError.exit_code
+    exit_code = ExitCode.HOST_KEY
 
 
 def fingerprint(key) -> str:
@@ -78,20 +79,35 @@ class SshTarget:
 
 
 def parse_host(spec: str, default_user: str = "ubuntu") -> tuple[str, str, int]:
-    """'user@address[:port]' -> (user, address, port)."""
+    """'user@address[:port]' -> (user, address, port); an InputError for anything else (an empty or odd
+    address, a user that ssh would read as an option, a port outside 1-65535)."""
+    from tflab.targets import check_address
+
+    usage = "use user@address[:port], e.g. ubuntu@10.0.0.5:22 (an IPv6 address in brackets: ubuntu@[2001:db8::1]:22)"
     user, _, rest = spec.rpartition("@")
     user = user or default_user
-    host, port = rest, 22
+    if user.startswith("-") or any(c.isspace() or not c.isprintable() for c in user):
+        raise InputError(f"--host {spec!r}: {user!r} is not a user name", hint=usage)
+    host, p = rest, ""
     if rest.startswith("["):  # [ipv6]:port
-        host, _, tail = rest[1:].partition("]")
-        port = int(tail[1:]) if tail.startswith(":") else 22
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise InputError(f"--host {spec!r} is not user@[address]:port", hint=usage)
+        p = tail[1:] if tail else ""
+        if tail == ":":
+            raise InputError(f"--host {spec!r} has an empty port", hint=usage)
     elif rest.count(":") == 1:
         host, _, p = rest.partition(":")
-        if not p.isdigit():
-            raise InputError(f"'{spec}' has a bad port", hint="use user@address[:port], e.g. ubuntu@10.0.0.5:22")
-        port = int(p)
+        if not p:
+            raise InputError(f"--host {spec!r} has an empty port", hint=usage)
     if not host:
-        raise InputError(f"'{spec}' names no host", hint="use user@address[:port]")
+        raise InputError(f"--host {spec!r} names no host", hint=usage)
+    check_address(host, f"--host {spec!r}")
+    port = 22
+    if p:
+        if not (p.isascii() and p.isdigit()) or not 1 <= int(p) <= 65535:
+            raise InputError(f"--host {spec!r} has a bad port ({p!r}; ports are 1-65535)", hint=usage)
+        port = int(p)
     return user, host, port
 
 
@@ -184,6 +200,7 @@ class Connection:
         self._sftp = None
         self._lock = threading.Lock()
         self.host_key_note: str | None = None
+        self.no_sftp_note: str | None = None  # set when the server has no SFTP and files go over exec channels
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,7 +241,8 @@ class Connection:
         key_filename = None
         if t.identity:
             if not Path(t.identity).is_file():
-                raise InputError(f"the key file {t.identity} does not exist", hint="check --identity")
+                what = "is not a file" if Path(t.identity).exists() else "does not exist"
+                raise InputError(f"the key file {t.identity} {what}", hint="check --identity")
             key_filename = t.identity
         try:
             client.connect(t.host, port=t.port, username=t.user, key_filename=key_filename,
@@ -281,23 +299,35 @@ class Connection:
 
     @property
     def sftp(self):
-        """The connection's one SFTP client."""
+        """The connection's one SFTP client, or None when the server has no SFTP subsystem (hardened
+        servers, minimal containers): files then travel over exec channels (a tar stream, cat)."""
+        import paramiko
+
         self.open()
-        if self._sftp is None:
-            self._sftp = self._client.open_sftp()
+        if self._sftp is None and self.no_sftp_note is None:
+            try:
+                self._sftp = self._client.open_sftp()
+            except (paramiko.SSHException, EOFError) as exc:
+                if not self.is_open:
+                    raise UnreachableError(f"the SSH connection to {self.target.display} closed",
+                                           hint="check that the host runs, then try again") from exc
+                self.no_sftp_note = (f"the SSH server of {self.target.display} has no SFTP subsystem ({exc}); "
+                                     "copying files over SSH commands instead (a tar stream, cat)")
+                log.info(self.no_sftp_note)
         return self._sftp
 
     # ------------------------------------------------------------------ commands
 
     def run(self, command: str, *, step: str = "command", on_line: LineSink | None = None, timeout: float = 600.0,
-            check: bool = True) -> CommandResult:
-        """Run a shell command; stream its stdout and stderr lines as they come; return its status.
+            check: bool = True, shell: str = "sh") -> CommandResult:
+        """Run a shell command (with shell: "sh", or "login" for the user's login shell); stream its stdout
+        and stderr lines as they come; return its status. The command ends when this call ends early.
 
         Raises LabStepError (with the output's tail) when check and the status is not 0, or on timeout.
         """
         started = time.monotonic()
         channel = self.transport.open_session()
-        channel.exec_command(command)
+        channel.exec_command(ended_with_channel(command, shell))
         tail: deque[str] = deque(maxlen=40)
         lock = threading.Lock()
 
@@ -349,6 +379,8 @@ class Connection:
         files = sorted(p for p in local_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         remote_hashes = self._remote_hashes(remote_dir)
         sftp = self.sftp
+        if sftp is None:
+            return self._push_tar(local_dir, files, remote_dir, remote_hashes, progress)
         sent, skipped, total = [], 0, 0
         made: set[str] = set()
         for i, path in enumerate(files, 1):
@@ -391,21 +423,146 @@ class Connection:
             found[rel] = (digest, executable == "1")
         return found
 
+    def _push_tar(self, local_dir: Path, files: list[Path], remote_dir: str, remote_hashes: dict,
+                  progress: Callable[[str], None] | None) -> dict:
+        """push() without SFTP: the changed files as one tar stream into a small receiver on the host,
+        which writes each file beside its place and renames it over (as the SFTP path does)."""
+        import io
+        import tarfile
+
+        buffer = io.BytesIO()
+        sent, skipped, total = [], 0, 0
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for path in files:
+                rel = path.relative_to(local_dir).as_posix()
+                data = path.read_bytes()
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if remote_hashes.get(rel) == (hashlib.sha256(data).hexdigest(), mode & 0o111 != 0):
+                    skipped += 1
+                    continue
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode, info.mtime = len(data), mode, int(path.stat().st_mtime)
+                archive.addfile(info, io.BytesIO(data))
+                sent.append(rel)
+                total += len(data)
+        if sent:
+            if progress is not None:
+                progress(f"{len(sent)} files in one tar stream (no SFTP)")
+            status, _, err = self.exec_bytes(f"python3 -c {shlex.quote(_TAR_RECEIVER)} {shlex.quote(remote_dir)}",
+                                             stdin=buffer.getvalue())
+            if status != 0:
+                raise LabStepError("push", f"could not write the files under {remote_dir} on {self.target.display}",
+                                   status=status, tail=err.decode(errors="replace"))
+        return {"sent": sent, "skipped": skipped, "bytes": total}
+
     def _makedirs(self, path: str) -> None:
         self.run(f"mkdir -p {shlex.quote(path)}", step="mkdir")
+
+    def exec_bytes(self, command: str, stdin: bytes = b"", timeout: float = 300.0) -> tuple[int, bytes, bytes]:
+        """Run a short command with stdin as its input; returns (status, stdout, stderr) as bytes."""
+        channel = self.transport.open_session()
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            out, err = bytearray(), bytearray()
+
+            def drain_stderr() -> None:
+                try:
+                    while data := channel.recv_stderr(65536):
+                        err.extend(data)
+                except OSError:
+                    pass
+
+            reader = threading.Thread(target=drain_stderr, name="ssh-stderr", daemon=True)
+            reader.start()
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            while data := channel.recv(65536):
+                out.extend(data)
+            status = channel.recv_exit_status()
+            reader.join(10)
+            return status, bytes(out), bytes(err)
+        except socket.timeout as exc:
+            raise UnreachableError(f"{command.split()[0]} on {self.target.display} did not finish within "
+                                   f"{timeout:.0f} s") from exc
+        finally:
+            channel.close()
+
+    def read_bytes(self, path: str) -> bytes:
+        """A file's contents from the host; FileNotFoundError (or another OSError) when it cannot be read."""
+        sftp = self.sftp
+        if sftp is not None:
+            with sftp.open(path, "rb") as f:
+                return f.read()
+        status, out, err = self.exec_bytes(f"cat -- {shlex.quote(path)}")
+        if status != 0:
+            text = err.decode(errors="replace").strip()
+            cls = FileNotFoundError if "No such file" in text else OSError
+            raise cls(errno.ENOENT if cls is FileNotFoundError else errno.EIO, text or f"cat exited with {status}", path)
+        return out
 
     def fetch(self, remote_path: str, local_path: str | os.PathLike) -> Path:
         """Copy one file from the host to this machine (written atomically)."""
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = local_path.with_name(f".{local_path.name}.partial")
-        self.sftp.get(remote_path, str(tmp))
+        if self.sftp is not None:
+            self.sftp.get(remote_path, str(tmp))
+        else:
+            tmp.write_bytes(self.read_bytes(remote_path))
         os.replace(tmp, local_path)
         return local_path
 
     def read_text(self, path: str) -> str:
-        with self.sftp.open(path, "r") as f:
-            return f.read().decode()
+        return self.read_bytes(path).decode()
+
+
+# push() without SFTP, on the host: a tar stream on stdin -> each file written beside its place
+# and renamed over it, with its mode; member names stay under the folder (no absolute paths, no ..).
+_TAR_RECEIVER = """import os, sys, tarfile
+root = sys.argv[1]
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as archive:
+    for member in archive:
+        name = os.path.normpath(member.name)
+        if not member.isfile() or name.startswith(("/", "..")):
+            sys.exit("refusing " + member.name)
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tflab-partial"
+        with open(tmp, "wb") as f:
+            f.write(archive.extractfile(member).read())
+        os.chmod(tmp, member.mode & 0o7777)
+        os.replace(tmp, path)
+"""
+
+
+# The remote side of every command tflab runs over SSH. The command runs in its own session and
+# process group; a watcher reads the channel's stdin, which sshd closes when the channel closes:
+# when the command has not finished by then (Ctrl-C or a signal here, a timeout, a dropped
+# connection), its whole group gets SIGTERM, then SIGKILL. Without it, a remote command outlives
+# the SSH session that started it (no pty, so sshd sends it no SIGHUP). The command itself reads
+# no stdin, and runs under $2: sh for tflab's own commands, the login shell for a user's (as sshd
+# would run it; a second bash started by sshd reads ~/.bashrc again, ~90 ms with pyenv's).
+_ENDED_WITH_CHANNEL = """exec 3<&0
+if command -v setsid >/dev/null 2>&1; then setsid "$2" -c "$1" </dev/null 3<&- &
+else "$2" -c "$1" </dev/null 3<&- & fi
+p=$!
+( while read -r _ <&3; do :; done
+  kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; sleep 3; kill -KILL -"$p" 2>/dev/null ) >/dev/null 2>&1 &
+w=$!
+exec 3<&-
+wait "$p"; s=$?
+kill "$w" 2>/dev/null
+exit "$s"
+"""
+
+
+def ended_with_channel(command: str, shell: str = "sh") -> str:
+    """A shell command line that runs command (with shell; "login" for the user's login shell) and ends
+    it, its whole process group, when the SSH channel closes before it finished."""
+    shell = '"${SHELL:-sh}"' if shell == "login" else shlex.quote(shell)
+    return f"sh -c {shlex.quote(_ENDED_WITH_CHANNEL)} tflab-run {shlex.quote(command)} {shell}"
 
 
 def command_line(argv: list[str], cwd: str | None = None, env: dict | None = None) -> str:
@@ -502,14 +659,13 @@ def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str],
     """Wait until the host answers SSH: TCP, then the banner, then authentication; returns the connection.
 
     Backs off from 0.5 s to 5 s between tries; raises UnreachableError after timeout with the
-    stage it was stuck at. Host key errors are not retried.
+    stage it was stuck at and why. timeout 0 tries once (a named host that does not resolve, or
+    refuses, fails at once). Host key errors are not retried.
     """
     deadline = time.monotonic() + timeout
     delay = 0.5
-    stage = "TCP connection"
-    last = ""
     while True:
-        stage, ready = _probe(target, min(10.0, max(1.0, deadline - time.monotonic())))
+        stage, ready, last = _probe(target, min(10.0, max(1.0, deadline - time.monotonic())))
         if ready:
             progress("authentication")
             connection = Connection(target)
@@ -517,10 +673,14 @@ def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str],
                 return connection.open()
             except (UnreachableError, InputError) as exc:  # sshd up, but the key not installed yet
                 stage, last = "authentication", str(exc)
-        else:
-            last = stage
+                if timeout <= 0:
+                    raise
         progress(f"waiting for the {stage}")
         if time.monotonic() + delay > deadline:
+            if timeout <= 0:
+                raise UnreachableError(f"cannot reach {target.display}: {last}",
+                                       hint="check the address and port; --ssh-timeout SECONDS waits for a host "
+                                            "that is still starting")
             raise UnreachableError(f"{target.display} did not answer SSH within {timeout:.0f} s "
                                    f"(stuck at the {stage}{': ' + last if last and last != stage else ''})",
                                    hint="check that the host runs and that the security group lets your address in")
@@ -528,8 +688,8 @@ def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str],
         delay = min(delay * 1.6, 5.0)
 
 
-def _probe(target: SshTarget, timeout: float) -> tuple[str, bool]:
-    """(stage reached, whether an SSH banner answered)."""
+def _probe(target: SshTarget, timeout: float) -> tuple[str, bool, str]:
+    """(stage reached, whether an SSH banner answered, what went wrong)."""
     try:
         with socket.create_connection((target.host, target.port), timeout=min(timeout, 5.0)) as s:
             s.settimeout(timeout)
@@ -540,10 +700,14 @@ def _probe(target: SshTarget, timeout: float) -> tuple[str, bool]:
                     break
                 banner += chunk
             if banner.startswith(b"SSH-"):
-                return "authentication", True
-            return "SSH banner", False
-    except OSError:
-        return "TCP connection", False
+                return "authentication", True, ""
+            return "SSH banner", False, f"port {target.port} answers, but not with SSH"
+    except socket.gaierror as exc:
+        return "name lookup", False, f"the name {target.host} does not resolve ({exc.strerror or exc})"
+    except socket.timeout:
+        return "TCP connection", False, f"no answer on port {target.port} (timed out)"
+    except OSError as exc:
+        return "TCP connection", False, f"port {target.port}: {exc.strerror or exc}"
 
 
 def interactive_shell(connection: Connection) -> int:

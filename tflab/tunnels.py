@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from tflab import ports
 from tflab.console import Console
 from tflab.errors import InputError, UnreachableError
+from tflab.host import tied_to_this_process
 from tflab.ssh import Connection, HostKeyError, SshTarget
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ class _OpenSsh:
         self._failed: dict[str, str] = {}  # channel: why, until its "free" line names the port
         self._reader: threading.Thread | None = None
         self.spawn_error = ""
+        self._read_any = False
         # A short folder: the control socket's path (plus ssh's 17-character suffix) must fit in 104 bytes.
         self._folder = tempfile.mkdtemp(prefix="tflab-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self.control = os.path.join(self._folder, "c")
@@ -228,7 +230,7 @@ class _OpenSsh:
 
     def spawn(self) -> None:
         try:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(tied_to_this_process(self.argv()), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True, errors="replace")
         except OSError as exc:  # on PATH but not runnable: wait_ready() says so
             self.spawn_error = f"cannot run {self.program}: {exc.strerror or exc}"
@@ -251,12 +253,16 @@ class _OpenSsh:
                 why = [line for line in said if line.startswith("Load key")] + host_key[:1] + said[-1:]
                 if timed_out:
                     why = ["did not get its forwards up in time"]
+                elif not self._read_any:  # ssh -v always speaks first: this was not ssh running
+                    why = [f"cannot run {self.program}: it exited with status {self.proc.returncode} "
+                           "and said nothing"]
                 raise ClientFailed("; ".join(dict.fromkeys(why)) or f"exited with status {self.proc.returncode}",
                                    host_key=bool(host_key))
             time.sleep(0.005)
 
     def _read(self) -> None:
         for line in self.proc.stderr:
+            self._read_any = True
             line = line.rstrip()
             if m := self._OPEN_FAILED.match(line):
                 self._failed[m.group(1)] = m.group(2)

@@ -69,6 +69,7 @@ def test_run_lab_local_json_reports_every_step(first_run, local_ports):
     for key in ("slope", "intercept", "ols_slope", "ols_intercept"):
         assert isinstance(t[key], float)
     assert report["server"] == {"kind": "builtin", "address": f"127.0.0.1:{local_ports['--port']}",
+                                "listen": f"127.0.0.1:{local_ports['--port']}",
                                 "model_name": "nn", "version": 1,
                                 "rest_address": f"127.0.0.1:{local_ports['--rest-port']}",
                                 "model_base_path": str(out / "models" / "nn")}

@@ -26,7 +26,7 @@ def host_args(sshd, tmp_path, *extra):
 def test_ssh_host_runs_a_command_and_exits_with_its_status(sshd, tmp_path):
     refused = tflab("ssh", *host_args(sshd, tmp_path), "--", "echo", "hi")
     kind, fp = sshd.host_fingerprint
-    assert refused.returncode == 5 and f"is not known: {kind} {fp}" in refused.stderr
+    assert refused.returncode == 9 and f"is not known: {kind} {fp}" in refused.stderr  # its own code
     assert "--accept-new-host-key" in refused.stderr and "Traceback" not in refused.stderr
 
     proc = tflab("ssh", *host_args(sshd, tmp_path, "--accept-new-host-key"), "--", "echo", "hi")
