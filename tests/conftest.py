@@ -105,3 +105,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def assert_valid_report(document: dict) -> dict:
+    """Check a run-lab report against its published JSON Schema (tflab/report.schema.json)."""
+    import jsonschema
+
+    from tflab.report import SCHEMA_PATH
+
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()),
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return document

@@ -20,8 +20,10 @@ import time
 import types
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from tflab.errors import InputError, NotFoundError, RequestError, UnreachableError
+from tflab.waiting import NotYet, poll
 
 DT_FLOAT = 1  # tensorflow.core.framework.types_pb2.DT_FLOAT
 INT64_MAX = 2**63 - 1  # ModelSpec.version is a google.protobuf.Int64Value
@@ -206,34 +208,25 @@ class ServingClient:
                 for s in response.model_version_status]
 
     def wait_available(self, model: str, *, version: int | None = None, timeout: float = 60.0,
-                       alive=None) -> int:
+                       alive: Callable[[], None] | None = None) -> int:
         """Poll GetModelStatus until the model (or that version) is AVAILABLE; returns the version.
 
         `alive`, when given, is called between polls and should raise if the server died.
         """
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        last = "no answer yet"
-        while True:
-            try:
-                states = self.status(model)
-                ready = [s.version for s in states if s.state == "AVAILABLE" and (version is None or s.version == version)]
-                if ready:
-                    return max(ready)
-                failed = [s for s in states if s.error and (version is None or s.version == version)]
-                if failed:
-                    raise RequestError(f"model {model} version {failed[0].version} failed to load: {failed[0].error}",
-                                       hint="the model server's log says why; export the model again (run-lab)")
-                last = ", ".join(f"version {s.version} {s.state}" for s in states) or "no version"
-            except (UnreachableError, NotFoundError) as err:
-                last = str(err)
-            if alive is not None:
-                alive()
-            if time.monotonic() >= deadline:
-                raise UnreachableError(f"model {model} was not AVAILABLE at {self.address} within {timeout:.0f} s ({last})",
-                                       hint="look at the server's log; a large model may need a longer wait")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        def check() -> int:
+            states = self.status(model)
+            ready = [s.version for s in states if s.state == "AVAILABLE" and (version is None or s.version == version)]
+            if ready:
+                return max(ready)
+            failed = [s for s in states if s.error and (version is None or s.version == version)]
+            if failed:
+                raise RequestError(f"model {model} version {failed[0].version} failed to load: {failed[0].error}",
+                                   hint="the model server's log says why; export the model again (run-lab)")
+            raise NotYet(", ".join(f"version {s.version} {s.state}" for s in states) or "no version")
+
+        return poll(check, timeout=timeout, what=f"model {model} was not AVAILABLE at {self.address}", interval=0.05,
+                    backoff=1.5, max_interval=0.5, retry_on=(UnreachableError, NotFoundError),
+                    alive=alive or (lambda: None), hint="look at the server's log; a large model may need a longer wait")
 
     def predict(self, xs: list[float], model: str = "nn", signature: str = "prediction",
                 version: int | None = None, input_key: str = "input", output_key: str = "output") -> PredictResult:

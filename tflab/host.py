@@ -1,9 +1,12 @@
-"""Where the lab runs: the small Host interface the run-lab pipeline is written against.
+"""Where the lab runs: the Host interface the run-lab pipeline (tflab.lab) is written against.
 
 One pipeline, three kinds of host (an instance made by `tflab up`, any SSH machine, this
-machine): each implements running a command with streamed output, starting a long-running
-service detached with a pid and a log file, and reaching a service's port from here.
-`LocalHost` is this machine, with no SSH and no cloud (`run-lab --local`).
+machine). A Host carries everything that differs between them: preparing itself (push and
+bootstrap), running a command with streamed output, starting and stopping long-running services,
+choosing the ports of its services (the lab's own where free there), making them reachable from
+here (tunnels, or nothing), fetching files, and its facts (how it serves, its GPUs). The pipeline
+never asks which kind of host it has. `LocalHost` is this machine, with no SSH and no cloud
+(`run-lab --local`); `tflab.sshhost.SshHost` is a machine reached over SSH.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from tflab.errors import LabStepError
+from tflab.errors import InputError, LabStepError
 
 log = logging.getLogger(__name__)
 
 LineSink = Callable[[str, str], None]  # (stream name "out" | "err", line)
+# What each of the lab's service ports is, for messages.
+PORT_NAMES = {"serving": "model server gRPC", "rest": "model server REST", "tensorboard": "TensorBoard",
+              "jupyter": "Jupyter"}
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,54 @@ class Host(ABC):
 
     Contract: every wait is bounded; `run` streams output lines as they come and returns
     the status; services outlive the call that started them (and, on remote hosts, the
-    connection) until `stop_service`.
+    connection) until `stop_service`. `prepare` comes first; `close` ends what the host holds
+    here (connections, tunnels), never its kept services.
     """
 
     name: str = "host"
+    keeps_services: bool = False  # its services outlive the run (a lab host), or end with it (this machine)
+    serving: str | None = None  # how its bootstrap found it can serve (tflab.serving kinds); None: by PATH
+    jupyter_token_file: str | None = None  # where its Jupyter token is; None: no Jupyter on this host
+
+    @property
+    @abstractmethod
+    def workdir(self) -> str:
+        """The lab's folder on the host (models, logs, plots, services)."""
+
+    def prepare(self, console) -> None:
+        """Make the host ready to run the lab (connect, push remote/, bootstrap)."""
+
+    @abstractmethod
+    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
+        """The ports its services listen on, by name: the wanted ones where free there, others where
+        not (said on console); a port of one of its own services still running is kept."""
+
+    @abstractmethod
+    def forward(self, ports: dict[str, int], wanted_local: dict[str, int], console) -> None:
+        """Start making the services' ports reachable from this machine (may return before they are)."""
+
+    @abstractmethod
+    def local_port(self, name: str) -> int:
+        """The port on this machine that reaches the service port `name` (waits until it does)."""
+
+    def check_forwarding(self) -> None:
+        """Raise UnreachableError when the services cannot be reached from here any more."""
+
+    @property
+    def forwarding_alive(self) -> bool:
+        """Whether the services are still reachable from here."""
+        return True
+
+    def fetch(self, path: str, folder: Path) -> Path:
+        """A file of the host as a file here: copied into folder, or the file itself on this machine."""
+        return Path(path)
+
+    def facts(self) -> dict:
+        """What the report says of the host beyond its name and python (address, GPUs, ...)."""
+        return {}
+
+    def close(self) -> None:
+        """End what the host holds on this machine (connections, tunnels); idempotent."""
 
     @property
     @abstractmethod
@@ -103,13 +153,42 @@ class Host(ABC):
 
 
 class LocalHost(Host):
-    """This machine: commands are subprocesses, services are detached process groups."""
+    """This machine: commands are subprocesses, services are process groups that end with the run."""
 
     name = "local"
 
-    def __init__(self, python: str | None = None):
+    def __init__(self, python: str | None = None, workdir: str | os.PathLike | None = None):
         self._python = python or sys.executable
+        self._workdir = str(Path(workdir or Path.cwd() / "tflab-results" / "local").resolve())
         self._procs: dict[int, subprocess.Popen] = {}
+        self._ports: dict[str, int] = {}
+
+    @property
+    def workdir(self) -> str:
+        return self._workdir
+
+    def prepare(self, console) -> None:
+        try:
+            Path(self._workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot use {self._workdir} for the results: {exc.strerror}",
+                             hint="choose another --out") from exc
+
+    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
+        from tflab import ports
+
+        chosen: dict[str, int] = {}
+        for name, port in wanted.items():
+            chosen[name] = ports.pick(port, taken=set(chosen.values())) if port else 0
+            if port and chosen[name] != port:
+                console.note(f"port {port} ({PORT_NAMES.get(name, name)}) is in use; using {chosen[name]} instead")
+        return chosen
+
+    def forward(self, ports: dict[str, int], wanted_local: dict[str, int], console) -> None:
+        self._ports = dict(ports)  # this machine: the services are reached where they listen
+
+    def local_port(self, name: str) -> int:
+        return self._ports[name]
 
     @property
     def python(self) -> str:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tflab.addresses import check_address
 from tflab.errors import ExitCode, InputError, LabStepError, TflabError, UnreachableError
-from tflab.host import CommandResult, Host, LineSink, Service
+from tflab.host import CommandResult, LineSink
+from tflab.waiting import NotYet, poll
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ class SshTarget:
 def parse_host(spec: str, default_user: str = "ubuntu") -> tuple[str, str, int]:
     """'user@address[:port]' -> (user, address, port); an InputError for anything else (an empty or odd
     address, a user that ssh would read as an option, a port outside 1-65535)."""
-    from tflab.targets import check_address
-
     usage = "use user@address[:port], e.g. ubuntu@10.0.0.5:22 (an IPv6 address in brackets: ubuntu@[2001:db8::1]:22)"
     user, _, rest = spec.rpartition("@")
     user = user or default_user
@@ -109,6 +109,44 @@ def parse_host(spec: str, default_user: str = "ubuntu") -> tuple[str, str, int]:
             raise InputError(f"--host {spec!r} has a bad port ({p!r}; ports are 1-65535)", hint=usage)
         port = int(p)
     return user, host, port
+
+
+def openssh_value(text: str) -> str:
+    """A value for an OpenSSH option (`-o Key=value` or a config line): '%' escaped (ssh expands %-tokens in
+    paths and host names), and double-quoted, with '\\' and '"' escaped, when it holds a space or a quote."""
+    text = text.replace("%", "%%")
+    if not text or any(c.isspace() or c in "\"'\\" for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def openssh_options(target: SshTarget) -> dict[str, str]:
+    """The options the system's `ssh` gets for a target: its key and known_hosts file only (the very file
+    tflab's Connection verifies against), strict host key checking, no known_hosts of the system's, no
+    host key updates from the server, keep-alives. Values are ready for `-o` and for config lines."""
+    options = {"UserKnownHostsFile": openssh_value(target.known_hosts), "GlobalKnownHostsFile": "/dev/null",
+               "StrictHostKeyChecking": "yes", "UpdateHostKeys": "no", "CheckHostIP": "no",
+               "ConnectTimeout": "15", "ServerAliveInterval": "15", "ServerAliveCountMax": "3"}
+    if target.identity:
+        options |= {"IdentityFile": openssh_value(target.identity), "IdentitiesOnly": "yes"}
+    return options
+
+
+def openssh_argv(program: str, target: SshTarget, extra: dict[str, str] | None = None,
+                 flags: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The system `ssh`'s argv for a target: no config file read (-F none), openssh_options() plus extra
+    as -o options, flags (e.g. -N, -L ...), then `--` and the host (never read as an option)."""
+    argv = [program, "-F", "none", *flags, "-p", str(target.port), "-l", target.user]
+    for key, value in (openssh_options(target) | (extra or {})).items():
+        argv += ["-o", f"{key}={value}"]
+    return argv + ["--", target.host]
+
+
+def openssh_config(alias: str, target: SshTarget) -> list[str]:
+    """The lines of an OpenSSH config block (`Host alias`) with the same options as openssh_argv()."""
+    lines = [f"Host {alias}", f"  HostName {openssh_value(target.host)}", f"  User {target.user}",
+             f"  Port {target.port}"]
+    return lines + [f"  {key} {value}" for key, value in openssh_options(target).items()]
 
 
 class _VerifyPolicy:
@@ -565,96 +603,6 @@ def ended_with_channel(command: str, shell: str = "sh") -> str:
     return f"sh -c {shlex.quote(_ENDED_WITH_CHANNEL)} tflab-run {shlex.quote(command)} {shell}"
 
 
-def command_line(argv: list[str], cwd: str | None = None, env: dict | None = None) -> str:
-    """A POSIX shell command line for argv, run in cwd with env added."""
-    parts = []
-    if cwd:
-        parts.append(f"cd {shlex.quote(cwd)} &&")
-    if env:
-        parts.append("env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
-    parts.append(" ".join(shlex.quote(a) for a in argv))
-    return " ".join(parts)
-
-
-class SshHost(Host):
-    """A lab host reached over SSH: the run-lab pipeline's Host for `up` labs and `--host`."""
-
-    def __init__(self, connection: Connection, *, python: str = "python3", workdir: str = "tflab"):
-        self.connection = connection
-        self.name = connection.target.display
-        self._python = python
-        self.workdir = workdir
-
-    @property
-    def python(self) -> str:
-        return self._python
-
-    @property
-    def remote_dir(self) -> str:
-        return posixpath.join(self.workdir, "remote")
-
-    def which(self, program: str) -> str | None:
-        found = self.connection.output(f"command -v {shlex.quote(program)} || true").strip()
-        return found.splitlines()[-1] if found else None
-
-    def run(self, argv, *, step, cwd=None, env=None, on_line=None, timeout=600.0) -> CommandResult:
-        return self.connection.run(command_line(argv, cwd, env), step=step, on_line=on_line, timeout=timeout)
-
-    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
-        """Start argv detached from the SSH session (setsid, nohup): it outlives the connection.
-
-        The same command still running from an earlier run (its pid and command files next to the
-        log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
-        Another command under the same name is stopped first.
-        """
-        base = posixpath.splitext(log_path)[0]
-        pid_path, cmd_path = base + ".pid", base + ".cmd"
-        folder = posixpath.dirname(log_path)
-        inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
-        pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
-        command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
-                   f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
-                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then echo kept $(cat {pid_q}); exit 0; fi; "
-                   f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
-                   f"nohup setsid sh -c {shlex.quote(inner)} "
-                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; echo started $(cat {pid_q})")
-        what, pid = self.connection.output(command).strip().splitlines()[-1].split()
-        if what == "kept":
-            log.info("%s is running already (pid %s) with the same command: kept", name, pid)
-        return Service(name, int(pid), log_path, port, kept=what == "kept")
-
-    def service_alive(self, service: Service) -> bool:
-        return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
-
-    def stop_service(self, service: Service, timeout: float = 5.0) -> None:
-        self.connection.run(stop_pid(str(service.pid), timeout), step="stop", timeout=timeout + 10)
-
-    def stop_all_services(self, folder: str, timeout: float = 5.0) -> None:
-        """Stop every service whose pid file is in folder (what earlier runs left on the host)."""
-        self.connection.run(f"for f in {shlex.quote(folder)}/*.pid; do [ -f \"$f\" ] || continue; "
-                            f"{stop_pid_file('$f', quote=False, timeout=timeout)}; done; true", step="stop",
-                            timeout=timeout * 5 + 10)
-
-    def read_log(self, service: Service, lines: int = 20) -> str:
-        return self.connection.output(f"tail -n {int(lines)} {shlex.quote(service.log_path)} 2>/dev/null || true")
-
-    def read_text(self, path: str) -> str:
-        return self.connection.read_text(path)
-
-
-def stop_pid(pid: str, timeout: float = 5.0) -> str:
-    """Shell that stops a process group (TERM, then KILL after timeout)."""
-    return (f"(p={pid}; kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
-            f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
-            f"kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null; exit 0)")
-
-
-def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
-    """Shell that stops the process group named in a pid file, if it still runs, and removes the file."""
-    p = shlex.quote(path) if quote else f'"{path}"'
-    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p}; fi")
-
-
 def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None]) -> Connection:
     """Wait until the host answers SSH: TCP, then the banner, then authentication; returns the connection.
 
@@ -663,29 +611,26 @@ def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str],
     refuses, fails at once). Host key errors are not retried.
     """
     deadline = time.monotonic() + timeout
-    delay = 0.5
-    while True:
+
+    def attempt() -> Connection:
         stage, ready, last = _probe(target, min(10.0, max(1.0, deadline - time.monotonic())))
         if ready:
             progress("authentication")
-            connection = Connection(target)
             try:
-                return connection.open()
+                return Connection(target).open()
             except (UnreachableError, InputError) as exc:  # sshd up, but the key not installed yet
-                stage, last = "authentication", str(exc)
                 if timeout <= 0:
                     raise
+                stage, last = "authentication", str(exc)
         progress(f"waiting for the {stage}")
-        if time.monotonic() + delay > deadline:
-            if timeout <= 0:
-                raise UnreachableError(f"cannot reach {target.display}: {last}",
-                                       hint="check the address and port; --ssh-timeout SECONDS waits for a host "
-                                            "that is still starting")
-            raise UnreachableError(f"{target.display} did not answer SSH within {timeout:.0f} s "
-                                   f"(stuck at the {stage}{': ' + last if last and last != stage else ''})",
-                                   hint="check that the host runs and that the security group lets your address in")
-        time.sleep(delay)
-        delay = min(delay * 1.6, 5.0)
+        if timeout <= 0:
+            raise UnreachableError(f"cannot reach {target.display}: {last}",
+                                   hint="check the address and port; --ssh-timeout SECONDS waits for a host "
+                                        "that is still starting")
+        raise NotYet(f"stuck at the {stage}{': ' + last if last and last != stage else ''}")
+
+    return poll(attempt, timeout=timeout, what=f"{target.display} did not answer SSH", interval=0.5, backoff=1.6,
+                max_interval=5.0, hint="check that the host runs and that the security group lets your address in")
 
 
 def _probe(target: SshTarget, timeout: float) -> tuple[str, bool, str]:

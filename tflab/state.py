@@ -144,6 +144,16 @@ class StateStore:
             raise InputError(f"the state file {path} is damaged: {exc}",
                              hint=f"remove it; `tflab down --name {name}` still works from the cloud's tags") from exc
 
+    def names(self) -> list[str]:
+        """The names of the labs with a state file here, sorted; no file is read (cheap: shell completion)."""
+        labs = self.home / "labs"
+        if not labs.is_dir():
+            return []
+        try:
+            return sorted(p.name for p in labs.iterdir() if NAME.fullmatch(p.name) and (p / "state.json").is_file())
+        except OSError as exc:
+            raise self._unusable(labs, exc) from exc
+
     def all(self) -> list[LabState]:
         labs = self.home / "labs"
         if not labs.is_dir():

@@ -42,7 +42,8 @@ from tflab import ports
 from tflab.console import Console
 from tflab.errors import InputError, UnreachableError
 from tflab.host import tied_to_this_process
-from tflab.ssh import Connection, HostKeyError, SshTarget
+from tflab.ssh import Connection, HostKeyError, SshTarget, openssh_argv, openssh_value
+from tflab.waiting import poll
 
 log = logging.getLogger(__name__)
 CHUNK = 65536
@@ -169,17 +170,16 @@ def choose_client(client: str | None = None) -> str:
     return value
 
 
+class _Exited(Exception):
+    """The system's ssh exited while tflab waited for its forwards."""
+
+
 class ClientFailed(Exception):
     """The system's ssh exited before its forwards were up; carries what it printed."""
 
     def __init__(self, message: str, host_key: bool = False):
         super().__init__(message)
         self.host_key = host_key
-
-
-def _config_path(path: str) -> str:
-    """A path as an ssh -o value: quoted (spaces), '%' escaped (ssh expands %-tokens in these)."""
-    return '"' + path.replace("%", "%%") + '"'
 
 
 class _OpenSsh:
@@ -210,23 +210,12 @@ class _OpenSsh:
         self.control = os.path.join(self._folder, "c")
 
     def argv(self) -> list[str]:
-        t = self.target
-        options = {
-            "BatchMode": "yes",  # never prompt: fail, and let paramiko carry the forwards
-            "StrictHostKeyChecking": "yes", "UserKnownHostsFile": _config_path(t.known_hosts),
-            "GlobalKnownHostsFile": "/dev/null", "UpdateHostKeys": "no", "CheckHostIP": "no",
-            "ExitOnForwardFailure": "yes", "ConnectTimeout": "15", "ServerAliveInterval": "15",
-            "ServerAliveCountMax": "3", "ControlMaster": "yes", "ControlPath": _config_path(self.control),
-            "ControlPersist": "no",
-        }
-        if t.identity:
-            options |= {"IdentityFile": _config_path(t.identity), "IdentitiesOnly": "yes"}
-        argv = [self.program, "-N", "-v", "-F", "none", "-p", str(t.port), "-l", t.user]
-        for key, value in options.items():
-            argv += ["-o", f"{key}={value}"]
-        for bind, local, remote in self.binds:
-            argv += ["-L", f"{bind}:{local}:127.0.0.1:{remote}"]
-        return argv + ["--", t.host]
+        """ssh -N -v with the target's options (tflab.ssh.openssh_argv), a control socket and the -L forwards."""
+        extra = {"BatchMode": "yes",  # never prompt: fail, and let paramiko carry the forwards
+                 "ExitOnForwardFailure": "yes", "ControlMaster": "yes", "ControlPath": openssh_value(self.control),
+                 "ControlPersist": "no"}
+        forwards = [arg for bind, local, remote in self.binds for arg in ("-L", f"{bind}:{local}:127.0.0.1:{remote}")]
+        return openssh_argv(self.program, self.target, extra, ["-N", "-v", *forwards])
 
     def spawn(self) -> None:
         try:
@@ -244,21 +233,29 @@ class _OpenSsh:
         """Until the forwards are up; raises ClientFailed (the process stopped) when ssh gives up."""
         if self.spawn_error:
             raise ClientFailed(self.spawn_error)
-        while not os.path.exists(self.control):
-            if self.proc.poll() is not None or time.monotonic() > self._deadline:
-                timed_out = self.proc.poll() is None
-                self.stop()
-                said = list(self.said)
-                host_key = [line.strip("@ ") for line in said if any(k in line for k in self._HOST_KEY)]
-                why = [line for line in said if line.startswith("Load key")] + host_key[:1] + said[-1:]
-                if timed_out:
-                    why = ["did not get its forwards up in time"]
-                elif not self._read_any:  # ssh -v always speaks first: this was not ssh running
-                    why = [f"cannot run {self.program}: it exited with status {self.proc.returncode} "
-                           "and said nothing"]
-                raise ClientFailed("; ".join(dict.fromkeys(why)) or f"exited with status {self.proc.returncode}",
-                                   host_key=bool(host_key))
-            time.sleep(0.005)
+
+        def running() -> None:
+            if self.proc.poll() is not None:
+                raise _Exited()
+
+        try:
+            poll(lambda: True if os.path.exists(self.control) else None, timeout=self._deadline - time.monotonic(),
+                 what="ssh's forwards", interval=0.005, alive=running)
+            return
+        except (_Exited, UnreachableError):  # ssh gave up, or its time is over
+            pass
+        timed_out = self.proc.poll() is None
+        self.stop()
+        said = list(self.said)
+        host_key = [line.strip("@ ") for line in said if any(k in line for k in self._HOST_KEY)]
+        why = [line for line in said if line.startswith("Load key")] + host_key[:1] + said[-1:]
+        if timed_out:
+            why = ["did not get its forwards up in time"]
+        elif not self._read_any:  # ssh -v always speaks first: this was not ssh running
+            why = [f"cannot run {self.program}: it exited with status {self.proc.returncode} "
+                   "and said nothing"]
+        raise ClientFailed("; ".join(dict.fromkeys(why)) or f"exited with status {self.proc.returncode}",
+                           host_key=bool(host_key))
 
     def _read(self) -> None:
         for line in self.proc.stderr:
@@ -302,10 +299,11 @@ class Tunnels:
     """
 
     def __init__(self, connection: Connection, forwards: list[Forward], bind: str = "127.0.0.1",
-                 client: str | None = None):
+                 client: str | None = None, avoid: set[int] = frozenset()):
         self.connection = connection
         self.forwards = forwards
         self.bind = bind
+        self.avoid = set(avoid)  # local ports not to take (the host's own services', when it is this machine)
         self.wanted_client = choose_client(client)
         self.client: str | None = None
         self.local_ports: dict[str, int] = {}
@@ -355,9 +353,9 @@ class Tunnels:
     def start(self, wait: bool = True) -> "Tunnels":
         """Bind every forward's local port (a free one when the wanted port is taken). With wait=False
         the system's ssh logs in while the caller goes on, and ready() waits for it."""
-        taken: set[int] = set()
+        taken: set[int] = set(self.avoid)
         for f in self.forwards:
-            port = ports.pick(f.local_port, taken, self.bind) if f.local_port else ports.free_port(self.bind)
+            port = ports.pick(f.local_port, taken, self.bind)
             if f.local_port and port != f.local_port:
                 self.moved[f.name] = (f.local_port, port)
             taken.add(port)

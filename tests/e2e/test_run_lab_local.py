@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tflab, wait_until
+from tests.conftest import assert_valid_report, tflab, wait_until
 from tflab import ports
 
 pytestmark = pytest.mark.slow
@@ -87,6 +87,16 @@ def test_run_lab_local_json_reports_every_step(first_run, local_ports):
     assert {"loss", "weights/summaries/mean", "weights/summaries/max"} <= set(report["tensorboard"]["scalars"])
     # Progress went to stderr, the JSON alone to stdout; the run said which server serves.
     assert "built-in stand-in server" in stderr and "[basics]" not in stderr and "basics | add: [4.0, 6.0]" in stderr
+
+
+def test_the_json_report_follows_its_published_schema_and_is_saved(first_run):
+    out, report, _ = first_run
+    assert_valid_report(report)
+    assert report["report_version"] == 1 and report["host"]["address"] is None
+    saved = json.loads((out / "report.json").read_text())  # the same, less the Jupyter URL (a secret)
+    assert saved == {**report, "urls": {k: v for k, v in report["urls"].items() if k != "jupyter"}}
+    with pytest.raises(Exception, match="is a required property"):  # the schema does hold something
+        assert_valid_report({k: v for k, v in report.items() if k != "server"})
 
 
 def test_run_lab_stops_its_services_and_frees_its_ports(first_run, local_ports):

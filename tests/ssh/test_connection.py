@@ -15,7 +15,8 @@ from tests.ssh.conftest import unpinned
 from tests.sshd import Sshd
 from tflab import ports
 from tflab.errors import LabStepError, UnreachableError
-from tflab.ssh import Connection, HostKeyError, SshHost, SshTarget, parse_host, wait_for_ssh
+from tflab.ssh import Connection, HostKeyError, SshTarget, parse_host, wait_for_ssh
+from tflab.sshhost import SshHost
 
 
 def test_a_pinned_host_key_connects_and_is_recorded(target):
