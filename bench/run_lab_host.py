@@ -59,7 +59,7 @@ def main() -> None:
                     phases[client].append(report["timings"])
         finally:
             subprocess.run([PY, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-                            "from tflab.ssh import Connection, SshHost, SshTarget;"
+                            "from tflab.ssh import Connection, SshTarget; from tflab.sshhost import SshHost;"
                             "t = SshTarget('127.0.0.1', sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]);"
                             "c = Connection(t); SshHost(c).stop_all_services(sys.argv[6]); c.close()",
                             str(Path(__file__).resolve().parent.parent), sshd.user, str(sshd.port),

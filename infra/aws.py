@@ -341,6 +341,7 @@ class AwsProvider(Provider):
                progress: Progress) -> Instance:
         params = {
             "ImageId": image.id, "InstanceType": spec.instance_type, "MinCount": 1, "MaxCount": 1,
+            "InstanceInitiatedShutdownBehavior": spec.shutdown_behavior,
             "KeyName": key_name, "SecurityGroupIds": [security_group],
             "TagSpecifications": tags.tag_specifications(spec.lab, "instance", "volume"),
             "BlockDeviceMappings": [{"DeviceName": image.root_device, "Ebs": {

@@ -34,6 +34,7 @@ class LaunchSpec:
     ami_parameter: str = DEFAULT_AMI_PARAMETER
     subnet_id: str | None = None
     user_data: str = ""
+    shutdown_behavior: str = "stop"  # what the instance's own shutdown does (the idle watchdog's): stop | terminate
 
 
 @dataclass(frozen=True)

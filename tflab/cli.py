@@ -9,13 +9,13 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import click
 import typer
 
 from infra.errors import InfraError
-from tflab.errors import ExitCode, InputError, TflabError, exit_code_for
+from tflab.errors import InputError, TflabError, exit_code_for
 
 app = typer.Typer(
     name="tflab",
@@ -25,11 +25,41 @@ app = typer.Typer(
          "4 cloud refused, 5 host or server unreachable, 6 a lab step failed, 7 not found, "
          "8 a server rejected the request, 9 an SSH host key unknown, changed or revoked, "
          "130 interrupted by Ctrl-C (143 SIGTERM, 129 SIGHUP).",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _complete_lab_name(incomplete: str) -> list[str]:
+    """Shell completion of --name: the labs in the local state whose names start with what was typed."""
+    from tflab.state import StateStore
+
+    try:
+        return [name for name in StateStore().names() if name.startswith(incomplete)]
+    except (OSError, TflabError):  # an unusable state home: nothing to offer, and no trace in the shell
+        return []
+
+
+# ---------------------------------------------------------------- options shared by several commands
+
+NAME_HELP = "The lab's name."
+REGION_HELP = "AWS region [default: --profile's, AWS_REGION, AWS_DEFAULT_REGION or ~/.aws/config]."
+PROFILE_HELP = "AWS profile [default: AWS_PROFILE or 'default']."
+HOST_HELP = "Any machine instead of a lab: user@address[:port]."
+IDENTITY_HELP = "Private key file [default: the lab's key; with --host, your SSH agent and ~/.ssh keys]."
+KNOWN_HOSTS_HELP = "known_hosts file [default: the lab's own; with --host, ~/.ssh/known_hosts]."
+ACCEPT_HELP = ("Trust an unknown host key on first use and record it (for a lab made by `up`: when its console "
+               "shows no fingerprints); a changed key is always refused.")
+
+LabName = Annotated[str, typer.Option("--name", help=NAME_HELP, autocompletion=_complete_lab_name)]
+Region = Annotated[Optional[str], typer.Option("--region", help=REGION_HELP)]
+Profile = Annotated[Optional[str], typer.Option("--profile", help=PROFILE_HELP)]
+SshHostSpec = Annotated[Optional[str], typer.Option("--host", help=HOST_HELP)]
+Identity = Annotated[Optional[str], typer.Option("--identity", "-i", help=IDENTITY_HELP)]
+KnownHosts = Annotated[Optional[str], typer.Option("--known-hosts", help=KNOWN_HOSTS_HELP)]
+AcceptNewHostKey = Annotated[bool, typer.Option("--accept-new-host-key", help=ACCEPT_HELP)]
 
 
 def _console(json_mode: bool):
@@ -38,31 +68,14 @@ def _console(json_mode: bool):
     return Console(json_mode=json_mode)
 
 
-def _local_ports(console, wanted: dict[str, tuple[int, str]]) -> dict[str, int]:
-    """Free local ports for the services: the wanted ones, or free ones instead (said out loud)."""
-    from tflab import ports
-
-    chosen: dict[str, int] = {}
-    for name, (port, what) in wanted.items():
-        if not port:
-            chosen[name] = 0
-            continue
-        got = ports.pick(port, taken=set(chosen.values()))
-        if got != port:
-            console.note(f"port {port} ({what}) is in use; using {got} instead")
-        chosen[name] = got
-    return chosen
-
-
 @app.command("run-lab")
 def run_lab(
     local: bool = typer.Option(False, "--local", help="Run the whole lab on this machine: no cloud, no SSH."),
-    name: str = typer.Option("lab", "--name", help="The lab made by `tflab up` to run on."),
-    host: Optional[str] = typer.Option(None, "--host", help="Any SSH machine instead of a lab: user@address[:port]."),
-    identity: Optional[str] = typer.Option(None, "--identity", "-i", help="Private key file for --host."),
-    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help="known_hosts file for --host [default: ~/.ssh/known_hosts]."),
-    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
-                                             help="Trust an unknown host key on first use and record it."),
+    name: LabName = "lab",
+    host: SshHostSpec = None,
+    identity: Identity = None,
+    known_hosts: KnownHosts = None,
+    accept_new_host_key: AcceptNewHostKey = False,
     python: Optional[str] = typer.Option(None, "--python", help="The host's interpreter, if it already has TensorFlow "
                                                                "and the rest [default: a venv the bootstrap makes]."),
     workdir: str = typer.Option("~/tflab", "--workdir", help="Folder on the host."),
@@ -94,90 +107,39 @@ def run_lab(
     """
     if not 0 < learning_rate < float("inf"):
         raise typer.BadParameter("must be > 0 and finite", param_hint="--learning-rate")
-    from tflab.lab import LabOptions
+    from tflab.lab import HOST_PORTS, LabOptions, open_run
     from tflab.report import render
+    from tflab.signals import wait_for_interrupt
 
     console = _console(json_out)
-    training = dict(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
-                    prefer_builtin_server=builtin_server)
-    if local:
-        _run_local(console, out, training, port, rest_port, tensorboard_port, keep_running)
-        return
-    import re
-
-    from tflab.remote_lab import HostOptions, run_remote
-    from tflab.signals import wait_for_interrupt
-    from tflab.state import StateStore
-    from tflab.targets import resolve_target
-
-    from tflab.errors import NotFoundError
-
-    store = StateStore()
-    if host is None and store.load(name) is None:
-        raise NotFoundError(f"no lab named '{name}' on this machine",
-                            hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
-                                 "--local runs the lab here")
-    target = resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts,
-                            accept_new=accept_new_host_key, store=store)
-    label = name if host is None else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
-    results = (out or Path.cwd() / "tflab-results" / label).resolve()
-    if ssh_timeout is None:
-        ssh_timeout = 600.0 if host is None else 0.0
-    run = run_remote(target, LabOptions(workdir="", **training),
-                     HostOptions(workdir=workdir, python=python, ssh_timeout=ssh_timeout), console, results)
-    try:
-        if host is None:
-            state = store.load(name)
-            if state is not None:
-                from tflab.state import LabState
-
-                store.save(LabState.from_dict(state.to_dict() | {"workdir": run.workdir}))
-        console.result(run.report, render(run.report))
+    wanted = {"serving": port, "rest": rest_port, "tensorboard": tensorboard_port} if local else dict(HOST_PORTS)
+    options = LabOptions(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
+                         ports=wanted, prefer_builtin_server=builtin_server)
+    with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
+                  accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
+                  out=out) as run:
+        report = run.execute()
+        console.result(report.to_json(), render(report))
+        if not run.host.keeps_services:  # this machine: the services end with the command
+            if keep_running:
+                console.info(f"TensorBoard: {report.tensorboard.url}   model server: {report.server.address}   "
+                             "(Ctrl-C to stop)")
+                wait_for_interrupt()
+            return
+        again = f"`tflab tunnel {'--name ' + name if host is None else '--host ' + host}`"
         if not detach and sys.stdin.isatty() and sys.stdout.isatty():
-            console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in run.report["urls"].items() if v)
+            console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in report.urls.items() if v)
                          + "   (Ctrl-C to close them; the services keep running on the host)")
-            if not wait_for_interrupt(lambda: run.tunnels.alive):
-                console.warn(f"the SSH connection to {target.display} dropped; the services keep running there: "
-                             f"`tflab tunnel{' --name ' + name if host is None else ''}` forwards them again")
+            if not wait_for_interrupt(lambda: run.alive):
+                console.warn(f"the SSH connection to {run.host.name} dropped; the services keep running there: "
+                             f"{again} forwards them again")
         else:
-            console.info(f"services keep running on the host; `tflab tunnel{' --name ' + name if host is None else ''}` "
-                         "reaches them again")
-    finally:
-        run.tunnels.stop()
-        run.connection.close()
+            console.info(f"services keep running on the host; {again} reaches them again")
 
 
-def _run_local(console, out, training: dict, port: int, rest_port: int, tensorboard_port: int,
-               keep_running: bool) -> None:
-    """run-lab --local: every step, TensorBoard and the model server on this machine."""
-    from tflab.host import LocalHost
-    from tflab.lab import LabOptions, run_lab as run, stop_services
-    from tflab.report import render
-    from tflab.signals import wait_for_interrupt
-
-    workdir = (out or Path.cwd() / "tflab-results" / "local").resolve()
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot use {workdir} for the results: {exc.strerror}", hint="choose another --out") from exc
-    chosen = _local_ports(console, {"serving": (port, "model server gRPC"), "rest": (rest_port, "model server REST"),
-                                    "tensorboard": (tensorboard_port, "TensorBoard")})
-    options = LabOptions(workdir=str(workdir), serving_port=chosen["serving"], rest_port=chosen["rest"],
-                         tensorboard_port=chosen["tensorboard"], **training)
-    host = LocalHost()
-    lab = run(host, options, console)
-    try:
-        console.result(lab.report, render(lab.report))
-        if keep_running:
-            console.info(f"TensorBoard: {lab.report['tensorboard']['url']}   model server: "
-                         f"{lab.report['server']['address']}   (Ctrl-C to stop)")
-            wait_for_interrupt()
-    finally:
-        stop_services(host, lab.services)
-
-
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
+    ctx: typer.Context,
     model_base_path: Path = typer.Option(..., "--model-base-path",
                                          help="Folder holding the model's numeric version folders (1, 2, ...)."),
     model_name: str = typer.Option("nn", "--model-name", help="Name clients ask for."),
@@ -185,7 +147,10 @@ def serve(
     rest_port: int = typer.Option(8501, "--rest-port", min=0, max=65535, help="REST port on 127.0.0.1, 0 for none."),
     builtin: bool = typer.Option(False, "--builtin", help="Use tflab's stand-in even where tensorflow_model_server exists."),
 ) -> None:
-    """Serve a SavedModel over gRPC until Ctrl-C: TensorFlow Serving when installed, else tflab's stand-in."""
+    """Serve a SavedModel over gRPC until Ctrl-C: TensorFlow Serving when installed, else tflab's stand-in.
+
+    Further TensorFlow Serving flags (--enable_batching, --monitoring_config_file=...) go to the server as given.
+    """
     import re
     import subprocess
 
@@ -218,7 +183,7 @@ def serve(
     import os
 
     # The server gets SIGTERM when tflab dies, however it dies; and it is stopped here on any signal.
-    proc = subprocess.Popen(tied_to_this_process(command.argv), env={**os.environ, **quiet_tensorflow_env()})
+    proc = subprocess.Popen(tied_to_this_process([*command.argv, *ctx.args]), env={**os.environ, **quiet_tensorflow_env()})
     try:
         status = proc.wait()
     except KeyboardInterrupt:
@@ -260,11 +225,6 @@ def predict(
 
 
 # ---------------------------------------------------------------- the cloud lifecycle
-
-NAME_HELP = "The lab's name."
-REGION_HELP = "AWS region [default: --profile's, AWS_REGION, AWS_DEFAULT_REGION or ~/.aws/config]."
-PROFILE_HELP = "AWS profile [default: AWS_PROFILE or 'default']."
-
 
 def _confirm(yes: bool, action: str):
     """A confirm(question) that asks on a terminal, or refuses off one unless --yes."""
@@ -311,9 +271,9 @@ def _status_text(doc: dict) -> str:
 
 @app.command()
 def up(
-    name: str = typer.Option("lab", "--name", help=NAME_HELP),
-    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
-    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    name: LabName = "lab",
+    region: Region = None,
+    profile: Profile = None,
     instance_type: str = typer.Option("g4dn.xlarge", "--instance-type", help="EC2 instance type (g4dn.xlarge: 1 NVIDIA T4)."),
     spot: bool = typer.Option(False, "--spot", help="A one-time spot instance (cheaper; AWS may reclaim it)."),
     disk_gb: int = typer.Option(100, "--disk-gb", min=20, max=16384, help="Root volume size (gp3), GiB."),
@@ -331,14 +291,23 @@ def up(
     host_key_timeout: float = typer.Option(240, "--host-key-timeout", min=0,
                                            help="Seconds to wait for the SSH host key fingerprints in the console output."),
     ssh_timeout: float = typer.Option(600, "--ssh-timeout", min=0, help="Seconds to wait for SSH to answer."),
-    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
-                                             help="Trust the host key on first use when the console shows no fingerprints."),
+    accept_new_host_key: AcceptNewHostKey = False,
     keep_on_failure: bool = typer.Option(False, "--keep-on-failure", help="Keep what a failed up created (for debugging)."),
+    idle_stop: str = typer.Option("60m", "--idle-stop", help="Stop the lab after this long without activity "
+                                                             "(SSH, tunnels, kernels, requests, GPU, steps): 30m, 2h, off."),
+    max_lifetime: str = typer.Option("12h", "--max-lifetime",
+                                     help="Stop it after this long whatever the activity (a safety net for a "
+                                          "forgotten lab): 8h, off."),
+    idle_action: Optional[str] = typer.Option(None, "--idle-action",
+                                              click_type=click.Choice(["stop", "terminate"]),
+                                              help="What the watchdog's shutdown does: stop (keeps the disk) or "
+                                                   "terminate [default: stop; a spot lab can only terminate]."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before launching."),
     json_out: bool = typer.Option(False, "--json", help="Print the lab's state as JSON."),
 ) -> None:
     """Launch a GPU instance from the current Deep Learning AMI, wait until SSH answers with its verified
-    host key (the host's bootstrap starts at boot), and remember it as a lab."""
+    host key (the host's bootstrap starts at boot), and remember it as a lab. An idle watchdog on the
+    instance stops it after an hour without activity, and after 12 hours in any case (`tflab autostop`)."""
     from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
     from tflab.cloud import check_launch_options, ssh_cidr as resolve_cidr, up as run_up
     from tflab.state import StateStore, check_name
@@ -350,14 +319,30 @@ def up(
                          ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user,
                          timeouts={"--wait-timeout": wait_timeout, "--host-key-timeout": host_key_timeout,
                                    "--ssh-timeout": ssh_timeout})
+    from tflab.autostop import describe, parse_duration
+
+    idle_seconds, lifetime_seconds = parse_duration(idle_stop, "--idle-stop"), parse_duration(max_lifetime,
+                                                                                               "--max-lifetime")
+    if spot and idle_action == "stop":
+        raise InputError("a one-time spot instance cannot be stopped, only terminated",
+                         hint="drop --idle-action stop (a spot lab's watchdog terminates it), or drop --spot")
+    behavior = idle_action or ("terminate" if spot else "stop")
     console = _console(json_out)
     store = StateStore()
     provider = _provider(region, profile, store.load(name))
     from tflab.cloud import boot_user_data
 
+    policy = {"enabled": bool(idle_seconds or lifetime_seconds), "idle_seconds": idle_seconds or None,
+              "max_lifetime_seconds": lifetime_seconds or None, "keep_until": None}
+    if not policy["enabled"]:
+        console.warn("autostop is OFF (--idle-stop off --max-lifetime off): the lab bills until `tflab down`")
+    else:
+        console.info(f"autostop: the instance {'stops' if behavior == 'stop' else 'terminates'} itself after "
+                     f"{describe(idle_seconds)} without activity, and after {describe(lifetime_seconds)} in any case "
+                     "(`tflab autostop` changes it)")
     spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
                       spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
-                      user_data=boot_user_data(ssh_user or "ubuntu"))
+                      user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior)
     state, action = run_up(provider, store, spec, console, confirm=_confirm(yes, "launch an instance"),
                            profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
                            host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure,
@@ -373,9 +358,9 @@ def up(
 
 @app.command()
 def status(
-    name: str = typer.Option("lab", "--name", help=NAME_HELP),
-    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
-    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    name: LabName = "lab",
+    region: Region = None,
+    profile: Profile = None,
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Show a lab: state, type, address, uptime, estimated cost so far, ports."""
@@ -390,8 +375,8 @@ def status(
 
 @app.command("list")
 def list_(
-    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
-    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    region: Region = None,
+    profile: Profile = None,
     json_out: bool = typer.Option(False, "--json", help="Print the labs as JSON."),
 ) -> None:
     """List every tflab lab in the region, found by tags."""
@@ -408,9 +393,9 @@ def list_(
 
 @app.command()
 def down(
-    name: str = typer.Option("lab", "--name", help=NAME_HELP),
-    region: Optional[str] = typer.Option(None, "--region", help=REGION_HELP),
-    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    name: LabName = "lab",
+    region: Region = None,
+    profile: Profile = None,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before removing."),
     json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
@@ -428,33 +413,28 @@ def down(
 
 # ---------------------------------------------------------------- SSH
 
-HOST_HELP = "Any machine instead of a lab: user@address[:port]."
-IDENTITY_HELP = "Private key file [default: the lab's key; with --host, your SSH agent and ~/.ssh keys]."
-KNOWN_HOSTS_HELP = "known_hosts file [default: the lab's own; with --host, ~/.ssh/known_hosts]."
-ACCEPT_HELP = "Trust an unknown host key on first use and record it (a changed key is always refused)."
-
-
 def _target(name: str, host: Optional[str], identity: Optional[str], known_hosts: Optional[str], accept_new: bool):
-    from tflab.targets import resolve_target
+    """The SSH target of --host, else of the lab --name (its missing fingerprints read from the cloud once more)."""
+    from tflab.cloud import lab_target
 
-    return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
+    return lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def ssh(
     command: Optional[List[str]] = typer.Argument(None, help="A command to run (after --); none: a shell."),
-    name: str = typer.Option("lab", "--name", help=NAME_HELP),
-    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
-    identity: Optional[str] = typer.Option(None, "--identity", "-i", help=IDENTITY_HELP),
-    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help=KNOWN_HOSTS_HELP),
-    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help=ACCEPT_HELP),
+    name: LabName = "lab",
+    host: SshHostSpec = None,
+    identity: Identity = None,
+    known_hosts: KnownHosts = None,
+    accept_new_host_key: AcceptNewHostKey = False,
 ) -> None:
     """Open a shell on the lab (or --host), or run a command there and exit with its status."""
     import os
     import shlex
     import shutil
 
-    from tflab.ssh import Connection, interactive_shell
+    from tflab.ssh import Connection, interactive_shell, openssh_argv
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     console = _console(False)
@@ -476,20 +456,16 @@ def ssh(
             if not sys.stdin.isatty():
                 raise InputError("an interactive shell needs a terminal", hint="give a command after --")
             raise typer.Exit(interactive_shell(connection))
-    argv = [client, "-p", str(target.port), "-o", f"UserKnownHostsFile={target.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=15"]
-    if target.identity:
-        argv += ["-i", target.identity, "-o", "IdentitiesOnly=yes"]
-    os.execv(client, argv + [f"{target.user}@{target.host}"])
+    os.execv(client, openssh_argv(client, target))
 
 
 @app.command()
 def tunnel(
-    name: str = typer.Option("lab", "--name", help=NAME_HELP),
-    host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
-    identity: Optional[str] = typer.Option(None, "--identity", "-i", help=IDENTITY_HELP),
-    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help=KNOWN_HOSTS_HELP),
-    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help=ACCEPT_HELP),
+    name: LabName = "lab",
+    host: SshHostSpec = None,
+    identity: Identity = None,
+    known_hosts: KnownHosts = None,
+    accept_new_host_key: AcceptNewHostKey = False,
     forward: Optional[List[str]] = typer.Option(None, "--forward", "-L", help="Another forward, LOCAL:REMOTE (repeatable)."),
     no_lab_ports: bool = typer.Option(False, "--no-lab-ports", help="Only the --forward ports, not the lab's."),
     reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
@@ -516,20 +492,60 @@ def tunnel(
     forward_until_interrupted(Connection(target), forwards, _console(json_out), reconnect_tries, client)
 
 
-@app.command("ssh-config")
-def ssh_config(name: str = typer.Option("lab", "--name", help=NAME_HELP)) -> None:
-    """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
-    from tflab.ports import LAB_PORTS
-    from tflab.targets import resolve_target
+@app.command()
+def autostop(
+    name: LabName = "lab",
+    host: SshHostSpec = None,
+    identity: Identity = None,
+    known_hosts: KnownHosts = None,
+    accept_new_host_key: AcceptNewHostKey = False,
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="The lab's folder on the host "
+                                                                  "[default: where run-lab put it, else ~/tflab]."),
+    idle: Optional[str] = typer.Option(None, "--idle", help="Act after this long without activity: 45s, 30m, 2h, off."),
+    max_lifetime: Optional[str] = typer.Option(None, "--max-lifetime",
+                                               help="Act after this long whatever the activity: 8h, off."),
+    keep: Optional[str] = typer.Option(None, "--keep", help="Count the lab as active for this long from now: 2h, off."),
+    off: bool = typer.Option(False, "--off", help="Turn the watchdog off: the lab runs until you stop it."),
+    on: bool = typer.Option(False, "--on", help="Turn the watchdog back on."),
+    json_out: bool = typer.Option(False, "--json", help="Print the watchdog's view as JSON."),
+) -> None:
+    """Show or change the idle watchdog of a lab (or --host): how long it has been idle, what is active,
+    when it acts. A lab made by `up` powers itself off; on a --host machine the lab's services stop."""
+    from tflab.autostop import autostop as change, parse_duration, render
+    from tflab.ssh import Connection
 
-    target = resolve_target(name=name, host=None)
+    if off and on:
+        raise typer.BadParameter("give --off or --on, not both", param_hint="--off")
+    seconds = {key: parse_duration(value, option) if value is not None else None
+               for key, value, option in (("idle", idle, "--idle"), ("max_lifetime", max_lifetime, "--max-lifetime"),
+                                          ("keep", keep, "--keep"))}
+    target = _target(name, host, identity, known_hosts, accept_new_host_key)
+    if workdir is None:
+        from tflab.state import StateStore
+
+        state = StateStore().load(name) if host is None else None
+        workdir = (state.workdir if state is not None else None) or "~/tflab"
+    console = _console(json_out)
+    with Connection(target) as connection:
+        view = change(connection, workdir, off=off, on=on, **seconds)
+    if off:
+        console.warn(f"autostop is OFF on {target.display}: the lab keeps running (and billing) until you stop it")
+    console.result(view, render(view, target.display))
+
+
+@app.command("ssh-config")
+def ssh_config(name: LabName = "lab") -> None:
+    """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
+    from tflab.cloud import lab_target
+    from tflab.ports import LAB_PORTS
+    from tflab.ssh import openssh_config
+
+    target = lab_target(name=name)
     console = _console(False)
     if not Path(target.known_hosts).exists():
         console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "
                      "the host key, or ssh refuses the host (StrictHostKeyChecking)")
-    lines = [f"Host tflab-{name}", f"  HostName {target.host}", f"  User {target.user}", f"  Port {target.port}",
-             f"  IdentityFile {target.identity}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {target.known_hosts}",
-             "  StrictHostKeyChecking yes", "  ServerAliveInterval 15"]
+    lines = openssh_config(f"tflab-{name}", target)
     lines += [f"  LocalForward 127.0.0.1:{local} 127.0.0.1:{remote}" for remote, local in LAB_PORTS.values()]
     console.result({}, "\n".join(lines))
 
@@ -544,7 +560,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     signals.install()
     try:
-        code = app(args=argv, standalone_mode=False)
+        # prog_name and complete_var fixed: `python -m tflab` completes and documents itself as `tflab`.
+        code = app(args=argv, standalone_mode=False, prog_name="tflab", complete_var="_TFLAB_COMPLETE")
     except (TflabError, InfraError) as err:
         tail = getattr(err, "tail", "")
         if tail:

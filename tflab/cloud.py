@@ -12,12 +12,15 @@ import re
 import shlex
 import urllib.request
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tflab.console import Console
 from tflab.ports import LAB_PORTS
 from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
 from tflab.state import LabState, StateStore, check_name, check_ssh_user
+
+if TYPE_CHECKING:
+    from tflab.ssh import SshTarget
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,41 @@ class Cancelled(TflabError):
 BOOTSTRAP_EOF = "TFLAB_BOOTSTRAP_EOF"
 
 
-def boot_user_data(ssh_user: str, workdir: str = "tflab") -> str:
-    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it).
+WATCHDOG_UNIT = "tflab-watchdog.service"
+
+
+def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
+    """The part of the user data that installs the idle watchdog (remote/watchdog.py, gzip + base64 to
+    stay well within the 16 KB of user data) with the lab's policy, as a systemd unit that starts now
+    and at every boot (a detached process where there is no systemd). It acts by the instance's own
+    shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate."""
+    import base64
+    import gzip
+    import json
+
+    from tflab.paths import remote_dir
+
+    q = shlex.quote
+    code = base64.b64encode(gzip.compress((remote_dir() / "watchdog.py").read_bytes(), mtime=0)).decode()
+    watchdog = f"{folder}/remote/watchdog.py"
+    run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown"])
+    unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
+            f"ExecStart={run}\nRestart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
+    return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
+            f"mkdir -p {q(folder + '/autostop')}\n"
+            f"echo {q(code)} | base64 -d | gunzip > {q(watchdog)}\n"
+            f"[ -f {q(folder + '/autostop/policy.json')} ] || printf %s {q(json.dumps(policy))} > "
+            f"{q(folder + '/autostop/policy.json')}\n"
+            f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
+            f"if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then\n"
+            f"  printf %s {q(unit)} > /etc/systemd/system/{WATCHDOG_UNIT}\n"
+            f"  systemctl daemon-reload && systemctl enable --now {WATCHDOG_UNIT}\n"
+            f"else\n  nohup {run} >/var/log/tflab-watchdog.log 2>&1 &\nfi\n")
+
+
+def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None = None) -> str:
+    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it),
+    and installs the idle watchdog with the policy autostop (remote/watchdog.py's policy keys).
 
     It runs as root at boot: the user is checked (check_ssh_user) and every value is shell-quoted.
     """
@@ -55,7 +91,8 @@ def boot_user_data(ssh_user: str, workdir: str = "tflab") -> str:
     return (f"#!/bin/bash\n# tflab: prepare the lab while the instance boots (remote/bootstrap.sh, as run-lab runs it)\n"
             f"mkdir -p {q(folder + '/remote')}\ncat > {q(bootstrap)} <<'{BOOTSTRAP_EOF}'\n{script}"
             f"{BOOTSTRAP_EOF}\nchown -R {q(ssh_user + ':')} {q(folder)}\n"
-            f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n")
+            f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n"
+            + (watchdog_boot_script(folder, ssh_user, autostop) if autostop else ""))
 
 
 INSTANCE_TYPE = re.compile(r"[a-z0-9][a-z0-9-]*\.[a-z0-9-]+")  # g4dn.xlarge, u-6tb1.metal, c7i-flex.large
@@ -70,7 +107,7 @@ def check_launch_options(*, instance_type: str, ami: str | None, ami_parameter: 
     import math
 
     from infra import limits
-    from tflab.targets import check_address
+    from tflab.addresses import check_address
 
     if not INSTANCE_TYPE.fullmatch(instance_type) or len(instance_type) > 64:
         raise InputError(f"--instance-type {instance_type!r} is not an instance type name",
@@ -130,6 +167,39 @@ def check_region(region: str, source: str = "--region") -> str:
         raise InputError(f"{source} is {region!r}, not an AWS region name",
                          hint="e.g. --region us-west-2 (`aws ec2 describe-regions` lists them)") from exc
     return region
+
+
+def refresh_fingerprints(store: StateStore, state: LabState) -> LabState:
+    """Read the instance's host key fingerprints from its console output once more (they appear
+    a few minutes after boot); returns the state, updated and saved when they were found.
+
+    Best effort: without credentials or permission here, the state is returned as it was (and SSH
+    then refuses the unknown key, saying so)."""
+    from infra.errors import InfraError
+
+    if not state.instance_id:
+        return state
+    try:
+        found = make_provider(state.region, state.profile).host_key_fingerprints(state.instance_id, 0, lambda s: None)
+    except (InfraError, TflabError, OSError) as exc:
+        log.info("could not read the console output of %s: %s", state.instance_id, exc)
+        return state
+    if not found:
+        return state
+    updated = LabState.from_dict(state.to_dict() | {"host_key_fingerprints": found})
+    store.save(updated)
+    return updated
+
+
+def lab_target(*, name: str | None, host: str | None = None, identity: str | None = None,
+               known_hosts: str | None = None, accept_new: bool = False,
+               store: StateStore | None = None) -> SshTarget:
+    """tflab.targets.resolve_target for a command line: a lab's missing fingerprints are read from
+    its console output once more (refresh_fingerprints)."""
+    from tflab.targets import resolve_target
+
+    return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                          store=store, refresh=refresh_fingerprints)
 
 
 def ssh_cidr(given: str | None) -> str:
@@ -292,9 +362,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
 def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool) -> None:
     """Wait until the lab answers SSH with its pinned (or, if asked, first-seen) host key."""
     from tflab.ssh import wait_for_ssh
-    from tflab.targets import resolve_target
 
-    target = resolve_target(name=state.name, host=None, accept_new=accept_new, store=store)
+    target = lab_target(name=state.name, accept_new=accept_new, store=store)
     if not target.pinned and not accept_new and not __import__("os").path.exists(target.known_hosts):
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
@@ -374,11 +443,11 @@ def stop_host_services(store: StateStore, name: str, console: Console) -> None:
     state = store.load(name)
     if state is None or not state.workdir or not (state.ssh_host or state.public_ip):
         return
-    from tflab.ssh import Connection, SshHost
-    from tflab.targets import resolve_target
+    from tflab.ssh import Connection
+    from tflab.sshhost import SshHost
 
     try:
-        target = resolve_target(name=name, host=None, store=store)
+        target = lab_target(name=name, store=store)
         with Connection(target, connect_timeout=10) as connection:
             SshHost(connection).stop_all_services(f"{state.workdir}/services")
         console.info(f"stopped the lab's services on {target.display}")

@@ -1,12 +1,19 @@
-"""The run-lab pipeline, written once against the Host interface.
+"""The run-lab pipeline, written once against the Host interface (tflab.host).
 
-steps (basics, train + plot, summaries, export) in one TensorFlow process -> TensorBoard and
-the model server as services (started first, so their start-up overlaps the steps) -> wait
-until the exported version is AVAILABLE -> gRPC predictions from this machine -> report.
+prepare the host -> choose the services' ports there -> TensorBoard, Jupyter (where the host has
+it) and the model server as services (started first, so their start-up overlaps the steps) ->
+the way here (tunnels, or nothing) -> the steps (basics, train + plot, summaries, export) in one
+TensorFlow process -> wait until the exported version is AVAILABLE -> gRPC predictions from this
+machine -> TensorBoard and Jupyter checked from here -> the plot fetched -> the report.
+
+A LabRun owns what a run holds: the services it started, the host's connection and tunnels. It
+ends them when the run ends, however it ends: services end too unless the host keeps them (a lab
+host's are kept: the user asked for them), and the connection and tunnels always.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import posixpath
@@ -14,52 +21,40 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-from tflab.client import ServingClient
 from tflab.console import Console
-from tflab.errors import LabStepError, UnreachableError
+from tflab.errors import LabStepError
 from tflab.host import Host, Service
-from tflab.serving import ServerCommand, quiet_tensorflow_env, server_command
+from tflab.ports import LAB_PORTS
+from tflab.report import (HostInfo, JupyterInfo, Prediction, Report, ServerInfo, TensorBoardInfo,
+                          steps_sections)
+from tflab.serving import quiet_tensorflow_env, server_command
+from tflab.waiting import poll
 
 log = logging.getLogger(__name__)
 
 PREDICT_XS = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 NOISE_FREE_SLOPE = 0.5
 NOISE_FREE_INTERCEPT = 2.5
+HOST_PORTS = {name: host for name, (host, _) in LAB_PORTS.items()}  # the lab's own ports on a host
+LOCAL_PORTS = {name: local for name, (_, local) in LAB_PORTS.items()}  # where the tunnels bring them here
 
 
 @dataclass(frozen=True)
 class LabOptions:
-    """What run-lab does, and where on the host."""
+    """What run-lab runs (where is the Host's business)."""
 
-    workdir: str
     steps: int = 100
     learning_rate: float = 0.001
     num_examples: int = 60
     seed: int | None = None
     model_name: str = "nn"
-    serving_port: int = 9000
-    rest_port: int = 8501
-    tensorboard_port: int = 6006
+    ports: dict = field(default_factory=lambda: dict(HOST_PORTS))  # wanted service ports; 0: none (REST)
     prefer_builtin_server: bool = False
-    server_kind: str | None = None  # what the host's bootstrap found: docker-gpu | binary | builtin
-    jupyter_port: int | None = None  # None: no Jupyter (the local run)
-    jupyter_token_file: str | None = None
-    stop_on_failure: bool = True  # a lab host keeps the services that were up when a step fails
     step_timeout: float = 900.0
     ready_timeout: float = 120.0
-
-
-@dataclass
-class LabRun:
-    """A finished run: its report and the services still running on the host."""
-
-    report: dict
-    services: list[Service] = field(default_factory=list)
-
-
-Reach = Callable[[int], int]  # a port on the host -> the local port that reaches it
 
 
 def noise_free(x: float) -> float:
@@ -68,7 +63,7 @@ def noise_free(x: float) -> float:
 
 def steps_command(host: Host, options: LabOptions, report_path: str) -> list[str]:
     """The command line of the one process that runs every TensorFlow step."""
-    argv = [host.python, posixpath.join(host.remote_dir, "steps.py"), "--workdir", options.workdir,
+    argv = [host.python, posixpath.join(host.remote_dir, "steps.py"), "--workdir", host.workdir,
             "--steps", str(options.steps), "--learning-rate", repr(options.learning_rate),
             "--num-examples", str(options.num_examples), "--model-name", options.model_name,
             "--report", report_path]
@@ -94,25 +89,7 @@ def http_json(url: str, timeout: float = 5.0):
         return json.load(response)
 
 
-def poll_http(what: str, check: Callable[[], object], timeout: float, alive: Callable[[], None]):
-    """Call check() until it returns a value (not None); HTTP and connection errors mean "not yet".
-
-    alive() is called between tries and raises when the service behind died.
-    """
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while True:
-        try:
-            value = check()
-            if value is not None:
-                return value
-            last = "not ready"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(exc)
-        alive()
-        if time.monotonic() >= deadline:
-            raise UnreachableError(f"{what} within {timeout:.0f} s ({last})")
-        time.sleep(0.25)
+HTTP_NOT_YET = (urllib.error.URLError, OSError, ValueError)  # HTTP and connection errors mean "not yet"
 
 
 def wait_jupyter(port: int, token: str, timeout: float, alive: Callable[[], None]) -> list[str]:
@@ -122,7 +99,7 @@ def wait_jupyter(port: int, token: str, timeout: float, alive: Callable[[], None
         contents = http_json(f"http://127.0.0.1:{port}/api/contents?token={token}")
         return sorted(item["name"] for item in contents.get("content", []) if item.get("type") == "notebook")
 
-    return poll_http("Jupyter did not answer", check, timeout, alive)
+    return poll(check, timeout=timeout, what="Jupyter did not answer", retry_on=HTTP_NOT_YET, alive=alive)
 
 
 def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], None]) -> dict:
@@ -131,59 +108,154 @@ def wait_tensorboard(port: int, run: str, timeout: float, alive: Callable[[], No
         tags = http_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
         return tags[run] if "loss" in tags.get(run, {}) else None
 
-    return poll_http(f"TensorBoard on port {port} did not show run {run}", check, timeout, alive)
+    return poll(check, timeout=timeout, what=f"TensorBoard on port {port} did not show run {run}",
+                retry_on=HTTP_NOT_YET, alive=alive)
 
 
-def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = lambda port: port,
-            link_alive: Callable[[], None] = lambda: None) -> LabRun:
-    """Run every lab step on host, serve the model, predict through `reach`; returns the run.
+class LabRun:
+    """One run of the lab on a host, as a context manager that owns what the run holds (see the
+    module docstring). `execute()` runs it and returns the report; after it, `alive` says whether
+    the services can still be reached from here (the tunnels)."""
 
-    link_alive() is called while waiting for a service and raises when the way to it (the SSH
-    tunnels) is gone for good, so a wait does not run to its limit for nothing.
+    def __init__(self, host: Host, options: LabOptions, console: Console, out: Path,
+                 on_prepared: Callable[[Host], None] = lambda host: None):
+        self.host = host
+        self.options = options
+        self.console = console
+        self.out = Path(out)
+        self.on_prepared = on_prepared  # e.g. remember where the lab's services are on a lab's host
+        self.services: list[Service] = []
+        self.report: Report | None = None
 
-    Services are left running in the returned LabRun; on failure they are stopped unless
-    the host keeps them (see stop_services). Raises LabStepError, UnreachableError.
-    """
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    workdir = options.workdir
-    models = posixpath.join(workdir, "models")
-    model_base = posixpath.join(models, options.model_name)
-    logs_root = posixpath.join(workdir, "logs")
-    env = quiet_tensorflow_env()
-    services: list[Service] = []
-    run = LabRun({}, services)
-    try:
+    def __enter__(self) -> "LabRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.host.forwarding_alive
+
+    def close(self) -> None:
+        """Stop the services unless the host keeps them, then end the host's connection and tunnels."""
+        try:
+            if not self.host.keeps_services:
+                stop_services(self.host, self.services)
+        finally:
+            self.host.close()
+
+    def execute(self) -> Report:
+        """Run every step; serve, predict, check TensorBoard and Jupyter from here; return the report.
+        Raises LabStepError, UnreachableError, and the host's errors."""
+        host, options, console = self.host, self.options, self.console
+        started = time.monotonic()
+        host.prepare(console)
+        self.on_prepared(host)
+        prepared = time.monotonic()
+        wanted = dict(options.ports)
+        if host.jupyter_token_file is None:
+            wanted.pop("jupyter", None)
+        ports = host.choose_ports(wanted, console)
+        workdir = host.workdir
+        model_base = posixpath.join(workdir, "models", options.model_name)
+        logs_root = posixpath.join(workdir, "logs")
+        env = quiet_tensorflow_env()
+
         server = server_command(host, model_base_path=model_base, model_name=options.model_name,
-                                port=options.serving_port, rest_port=options.rest_port,
-                                prefer_builtin=options.prefer_builtin_server, kind=options.server_kind)
-        server_svc = host.start_service("model-server", server.argv, log_path=posixpath.join(workdir, "services", "model-server.log"),
-                                        env=env, port=options.serving_port)
-        services.append(server_svc)
-        console.info(f"{'kept running' if server_svc.kept else 'started'}: {server.describe()}")
+                                port=ports["serving"], rest_port=ports.get("rest", 0),
+                                prefer_builtin=options.prefer_builtin_server, kind=host.serving)
+        server_svc = self._start("model-server", server.argv, env, ports["serving"], server.describe())
         if server.exposure():
             console.warn(server.exposure())
-        tb_svc = host.start_service("tensorboard", tensorboard_command(host, logs_root, options.tensorboard_port),
-                                    log_path=posixpath.join(workdir, "services", "tensorboard.log"), env=env,
-                                    port=options.tensorboard_port)
-        services.append(tb_svc)
-        console.info(f"{'kept running' if tb_svc.kept else 'started'}: TensorBoard on 127.0.0.1:{options.tensorboard_port} "
-                     f"over {logs_root}")
+        tb_svc = self._start("tensorboard", tensorboard_command(host, logs_root, ports["tensorboard"]), env,
+                             ports["tensorboard"], f"TensorBoard on 127.0.0.1:{ports['tensorboard']} over {logs_root}")
         jupyter_svc = None
-        if options.jupyter_port:
+        if "jupyter" in ports:
             notebooks = posixpath.join(workdir, "notebooks")
             host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
-                      host.remote_dir, "--workdir", workdir, "--port", str(options.serving_port)],
+                      host.remote_dir, "--workdir", workdir, "--port", str(ports["serving"])],
                      step="notebooks", timeout=60)
-            jupyter_svc = host.start_service("jupyter", jupyter_command(host, options.jupyter_port, notebooks),
-                                             log_path=posixpath.join(workdir, "services", "jupyter.log"),
-                                             env={"JUPYTER_TOKEN_FILE": options.jupyter_token_file},
-                                             port=options.jupyter_port)
-            services.append(jupyter_svc)
-            console.info(f"{'kept running' if jupyter_svc.kept else 'started'}: JupyterLab on "
-                         f"127.0.0.1:{options.jupyter_port} over {notebooks}")
+            jupyter_svc = self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
+                                      {"JUPYTER_TOKEN_FILE": host.jupyter_token_file}, ports["jupyter"],
+                                      f"JupyterLab on 127.0.0.1:{ports['jupyter']} over {notebooks}")
+        host.forward(ports, LOCAL_PORTS, console)
 
-        report_path = posixpath.join(workdir, "steps-report.json")
+        steps = self._steps(env)
+        lab_started = prepared
+        timings = {"steps": self._steps_seconds}
+        version = steps["export"]["version"]
+
+        def alive(service: Service) -> Callable[[], None]:
+            def check() -> None:
+                host.check_forwarding()
+                if not host.service_alive(service):
+                    raise LabStepError(service.name, "stopped unexpectedly", tail=host.read_log(service),
+                                       hint=f"its log is {service.log_path}")
+            return check
+
+        from tflab.client import ServingClient
+
+        address = f"127.0.0.1:{host.local_port('serving')}"
+        with console.waiting(f"waiting for {options.model_name} version {version} to be AVAILABLE at {address}"):
+            with ServingClient(address, timeout=10.0) as client:
+                client.wait_available(options.model_name, version=version, timeout=options.ready_timeout,
+                                      alive=alive(server_svc))
+                timings["serving_ready"] = time.monotonic() - lab_started
+                result = client.predict(PREDICT_XS, model=options.model_name, signature="prediction")
+        timings["first_prediction"] = time.monotonic() - lab_started
+        predictions = [Prediction(x, y, noise_free(x)) for x, y in zip(result.inputs, result.outputs)]
+
+        basics, training, tensorflow, artifacts = steps_sections(steps)
+        run_name = posixpath.basename(artifacts.logdir)
+        tb_port = host.local_port("tensorboard")
+        with console.waiting(f"waiting for TensorBoard to list run {run_name}"):
+            tags = wait_tensorboard(tb_port, run_name, options.ready_timeout, alive(tb_svc))
+        jupyter = None
+        if jupyter_svc is not None:
+            token = host.read_text(host.jupyter_token_file).strip()
+            jupyter_port = host.local_port("jupyter")
+            with console.waiting("waiting for JupyterLab"):
+                listed = wait_jupyter(jupyter_port, token, options.ready_timeout, alive(jupyter_svc))
+            jupyter = JupyterInfo(f"http://127.0.0.1:{jupyter_port}/lab?token={token}", listed)
+        timings["total"] = time.monotonic() - lab_started
+
+        facts = host.facts()
+        local = {name: host.local_port(name) for name in ports if ports[name]}
+        with console.waiting(f"fetching the plot into {self.out}"):
+            plot = host.fetch(artifacts.plot, self.out)
+        fetched = artifacts if str(plot) == artifacts.plot else dataclasses.replace(artifacts, plot=str(plot))
+        marks = {"prepare": prepared, **getattr(host, "marks", {}), "lab": lab_started + timings["total"]}
+        timings |= {f"phase_{k}": v - started for k, v in marks.items()}
+        timings["phase_total"] = time.monotonic() - started
+        rest = f"127.0.0.1:{local['rest']}" if "rest" in local else None
+        self.report = Report(
+            host=HostInfo(name=host.name, python=host.python, ports=ports,
+                          gpus_tensorflow=list(tensorflow.get("gpus", [])), **facts),
+            basics=basics, training=training, predictions=predictions,
+            server=ServerInfo(kind=server.kind, address=f"127.0.0.1:{local['serving']}",
+                              listen=f"{server.listen}:{server.port}", model_name=server.model_name,
+                              version=result.version, rest_address=rest, model_base_path=server.model_base_path),
+            tensorboard=TensorBoardInfo(f"http://127.0.0.1:{tb_port}/", sorted(tags)),
+            tensorflow=tensorflow, artifacts=fetched, timings={k: round(v, 3) for k, v in timings.items()},
+            urls={"tensorboard": f"http://127.0.0.1:{tb_port}/", "jupyter": jupyter.url if jupyter else None,
+                  "serving_grpc": f"127.0.0.1:{local['serving']}",
+                  "serving_rest": f"http://{rest}/v1/models/{options.model_name}" if rest else None},
+            jupyter=jupyter, remote_artifacts=artifacts if fetched is not artifacts else None)
+        self.report.save(self.out / "report.json")
+        return self.report
+
+    def _start(self, name: str, argv: list[str], env: dict, port: int, what: str) -> Service:
+        service = self.host.start_service(name, argv, log_path=posixpath.join(self.host.workdir, "services",
+                                                                               f"{name}.log"), env=env, port=port)
+        self.services.append(service)
+        self.console.info(f"{'kept running' if service.kept else 'started'}: {what}")
+        return service
+
+    def _steps(self, env: dict) -> dict:
+        """Run the steps' process; returns what it reported."""
+        host, console = self.host, self.console
+        report_path = posixpath.join(host.workdir, "steps-report.json")
         console.info("running the lab steps (basics, train, summaries, export) in one TensorFlow process")
         t0 = time.monotonic()
 
@@ -192,74 +264,15 @@ def run_lab(host: Host, options: LabOptions, console: Console, reach: Reach = la
                 step, _, text = line.partition("] ")
                 console.stream(step.lstrip("[") if text else "steps", text or line)
 
-        finished = host.run(steps_command(host, options, report_path), step="lab steps", env=env, on_line=on_line,
-                            timeout=options.step_timeout)
-        timings["steps"] = time.monotonic() - t0
+        finished = host.run(steps_command(host, self.options, report_path), step="lab steps", env=env,
+                            on_line=on_line, timeout=self.options.step_timeout)
+        self._steps_seconds = time.monotonic() - t0
         try:
-            steps = json.loads(host.read_text(report_path))
+            return json.loads(host.read_text(report_path))
         except (OSError, ValueError) as exc:  # it exited 0 but wrote no report: not the lab's steps.py running
             raise LabStepError("lab steps", f"exited with status 0 but wrote no report at {report_path} on "
                                             f"{host.name} ({exc})", tail=finished.tail,
                                hint=f"check that {host.python} is a Python with TensorFlow (--python)") from exc
-        version = steps["export"]["version"]
-
-        def check_alive(service: Service) -> Callable[[], None]:
-            def alive() -> None:
-                link_alive()
-                if not host.service_alive(service):
-                    raise LabStepError(service.name, "stopped unexpectedly", tail=host.read_log(service),
-                                       hint=f"its log is {service.log_path}")
-            return alive
-
-        address = f"127.0.0.1:{reach(options.serving_port)}"
-        with console.waiting(f"waiting for {options.model_name} version {version} to be AVAILABLE at {address}"):
-            with ServingClient(address, timeout=10.0) as client:
-                client.wait_available(options.model_name, version=version, timeout=options.ready_timeout,
-                                      alive=check_alive(server_svc))
-                timings["serving_ready"] = time.monotonic() - started
-                result = client.predict(PREDICT_XS, model=options.model_name, signature="prediction")
-        timings["first_prediction"] = time.monotonic() - started
-        predictions = [{"x": x, "predicted": y, "noise_free": noise_free(x)} for x, y in zip(result.inputs, result.outputs)]
-
-        run_name = posixpath.basename(steps["artifacts"]["logdir"])
-        tb_port = reach(options.tensorboard_port)
-        with console.waiting(f"waiting for TensorBoard to list run {run_name}"):
-            tags = wait_tensorboard(tb_port, run_name, options.ready_timeout, check_alive(tb_svc))
-        jupyter = None
-        if jupyter_svc is not None:
-            token = host.read_text(options.jupyter_token_file).strip()
-            jupyter_port = reach(options.jupyter_port)
-            with console.waiting("waiting for JupyterLab"):
-                listed = wait_jupyter(jupyter_port, token, options.ready_timeout, check_alive(jupyter_svc))
-            jupyter = {"url": f"http://127.0.0.1:{jupyter_port}/lab?token={token}", "notebooks": listed}
-        timings["total"] = time.monotonic() - started
-        run.report = build_report(host, steps, server, result.version, predictions, tb_port, tags, timings)
-        if jupyter is not None:
-            run.report["jupyter"] = jupyter
-        return run
-    except BaseException:
-        if options.stop_on_failure:
-            stop_services(host, services)
-        raise
-
-
-def build_report(host: Host, steps: dict, server: ServerCommand, version: int, predictions: list[dict],
-                 tb_port: int, tb_tags: dict, timings: dict) -> dict:
-    """The run's report: the same keys for every kind of host."""
-    return {
-        "host": {"name": host.name, "python": host.python},
-        "basics": steps["basics"],
-        "training": steps["training"],
-        "predictions": predictions,
-        "server": {"kind": server.kind, "address": server.address, "listen": f"{server.listen}:{server.port}",
-                   "model_name": server.model_name,
-                   "version": version, "rest_address": f"127.0.0.1:{server.rest_port}" if server.rest_port else None,
-                   "model_base_path": server.model_base_path},
-        "tensorboard": {"url": f"http://127.0.0.1:{tb_port}/", "scalars": sorted(tb_tags)},
-        "tensorflow": steps.get("tensorflow", {}),
-        "artifacts": steps["artifacts"],
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
 
 
 def stop_services(host: Host, services: list[Service]) -> None:
@@ -270,3 +283,51 @@ def stop_services(host: Host, services: list[Service]) -> None:
         except Exception as exc:  # stopping the rest matters more than this one
             log.warning("could not stop %s (pid %d): %s", service.name, service.pid, exc)
     services.clear()
+
+
+def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
+             host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
+             accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
+             ssh_timeout: float | None = None, out: Path | None = None) -> LabRun:
+    """The run on this machine (local), on any SSH machine (host), or on the lab `name` made by `up`.
+
+    Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
+    still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
+    Raises NotFoundError (no such lab), InputError (a bad --host, key or folder).
+    """
+    import re
+
+    from tflab.host import LocalHost
+
+    if local:
+        results = (out or Path.cwd() / "tflab-results" / "local").resolve()
+        return LabRun(LocalHost(workdir=results), options, console, results)
+    from tflab.cloud import lab_target
+    from tflab.errors import NotFoundError
+    from tflab.ssh import Connection
+    from tflab.sshhost import SshHost
+    from tflab.state import LabState, StateStore
+
+    store = StateStore()
+    if host is None and store.load(name) is None:
+        raise NotFoundError(f"no lab named '{name}' on this machine",
+                            hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
+                                 "--local runs the lab here")
+    target = lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                        store=store)
+    label = name if host is None else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
+    results = (out or Path.cwd() / "tflab-results" / label).resolve()
+    if ssh_timeout is None:
+        ssh_timeout = 600.0 if host is None else 0.0
+    # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
+    # `up` has its own, started at boot, that powers the instance off.
+    ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
+                       watchdog="stop-services" if host is not None else None)
+
+    def remember_workdir(prepared: Host) -> None:  # `down` stops the services it finds there
+        state = store.load(name)
+        if state is not None and state.workdir != prepared.workdir:
+            store.save(LabState.from_dict(state.to_dict() | {"workdir": prepared.workdir}))
+
+    return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
+                  (lambda prepared: None))

@@ -123,3 +123,45 @@ def test_no_region_and_a_bad_name_are_clear_errors(cli):
     assert proc.returncode == 3 and "no AWS region configured" in proc.stderr and "--region" in proc.stderr
     proc = cli("status", "--name", "Bad_Name")
     assert proc.returncode == 3 and "not a valid lab name" in proc.stderr
+
+
+def test_up_installs_the_idle_watchdog_and_sets_the_shutdown_behaviour(cli):
+    """The instance stops itself: the watchdog from the user data powers it off, and AWS's
+    InstanceInitiatedShutdownBehavior (set at launch) makes that a stop, or for spot a terminate."""
+    import gzip
+    import re
+    import shlex
+
+    from tests.conftest import REMOTE
+
+    up = cli(*UP, "--name", "auto1", "--yes", "--json", "--idle-stop", "30m", "--max-lifetime", "8h")
+    assert up.returncode == 0, up.stderr
+    assert "autostop: the instance stops itself after 30 min without activity, and after 8.0 h" in up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    behavior = cli.ec2.describe_instance_attribute(InstanceId=instance, Attribute="instanceInitiatedShutdownBehavior")
+    assert behavior["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
+    script = base64.b64decode(cli.ec2.describe_instance_attribute(
+        InstanceId=instance, Attribute="userData")["UserData"]["Value"]).decode()
+    # The watchdog itself, byte for byte, as a systemd unit started now and at every boot, with the policy.
+    code = re.search(r"echo (\S+) \| base64 -d \| gunzip > /home/ubuntu/tflab/remote/watchdog.py", script).group(1)
+    assert gzip.decompress(base64.b64decode(shlex.split(code)[0])) == (REMOTE / "watchdog.py").read_bytes()
+    assert "systemctl daemon-reload && systemctl enable --now tflab-watchdog.service" in script
+    assert "--workdir /home/ubuntu/tflab --action shutdown" in script
+    policy = json.loads(shlex.split(re.search(r"\|\| printf %s ('[^']*')", script).group(1))[0])
+    assert policy == {"enabled": True, "idle_seconds": 1800.0, "max_lifetime_seconds": 28800.0, "keep_until": None}
+
+    spot = cli(*UP, "--name", "auto2", "--yes", "--json", "--spot")
+    assert spot.returncode == 0, spot.stderr
+    behavior = cli.ec2.describe_instance_attribute(InstanceId=json.loads(spot.stdout)["instance_id"],
+                                                   Attribute="instanceInitiatedShutdownBehavior")
+    assert behavior["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"  # a one-time spot cannot stop
+    refused = cli(*UP, "--name", "auto3", "--yes", "--spot", "--idle-action", "stop")
+    assert refused.returncode == 3 and "cannot be stopped, only terminated" in refused.stderr
+    off = cli(*UP, "--name", "auto4", "--yes", "--idle-stop", "off", "--max-lifetime", "off")
+    assert off.returncode == 0 and "warning: autostop is OFF" in off.stderr
+    bad = cli(*UP, "--name", "auto5", "--yes", "--idle-stop", "soon")
+    assert bad.returncode == 3 and "--idle-stop 'soon' is not a duration" in bad.stderr
+    for lab in ("auto3", "auto5"):
+        assert lab_resources(cli.ec2, lab) == {"instances": [], "volumes": [], "groups": [], "keys": []}
+    for lab in ("auto1", "auto2", "auto4"):
+        assert cli("down", "--name", lab, "--yes").returncode == 0

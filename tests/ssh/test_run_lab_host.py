@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,13 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import REMOTE, tflab, wait_until
+from tests.conftest import REMOTE, assert_valid_report, tflab, wait_until
 from tests.sshd import Sshd
 from tests.e2e.test_run_lab_local import processes_mentioning
 from tflab import ports
 from tflab.client import ServingClient
 from tflab.lab import http_json
-from tflab.ssh import Connection, SshHost, SshTarget
+from tflab.ssh import Connection, SshTarget
+from tflab.sshhost import SshHost
 from tflab.tunnels import Forward, Tunnels
 
 pytestmark = pytest.mark.slow
@@ -70,6 +72,15 @@ def test_run_lab_on_a_host_runs_every_step_and_serves_through_the_tunnel(lab_hos
     saved = (results / "report.json").read_text()
     token = report["jupyter"]["url"].split("token=")[1]
     assert token not in saved and json.loads(saved)["predictions"] == report["predictions"]
+    # Both the printed report and the saved one follow the published schema.
+    assert_valid_report(report)
+    assert_valid_report(json.loads(saved))
+    # The host is this machine (reached over SSH): it is recognised, and the tunnels' local ports never
+    # take the ports its services chose.
+    host_ports = set(report["host"]["ports"].values())
+    local_ports = {int(re.search(r"127\.0\.0\.1:(\d+)", url).group(1)) for url in report["urls"].values() if url}
+    assert set(report["host"]["ports"]) == {"serving", "rest", "tensorboard", "jupyter"}
+    assert not host_ports & local_ports, (host_ports, local_ports)
     host_logs = "".join(p.read_text(errors="replace") for p in (workdir / "services").glob("*.log"))
     assert "Jupyter" in host_logs and token not in host_logs  # shown to the user, never logged on the host
     assert report["jupyter"]["notebooks"] == ["1-basics.ipynb", "2-train.ipynb", "3-tensorboard.ipynb",
@@ -96,6 +107,22 @@ def test_the_services_keep_running_on_the_host_and_answer_through_tunnels(lab_ho
         t2 = report["training"]
         assert result.version == 2
         assert result.outputs == pytest.approx([t2["intercept"], t2["slope"] + t2["intercept"]], rel=1e-5)
+
+
+def test_run_lab_starts_the_idle_watchdog_on_a_host_once(lab_host, sshd):
+    _, _, (stderr1, stderr2), workdir, tmp = lab_host
+    assert "started the idle watchdog (stop-services after an hour" in stderr1
+    assert "started the idle watchdog" not in stderr2  # the second run keeps the one running
+    pid = int((workdir / "services" / "watchdog.pid").read_text())
+    os.kill(pid, 0)  # it runs
+    proc = tflab("autostop", *host_args(sshd, tmp), "--workdir", str(workdir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    view = json.loads(proc.stdout)
+    assert view["action"] == "stop-services" and view["policy"]["idle_seconds"] == 3600
+    assert set(view["sources"]) >= {"ssh", "serving", "tensorboard", "jupyter", "gpu", "step", "keep"}
+    text = tflab("autostop", *host_args(sshd, tmp), "--workdir", str(workdir), "--keep", "2h")
+    assert text.returncode == 0, text.stderr
+    assert "policy     idle 60 min, max lifetime off, kept until" in text.stdout
 
 
 def test_a_second_run_skips_the_bootstrap_and_serves_version_2(lab_host):

@@ -1,0 +1,215 @@
+"""The idle watchdog (remote/watchdog.py) on a real host: the loopback sshd stands in for the lab
+host, and every activity is made for real (an SSH session, a tunnel carrying traffic, Predict calls,
+a lab step, a keep-alive). Policies are seconds long; the watchdog checks twice a second."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REMOTE, tflab, wait_until
+from tests.sshd import Sshd
+from tflab import ports
+from tflab.client import ServingClient
+
+pytestmark = pytest.mark.slow
+IDLE = 4.0  # seconds without activity before the watchdog acts
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = Sshd(tmp_path_factory.mktemp("watchdog-sshd"), ports.free_port()).start()
+    yield server
+    server.stop()
+
+
+class Lab:
+    """A lab folder on the host with one service (a sleeper) and its watchdog running."""
+
+    def __init__(self, sshd: Sshd, root: Path, lab_ports: dict | None = None, action: str = "stop-services",
+                 env: dict | None = None):
+        self.sshd, self.workdir = sshd, root / "lab"
+        shutil.copytree(REMOTE, self.workdir / "remote", ignore=shutil.ignore_patterns("__pycache__"))
+        services = self.workdir / "services"
+        services.mkdir(parents=True)
+        (services / "ports.json").write_text(json.dumps(lab_ports or {}))
+        self.sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        (services / "sleeper.pid").write_text(str(self.sleeper.pid))
+        self.cli("set", "--idle", str(IDLE))
+        self.proc = subprocess.Popen([sys.executable, str(self.workdir / "remote" / "watchdog.py"), "run",
+                                      "--workdir", str(self.workdir), "--action", action, "--ssh-port",
+                                      str(sshd.port), "--interval", "0.5", "--min-age", "2", "--warn", "2"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, env={**os.environ, **(env or {})})
+        wait_until(lambda: self.view().get("checked_at"), 20, what="the watchdog's first check")
+
+    def cli(self, *args: str) -> dict:
+        out = subprocess.run([sys.executable, str(self.workdir / "remote" / "watchdog.py"), *args, "--workdir",
+                              str(self.workdir)], capture_output=True, text=True, timeout=30, check=True).stdout
+        return json.loads(out)
+
+    def view(self) -> dict:
+        try:
+            return json.loads((self.workdir / "autostop" / "view.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def host_args(self, tmp: Path) -> list[str]:
+        return ["--host", f"{self.sshd.user}@127.0.0.1:{self.sshd.port}", "--identity", str(self.sshd.user_key),
+                "--known-hosts", str(tmp / "known_hosts"), "--accept-new-host-key"]
+
+    def stays_alive_while(self, activity, seconds: float, source: str) -> None:
+        """Run activity() for seconds (> IDLE): the watchdog must not act, and must see source active."""
+        seen = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            activity()
+            seen.update(self.view().get("active", []))
+            assert not self.view().get("acted"), self.view()
+        assert source in seen, (source, seen, self.view().get("sources"))
+
+    def acts(self) -> dict:
+        """Once the activity has stopped, the watchdog acts: it stops the lab's services, then ends."""
+        wait_until(lambda: self.proc.poll() is not None, IDLE + 20, what="the watchdog to act")
+        view = self.view()
+        assert view["acted"]["what"] == "stop-services" and f"idle for {IDLE:g} s" in view["acted"]["why"]
+        self.sleeper.wait(10)  # the lab's service was stopped
+        return view
+
+    def close(self) -> None:
+        for proc in (self.proc, self.sleeper):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def lab(sshd, tmp_path):
+    made = []
+
+    def make(lab_ports=None, **kwargs) -> Lab:
+        made.append(Lab(sshd, tmp_path, lab_ports, **kwargs))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def test_an_idle_lab_is_acted_on_and_tflab_autostop_queries_do_not_count(lab, tmp_path):
+    idle = lab()
+    seen = []
+    for _ in range(3):  # tflab's own queries, over SSH, while the clock runs
+        proc = tflab("autostop", *idle.host_args(tmp_path), "--workdir", str(idle.workdir), "--json", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        view = json.loads(proc.stdout)
+        assert view["policy"]["idle_seconds"] == IDLE and view["action"] == "stop-services"
+        assert "ssh" not in view["active"]
+        seen.append(view["idle_seconds"])
+        if idle.proc.poll() is not None:
+            break
+    assert seen == sorted(seen) and seen[-1] > seen[0]  # the idle clock kept running through them
+    view = idle.acts()
+    assert view["sources"]["ssh"]["active"] is False
+
+
+def test_an_ssh_session_at_work_keeps_the_lab(lab, tmp_path):
+    busy = lab()
+    command = "for i in $(seq 20); do head -c 30000 /dev/zero | tr '\\0' a; echo; sleep 0.4; done"
+    session = subprocess.Popen([sys.executable, "-m", "tflab", "ssh", *busy.host_args(tmp_path), "--", "sh", "-c",
+                                command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        busy.stays_alive_while(lambda: time.sleep(0.2), IDLE + 3, "ssh")
+    finally:
+        session.wait(60)
+    busy.acts()
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def test_a_tunnel_carrying_traffic_keeps_the_lab(lab, tmp_path):
+    echo = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    local = ports.free_port()
+    busy = lab()
+    tunnel = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *busy.host_args(tmp_path), "--no-lab-ports",
+                               "--forward", f"{local}:{echo.server_address[1]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: not ports.is_free(local), 30, what="the tunnel")
+
+        def traffic():
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+                s.sendall(b"x" * 20000)
+                got = 0
+                while got < 20000:
+                    got += len(s.recv(65536))
+            time.sleep(0.3)
+
+        busy.stays_alive_while(traffic, IDLE + 3, "ssh")
+        view = busy.view()  # an open tunnel that carries nothing is not activity
+    finally:
+        tunnel.send_signal(signal.SIGTERM)
+        tunnel.wait(30)
+        echo.shutdown()
+    assert view["idle_seconds"] < IDLE
+    busy.acts()
+
+
+def test_predict_calls_keep_the_lab(lab, lab_steps_run):
+    workdir, _, _ = lab_steps_run
+    grpc = ports.free_port()
+    server = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={grpc}", "--model_name=nn",
+                               f"--model_base_path={workdir / 'models' / 'nn'}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ServingClient(f"127.0.0.1:{grpc}", timeout=10) as client:
+            client.wait_available("nn", timeout=120)
+            busy = lab({"serving": grpc})
+            busy.stays_alive_while(lambda: (client.predict([1.0, 2.0]), time.sleep(0.3)), IDLE + 3, "serving")
+    finally:
+        server.terminate()
+        server.wait(30)
+    busy.acts()
+
+
+def test_a_lab_step_running_and_a_keep_alive_keep_the_lab(lab):
+    busy = lab()
+    step = subprocess.Popen([sys.executable, str(busy.workdir / "remote" / "steps.py"), "--workdir", str(busy.workdir),
+                             "--steps", "5000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        busy.stays_alive_while(lambda: time.sleep(0.3), IDLE + 2, "step")
+    finally:
+        step.kill()
+        step.wait(30)
+    view = busy.cli("set", "--keep", "3")  # a keep-alive for 3 s from now
+    assert view["policy"]["keep_until"] > view["now"]
+    busy.stays_alive_while(lambda: time.sleep(0.3), 2.5, "keep")
+    busy.acts()
+
+
+def test_on_a_lab_made_by_up_the_watchdog_shuts_the_machine_down(lab, tmp_path):
+    """The shutdown command is replaced here (this machine stays up); the instance's own
+    InstanceInitiatedShutdownBehavior, set at launch, turns it into a stop or a terminate."""
+    shut = tmp_path / "shutdown-ran"
+    up_lab = lab(action="shutdown", env={"TFLAB_WATCHDOG_SHUTDOWN": f"touch {shut}"})
+    wait_until(lambda: shut.exists(), IDLE + 20, what="the shutdown command")
+    view = up_lab.view()
+    assert view["acted"]["what"] == "shutdown" and view["action"] == "shutdown"
+    assert up_lab.sleeper.poll() is None  # the machine goes down as a whole: services are not stopped one by one

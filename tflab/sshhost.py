@@ -1,0 +1,310 @@
+"""A lab host reached over SSH: the run-lab pipeline's Host for a lab made by `tflab up` and for
+`--host`.
+
+prepare: connect (host key verified; a lab may still be booting) -> push remote/ -> bootstrap (or
+wait for the one started at boot) -> the Jupyter token. Its services are detached from SSH and kept
+across runs; their ports are the lab's own where free on the host (remembered in
+<workdir>/services/ports.json); tunnels bring them here. When the host shares this machine's
+network (the same kernel and network namespace, whatever address reaches it), the tunnels' local
+ports avoid the services' ports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import secrets
+import shlex
+import time
+from pathlib import Path
+
+from tflab.host import PORT_NAMES, CommandResult, Host, Service
+from tflab.paths import remote_dir
+from tflab.ssh import Connection, wait_for_ssh
+from tflab.tunnels import Forward, Tunnels
+
+log = logging.getLogger(__name__)
+
+# On the host: the ports its services listen on. A port held by one of the lab's own services that
+# still runs is kept; else the wanted port when it is free there; else a free one. Also says which
+# kernel and network namespace it runs in, so that a host that is this machine is recognised.
+_CHOOSE_PORTS = """import json, os, socket, sys
+wanted, folder = json.loads(sys.argv[1]), sys.argv[2]
+owners = {"serving": "model-server", "rest": "model-server"}
+def alive(service):
+    try:
+        os.kill(int(open(os.path.join(folder, service + ".pid")).read()), 0)
+        return True
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+def free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+def any_free(taken):
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    sys.exit("no free port")
+try:
+    previous = json.load(open(os.path.join(folder, "ports.json")))
+except (OSError, ValueError):
+    previous = {}
+chosen = {}
+for name, port in wanted.items():
+    old = previous.get(name) if isinstance(previous, dict) else None
+    if not port:  # not wanted (REST off)
+        chosen[name] = 0
+    elif isinstance(old, int) and old and old not in chosen.values() and alive(owners.get(name, name)):
+        chosen[name] = old
+    elif port and port not in chosen.values() and free(port):
+        chosen[name] = port
+    else:
+        chosen[name] = any_free(set(chosen.values()))
+os.makedirs(folder, exist_ok=True)
+with open(os.path.join(folder, "ports.json.tmp"), "w") as f:
+    json.dump(chosen, f)
+os.replace(os.path.join(folder, "ports.json.tmp"), os.path.join(folder, "ports.json"))
+print(json.dumps({"ports": chosen, "network": network()}))
+"""
+_NETWORK = """def network():
+    try:
+        return open("/proc/sys/kernel/random/boot_id").read().strip() + ":" + str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return ""
+"""
+
+
+def this_network() -> str:
+    """This machine's kernel boot and network namespace, as _NETWORK reports the host's."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + ":" + str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return ""
+
+
+def command_line(argv: list[str], cwd: str | None = None, env: dict | None = None) -> str:
+    """A POSIX shell command line for argv, run in cwd with env added."""
+    parts = []
+    if cwd:
+        parts.append(f"cd {shlex.quote(cwd)} &&")
+    if env:
+        parts.append("env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
+    parts.append(" ".join(shlex.quote(a) for a in argv))
+    return " ".join(parts)
+
+
+class SshHost(Host):
+    """A machine reached over SSH (see the module docstring)."""
+
+    keeps_services = True
+
+    def __init__(self, connection: Connection, *, workdir: str = "~/tflab", python: str | None = None,
+                 ssh_timeout: float = 600.0, bootstrap_timeout: float = 3600.0, watchdog: str | None = None):
+        self.connection = connection
+        self.watchdog = watchdog  # run-lab starts the idle watchdog with this action (remote/watchdog.py)
+        self.name = connection.target.display
+        self._want_python = python  # an interpreter that has everything; None: the bootstrap makes a venv
+        self._python = python or "python3"
+        self._workdir = workdir
+        self.ssh_timeout = ssh_timeout
+        self.bootstrap_timeout = bootstrap_timeout
+        self.bootstrap_seconds: float | None = None
+        self.marks: dict[str, float] = {}  # phase -> when it ended (time.monotonic())
+        self.ports: dict[str, int] = {}
+        self.tunnels: Tunnels | None = None
+        self._same_network = False
+
+    @property
+    def python(self) -> str:
+        return self._python
+
+    @property
+    def workdir(self) -> str:
+        return self._workdir
+
+    @property
+    def remote_dir(self) -> str:
+        return posixpath.join(self._workdir, "remote")
+
+    # ------------------------------------------------------------------ the pipeline's steps
+
+    def prepare(self, console) -> None:
+        target = self.connection.target
+        with console.waiting(f"connecting to {target.display}") as update:
+            self.connection = wait_for_ssh(target, timeout=self.ssh_timeout, progress=update)
+        if self.connection.host_key_note:
+            console.note(f"host key of {target.display} {self.connection.host_key_note}")
+        self.marks["connect"] = time.monotonic()
+        self._workdir = self._absolute(self._workdir)
+        with console.waiting(f"pushing remote/ to {self.remote_dir}") as update:
+            pushed = self.connection.push(remote_dir(), self.remote_dir, progress=update)
+        if self.connection.no_sftp_note:
+            console.note(self.connection.no_sftp_note)
+        console.info(f"pushed {len(pushed['sent'])} files ({pushed['bytes']:,} bytes), {pushed['skipped']} unchanged")
+        self.marks["push"] = time.monotonic()
+        console.info("preparing the host (bootstrap; a second run skips what is done)")
+        self.connection.run(shlex.join(["bash", posixpath.join(self.remote_dir, "bootstrap.sh"), self._workdir,
+                                        self._want_python or ""]),
+                            step="bootstrap", timeout=self.bootstrap_timeout,
+                            on_line=lambda kind, line: console.stream("bootstrap", line.removeprefix("[bootstrap] ")))
+        self._python = self.read_text(posixpath.join(self._workdir, "python")).strip()
+        self.serving = self.read_text(posixpath.join(self._workdir, "serving")).strip()
+        self.marks["bootstrap"] = time.monotonic()
+        self.bootstrap_seconds = self.marks["bootstrap"] - self.marks["push"]
+        self.jupyter_token_file = posixpath.join(self._workdir, "jupyter-token")
+        # Made once; later runs keep the same token and URL.
+        path = shlex.quote(self.jupyter_token_file)
+        self.connection.run(f"umask 077; [ -s {path} ] || printf %s {secrets.token_hex(24)} > {path}",
+                            step="jupyter token")
+        if self.watchdog:
+            self.start_watchdog(self.watchdog, console)
+
+    def start_watchdog(self, action: str, console) -> None:
+        """The idle watchdog as one of the lab's services (kept across runs), with the lab's default
+        policy unless one was set (`tflab autostop`)."""
+        argv = ["python3", posixpath.join(self.remote_dir, "watchdog.py"), "run", "--workdir", self._workdir,
+                "--action", action, "--ssh-port", str(self.connection.target.port)]
+        service = self.start_service("watchdog", argv, log_path=posixpath.join(self._workdir, "services",
+                                                                               "watchdog.log"))
+        if not service.kept:
+            console.info(f"started the idle watchdog ({action} after an hour without activity; "
+                         "`tflab autostop` shows and changes it)")
+
+    def _absolute(self, workdir: str) -> str:
+        """An absolute path on the host (~ and relative paths are under the SSH user's home)."""
+        if workdir.startswith("/"):
+            return workdir.rstrip("/") or "/"
+        home = self.connection.output("cd ~ && pwd").strip()
+        rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
+        return posixpath.join(home, rest).rstrip("/")
+
+    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
+        script = _NETWORK + _CHOOSE_PORTS
+        answer = json.loads(self.connection.output(
+            f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(wanted))} "
+            f"{shlex.quote(posixpath.join(self._workdir, 'services'))}").strip().splitlines()[-1])
+        self.ports = {name: int(port) for name, port in answer["ports"].items()}
+        self._same_network = bool(answer["network"]) and answer["network"] == this_network()
+        for name, port in wanted.items():
+            if port and self.ports[name] != port:
+                console.note(f"port {port} ({PORT_NAMES.get(name, name)}) is taken on {self.name}; "
+                             f"its service listens on {self.ports[name]}")
+        return dict(self.ports)
+
+    def forward(self, ports: dict[str, int], wanted_local: dict[str, int], console) -> None:
+        # On this very machine the services' ports are taken here too: the tunnels go elsewhere.
+        avoid = set(ports.values()) if self._same_network else set()
+        self.tunnels = Tunnels(self.connection, [Forward(name, port, wanted_local.get(name, 0))
+                                                 for name, port in ports.items() if port], avoid=avoid)
+        self.tunnels.start(wait=False)  # the system's ssh logs in while the steps run
+        for name, (wanted, got) in self.tunnels.moved.items():
+            why = "its service listens there (the host is this machine)" if wanted in avoid else "in use"
+            console.note(f"local port {wanted} ({name}) is {why}; using {got} instead")
+
+    def local_port(self, name: str) -> int:
+        if "tunnels_ready" not in self.marks:  # first use: the forwards must be up now
+            self.tunnels.ready()
+            self.marks["tunnels_ready"] = time.monotonic()
+        return self.tunnels.local_ports[name]
+
+    def check_forwarding(self) -> None:
+        if self.tunnels is not None:
+            self.tunnels.check()
+
+    @property
+    def forwarding_alive(self) -> bool:
+        return self.tunnels is not None and self.tunnels.alive
+
+    def fetch(self, path: str, folder: Path) -> Path:
+        return self.connection.fetch(path, Path(folder) / posixpath.basename(path))
+
+    def facts(self) -> dict:
+        gpus = self.connection.run("nvidia-smi -L 2>/dev/null || true", step="gpus", check=False).tail.strip()
+        target = self.connection.target
+        return {"address": f"{target.host}:{target.port}", "workdir": self._workdir, "serving": self.serving,
+                "bootstrap_seconds": round(self.bootstrap_seconds or 0.0, 3),
+                "tunnel_client": self.tunnels.client if self.tunnels else None,
+                "gpus_nvidia_smi": [line for line in gpus.splitlines() if line.startswith("GPU")]}
+
+    def close(self) -> None:
+        if self.tunnels is not None:
+            self.tunnels.stop()
+            self.tunnels = None
+        self.connection.close()
+
+    # ------------------------------------------------------------------ commands and services
+
+    def which(self, program: str) -> str | None:
+        found = self.connection.output(f"command -v {shlex.quote(program)} || true").strip()
+        return found.splitlines()[-1] if found else None
+
+    def run(self, argv, *, step, cwd=None, env=None, on_line=None, timeout=600.0) -> CommandResult:
+        return self.connection.run(command_line(argv, cwd, env), step=step, on_line=on_line, timeout=timeout)
+
+    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
+        """Start argv detached from the SSH session (setsid, nohup): it outlives the connection.
+
+        The same command still running from an earlier run (its pid and command files next to the
+        log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
+        Another command under the same name is stopped first.
+        """
+        base = posixpath.splitext(log_path)[0]
+        pid_path, cmd_path = base + ".pid", base + ".cmd"
+        folder = posixpath.dirname(log_path)
+        inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
+        pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
+        command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
+                   f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
+                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then echo kept $(cat {pid_q}); exit 0; fi; "
+                   f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
+                   f"nohup setsid sh -c {shlex.quote(inner)} "
+                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; echo started $(cat {pid_q})")
+        what, pid = self.connection.output(command).strip().splitlines()[-1].split()
+        if what == "kept":
+            log.info("%s is running already (pid %s) with the same command: kept", name, pid)
+        return Service(name, int(pid), log_path, port, kept=what == "kept")
+
+    def service_alive(self, service: Service) -> bool:
+        return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
+
+    def stop_service(self, service: Service, timeout: float = 5.0) -> None:
+        self.connection.run(stop_pid(str(service.pid), timeout), step="stop", timeout=timeout + 10)
+
+    def stop_all_services(self, folder: str, timeout: float = 5.0) -> None:
+        """Stop every service whose pid file is in folder (what earlier runs left on the host)."""
+        self.connection.run(f"for f in {shlex.quote(folder)}/*.pid; do [ -f \"$f\" ] || continue; "
+                            f"{stop_pid_file('$f', quote=False, timeout=timeout)}; done; true", step="stop",
+                            timeout=timeout * 5 + 10)
+
+    def read_log(self, service: Service, lines: int = 20) -> str:
+        return self.connection.output(f"tail -n {int(lines)} {shlex.quote(service.log_path)} 2>/dev/null || true")
+
+    def read_text(self, path: str) -> str:
+        return self.connection.read_text(path)
+
+
+def stop_pid(pid: str, timeout: float = 5.0) -> str:
+    """Shell that stops a process group (TERM, then KILL after timeout)."""
+    return (f"(p={pid}; kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
+            f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
+            f"kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null; exit 0)")
+
+
+def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
+    """Shell that stops the process group named in a pid file, if it still runs, and removes the file."""
+    p = shlex.quote(path) if quote else f'"{path}"'
+    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p}; fi")
+
+
