@@ -72,8 +72,7 @@ def main() -> None:
         store, console = StateStore(home), Console(err=open(os.devnull, "w"))
         spec = LaunchSpec(lab="bench", ssh_cidr="203.0.113.7/32", ami_parameter="/bench/dlami")
         up_calls = count_calls(session, lambda: cloud.up(provider, store, spec, console, confirm=lambda q: True,
-                                                         ssh_wait=False,
-                                                         host_key_timeout=0))
+                                                         settings=cloud.UpSettings(ssh_wait=False, host_key_timeout=0)))
         print(f"# AWS API calls (moto server {endpoint})")
         print(f"tflab up:   {sum(up_calls.values())} calls, minimum {len(MINIMUM['up'])}: {dict(up_calls)}")
         state = store.load("bench")

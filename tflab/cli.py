@@ -309,7 +309,7 @@ def up(
     host key (the host's bootstrap starts at boot), and remember it as a lab. An idle watchdog on the
     instance stops it after an hour without activity, and after 12 hours in any case (`tflab autostop`)."""
     from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
-    from tflab.cloud import check_launch_options, ssh_cidr as resolve_cidr, up as run_up
+    from tflab.cloud import UpSettings, check_launch_options, ssh_cidr as resolve_cidr, up as run_up
     from tflab.state import StateStore, check_name
 
     check_name(name)
@@ -343,11 +343,12 @@ def up(
     spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
                       spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
                       user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior)
+    settings = UpSettings(profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
+                          host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure, ssh_host=ssh_host,
+                          ssh_port=ssh_port, ssh_user=ssh_user, ssh_timeout=ssh_timeout,
+                          accept_new_host_key=accept_new_host_key)
     state, action = run_up(provider, store, spec, console, confirm=_confirm(yes, "launch an instance"),
-                           profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
-                           host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure,
-                           ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user, ssh_timeout=ssh_timeout,
-                           accept_new_host_key=accept_new_host_key)
+                           settings=settings)
     doc = state.to_dict() | {"action": action}
     address = state.ssh_host or state.public_ip
     text = (f"lab '{name}' {action}: {state.instance_id} ({state.instance_type}) in {state.region}, "

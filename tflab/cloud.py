@@ -11,6 +11,7 @@ import logging
 import re
 import shlex
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
@@ -249,23 +250,40 @@ def _state_from(name: str, provider, inst, previous: LabState | None, store: Sta
     return LabState.from_dict(base)
 
 
-def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm, profile: str | None = None,
-       wait: bool = True, wait_timeout: float = 900.0, host_key_timeout: float = 240.0,
-       keep_on_failure: bool = False, ssh_host: str | None = None, ssh_port: int | None = None,
-       ssh_user: str | None = None, ssh_timeout: float = 600.0, accept_new_host_key: bool = False,
-       ssh_wait: bool = True) -> tuple[LabState, str]:
+@dataclass(frozen=True)
+class UpSettings:
+    """How `up` waits and how the lab is reached afterwards (the LaunchSpec says what to launch)."""
+
+    profile: str | None = None
+    wait: bool = True  # until the instance runs, its fingerprints are read and SSH answers
+    wait_timeout: float = 900.0
+    host_key_timeout: float = 240.0
+    ssh_timeout: float = 600.0
+    ssh_wait: bool = True  # with wait: SSH too (tests against moto's made-up addresses turn it off)
+    keep_on_failure: bool = False
+    ssh_host: str | None = None  # reach the lab at another address (a VPN, a forwarded port)
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+    accept_new_host_key: bool = False
+
+
+def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
+       settings: UpSettings = UpSettings()) -> tuple[LabState, str]:
     """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started".
 
-    With wait, it returns once SSH answers with the host key pinned from the console output (or,
-    with accept_new_host_key, trusted on first use). An instance that runs but does not answer SSH
-    in time is kept (and said so): `down` removes it.
+    With settings.wait, it returns once SSH answers with the host key pinned from the console output
+    (or, with accept_new_host_key, trusted on first use). An instance that runs but does not answer
+    SSH in time is kept (and said so): `down` removes it.
     """
     from infra.errors import AmiError, InfraError
     from infra.pricing import PRICE_SOURCE, hourly
     from infra.provider import Created
 
     name = check_name(spec.lab)
-    overrides = {"ssh_host": ssh_host, "ssh_port": ssh_port, "ssh_user": ssh_user}
+    profile, wait, wait_timeout = settings.profile, settings.wait, settings.wait_timeout
+    ssh_wait, ssh_timeout, accept_new_host_key = settings.ssh_wait, settings.ssh_timeout, settings.accept_new_host_key
+    host_key_timeout, keep_on_failure = settings.host_key_timeout, settings.keep_on_failure
+    overrides = {"ssh_host": settings.ssh_host, "ssh_port": settings.ssh_port, "ssh_user": settings.ssh_user}
     with store.lock(name):
         with console.waiting(f"checking AWS credentials for {provider.region}") as update:
             who = provider.whoami()

@@ -93,4 +93,4 @@ def up_lab(aws, *, lab: str = "lab", host_key_timeout: float = 0.0, **spec_chang
 
     spec = dataclasses.replace(aws.spec, lab=lab, **spec_changes)
     return cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True,
-                    host_key_timeout=host_key_timeout, ssh_wait=False)
+                    settings=cloud.UpSettings(host_key_timeout=host_key_timeout, ssh_wait=False))

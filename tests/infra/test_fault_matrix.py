@@ -62,8 +62,8 @@ def test_keep_on_failure_keeps_what_up_made(aws):
     aws.faults.fail("RunInstances", "UnauthorizedOperation", status=403)
     spec = aws.spec
     with pytest.raises(InfraError):
-        cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True, host_key_timeout=0,
-                 ssh_wait=False, keep_on_failure=True)
+        cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True,
+                 settings=cloud.UpSettings(host_key_timeout=0, ssh_wait=False, keep_on_failure=True))
     assert not aws.provider.leftovers("lab").empty
     assert "kept what it created (--keep-on-failure)" in aws.err.getvalue()
     cloud.down(aws.provider, aws.store, "lab", aws.console, confirm=lambda q: True)

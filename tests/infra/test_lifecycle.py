@@ -199,8 +199,8 @@ def test_no_credentials_say_how_to_configure(aws, monkeypatch):
 def test_an_image_that_cannot_be_found_is_a_clear_error(aws, change, text):
     spec = dataclasses.replace(aws.spec, **change)
     with pytest.raises(AmiError, match=text):
-        cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True, host_key_timeout=0,
-                 ssh_wait=False)
+        cloud.up(aws.provider, aws.store, spec, aws.console, confirm=lambda q: True,
+                 settings=cloud.UpSettings(host_key_timeout=0, ssh_wait=False))
     assert aws.provider.leftovers("lab").empty
 
 
