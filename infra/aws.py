@@ -248,7 +248,8 @@ class AwsProvider(Provider):
             zone=raw.get("Placement", {}).get("AvailabilityZone"),
             launch_time=launched.isoformat() if hasattr(launched, "isoformat") else launched,
             spot=raw.get("InstanceLifecycle") == "spot", image_id=raw.get("ImageId"), key_name=raw.get("KeyName"),
-            security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups", [])), lab=tags.lab_of(_tags(raw)))
+            security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups", [])), lab=tags.lab_of(_tags(raw)),
+            state_reason=raw.get("StateReason", {}).get("Message") or raw.get("StateTransitionReason") or None)
 
     def find_instances(self, lab: str | None, live_only: bool = True) -> list[Instance]:
         filters = tags.lab_filter(lab)
@@ -473,6 +474,21 @@ class AwsProvider(Provider):
         with translated("ec2:DescribeKeyPairs"):
             pairs = self.ec2.describe_key_pairs(Filters=tags.lab_filter(lab))["KeyPairs"]
         return [p["KeyName"] for p in pairs]
+
+    def volume_gb(self, lab: str) -> int:
+        with translated("ec2:DescribeVolumes"):
+            return sum(v.get("Size", 0) for v in self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"])
+
+    def spot_price(self, instance_type: str, zone: str) -> float | None:
+        """The newest price of describe_spot_price_history for Linux/UNIX in the zone."""
+        import datetime
+
+        with translated("ec2:DescribeSpotPriceHistory"):
+            history = self.ec2.describe_spot_price_history(
+                InstanceTypes=[instance_type], ProductDescriptions=["Linux/UNIX"], AvailabilityZone=zone,
+                StartTime=datetime.datetime.now(datetime.timezone.utc), MaxResults=10)["SpotPriceHistory"]
+        prices = sorted(history, key=lambda h: h.get("Timestamp") or 0, reverse=True)
+        return float(prices[0]["SpotPrice"]) if prices else None
 
     def leftovers(self, lab: str) -> Leftovers:
         instances = tuple(i.id for i in self.find_instances(lab, live_only=False) if i.state != "terminated")

@@ -15,6 +15,8 @@ PRICES_USD_PER_HOUR = {
     "t3.medium": 0.0416, "t3.large": 0.0832, "m5.large": 0.096,
 }
 PRICE_SOURCE = "bundled estimate: us-east-1 on-demand list price"
+# gp3 storage, us-east-1: $0.08 per GB-month; AWS prices a month as 730 hours.
+GP3_USD_PER_GB_HOUR = 0.08 / 730
 
 
 def hourly(instance_type: str) -> float | None:

@@ -85,6 +85,7 @@ class Instance:
     key_name: str | None
     security_groups: tuple[str, ...] = ()
     lab: str | None = None
+    state_reason: str | None = None  # why it is in its state (e.g. "Client.InstanceInitiatedShutdown: ...")
 
 
 @dataclass(frozen=True)
@@ -173,3 +174,11 @@ class Provider(ABC):
     @abstractmethod
     def leftovers(self, lab: str) -> Leftovers:
         """What is still tagged with the lab (terminated instances excepted)."""
+
+    @abstractmethod
+    def volume_gb(self, lab: str) -> int:
+        """The size of the lab's volumes, GiB (they bill while the instance is stopped too)."""
+
+    @abstractmethod
+    def spot_price(self, instance_type: str, zone: str) -> float | None:
+        """The spot price charged now for the type in the zone (USD per hour), or None."""

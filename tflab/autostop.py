@@ -96,3 +96,18 @@ def render(view: dict, where: str) -> str:
     elif view.get("acts_at") and policy.get("enabled"):
         lines.append(f"  acts at    {at(view['acts_at'])} ({view.get('acts_because')}) unless there is activity")
     return "\n".join(lines)
+
+
+def summary(view: dict) -> str:
+    """One line of the watchdog's state, for `tflab status`."""
+    if "error" in view:
+        return f"unknown ({view['error']})"
+    policy, at = view.get("policy", {}), lambda t: time.strftime("%H:%M", time.localtime(t))  # noqa: E731
+    if not policy.get("enabled"):
+        return "OFF: the lab runs until you stop it"
+    if view.get("acted"):
+        return f"acted at {at(view['acted']['at'])}: {view['acted']['why']}"
+    idle = f"idle {describe(view.get('idle_seconds')) if view.get('idle_seconds') else '0 s'}"
+    if view.get("active"):
+        idle = f"active ({', '.join(view['active'])})"
+    return idle + (f", acts at {at(view['acts_at'])}" if view.get("acts_at") else "")

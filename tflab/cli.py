@@ -255,14 +255,25 @@ def _provider(region: Optional[str], profile: Optional[str], state=None):
 def _status_text(doc: dict) -> str:
     if not doc.get("exists"):
         return f"lab {doc['name']} ({doc['region']}): no instance (local state only)"
-    cost = doc.get("cost_so_far_usd_estimate")
-    lines = [f"lab {doc['name']} ({doc['region']}): {doc['state']}",
+    cost = doc.get("cost_usd_estimate") or {}
+    lines = [f"lab {doc['name']} ({doc['region']}): {doc['state']}"
+             + (f" - {doc['stopped_why']}" if doc.get("stopped_why") else ""),
              f"  instance   {doc['instance_id']} {doc['instance_type']}{' (spot)' if doc.get('spot') else ''} "
              f"in {doc.get('zone')}",
              f"  address    {doc.get('public_ip') or '-'}"]
     if doc.get("uptime_hours") is not None:
-        lines.append(f"  uptime     {doc['uptime_hours']:.2f} h"
-                     + (f", about ${cost:.2f} so far (estimate)" if cost is not None else ""))
+        lines.append(f"  uptime     {doc['uptime_hours']:.2f} h")
+    if cost:
+        price = f"${doc['hourly_usd']:.3f}/h ({doc['price_source']})" if doc.get("hourly_usd") else "price unknown"
+        lines.append(f"  cost       about ${cost['total']:.2f} since it started (instance "
+                     + (f"${cost['instance']:.2f}" if cost["instance"] is not None else "-")
+                     + f", {doc['volume_gb']} GiB disk ${cost['disk']:.2f}); {price} + disk "
+                       f"${doc['disk_hourly_usd']:.3f}/h")
+    view = doc.get("watchdog")
+    if view:
+        from tflab.autostop import summary
+
+        lines.append(f"  autostop   {summary(view)}")
     if doc.get("key_path"):
         lines.append(f"  ssh        ssh -i {doc['key_path']} {doc['ssh_user']}@{doc['ssh_address'].rsplit(':', 1)[0]}")
     lines.append("  ports      " + ", ".join(f"{k} {v['host']} -> local {v['local']}" for k, v in doc["ports"].items()))
@@ -362,15 +373,17 @@ def status(
     name: LabName = "lab",
     region: Region = None,
     profile: Profile = None,
+    no_host: bool = typer.Option(False, "--no-host", help="Do not ask the lab host for its watchdog's state (SSH)."),
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Show a lab: state, type, address, uptime, estimated cost so far, ports."""
+    """Show a lab: state (and why it stopped), type, address, uptime, what it costs, its autostop
+    watchdog (idle for how long, when it acts), ports."""
     from tflab.cloud import status as lab_status
     from tflab.state import StateStore, check_name
 
     store = StateStore()
     provider = _provider(region, profile, store.load(check_name(name)))
-    doc = lab_status(provider, store, name)
+    doc = lab_status(provider, store, name, ask_host=not no_host)
     _console(json_out).result(doc, _status_text(doc))
 
 
@@ -386,8 +399,14 @@ def list_(
 
     provider = _provider(region, profile)
     rows = list_labs(provider, StateStore())
+    def cost(row: dict) -> str:
+        total = (row.get("cost_usd_estimate") or {}).get("total")
+        return f"${total:.2f}" if total is not None else "-"
+
     text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {r.get('instance_type', '-'):<14} "
-                     f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-')}" for r in rows)
+                     f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
+    if text:
+        text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<14} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text
     _console(json_out).result({"region": provider.region, "labs": rows},
                               text or f"no tflab labs in {provider.region}")
 

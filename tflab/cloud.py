@@ -420,8 +420,54 @@ def describe(state: LabState | None, instances: list, name: str) -> dict:
     return doc
 
 
-def status(provider, store: StateStore, name: str) -> dict:
-    """The lab's status from the cloud (and the local state when there is one)."""
+def costs(provider, inst, lab: str) -> dict:
+    """What the lab costs: the price charged now (the spot price in its zone for a spot lab, else the
+    bundled on-demand estimate), its volumes, and the cost since the instance last started."""
+    from infra.pricing import GP3_USD_PER_GB_HOUR, PRICE_SOURCE, hourly
+
+    spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
+    price = spot if spot is not None else hourly(inst.instance_type)
+    gb = provider.volume_gb(lab)
+    hours = _age_hours(inst.launch_time) or 0.0
+    instance_cost = hours * price if inst.state == "running" and price is not None else None
+    disk_cost = hours * gb * GP3_USD_PER_GB_HOUR
+    return {"hourly_usd": price, "price_source": f"spot price in {inst.zone} now" if spot is not None else PRICE_SOURCE,
+            "volume_gb": gb, "disk_hourly_usd": round(gb * GP3_USD_PER_GB_HOUR, 4),
+            "since": inst.launch_time,
+            "cost_usd_estimate": {"instance": round(instance_cost, 2) if instance_cost is not None else None,
+                                  "disk": round(disk_cost, 2),
+                                  "total": round((instance_cost or 0.0) + disk_cost, 2)}}
+
+
+def stopped_why(inst) -> str | None:
+    """Why a stopped instance stopped, in words (the watchdog's own shutdown says so)."""
+    if inst.state not in ("stopped", "stopping", "terminated", "shutting-down"):
+        return None
+    reason = inst.state_reason or ""
+    if "InstanceInitiatedShutdown" in reason:
+        return "it shut itself down (the idle watchdog, or a shutdown on the host); `tflab up` starts it again"
+    if "UserInitiated" in reason or "User initiated" in reason:
+        return "stopped from outside (the console or the API); `tflab up` starts it again"
+    return reason or None
+
+
+def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
+    """The lab's watchdog view, asked over SSH (a short query, not activity); {"error": ...} when it
+    cannot be had."""
+    from tflab.autostop import autostop
+    from tflab.ssh import Connection
+
+    try:
+        target = lab_target(name=name, store=store)
+        with Connection(target, connect_timeout=5) as connection:
+            return autostop(connection, state.workdir or "~/tflab")
+    except (TflabError, OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dict:
+    """The lab's status from the cloud (and the local state when there is one): what it costs, and
+    (ask_host) its watchdog's view, asked over SSH while it runs."""
     state = store.load(check_name(name))
     instances = provider.find_instances(name)
     if not instances and state is None:
@@ -429,6 +475,12 @@ def status(provider, store: StateStore, name: str) -> dict:
                             hint="`tflab list` shows the labs in a region; `tflab up` makes one")
     doc = describe(state, instances, name)
     doc["region"] = provider.region
+    if doc["exists"]:
+        inst = next(i for i in instances if i.id == doc["instance_id"])
+        doc |= costs(provider, inst, name)
+        doc["stopped_why"] = stopped_why(inst)
+        if ask_host and inst.state == "running" and state is not None:
+            doc["watchdog"] = watchdog_view(store, name, state)
     return doc
 
 
@@ -444,7 +496,9 @@ def list_labs(provider, store: StateStore) -> list[dict]:
         except InputError as exc:
             log.info("no local state for lab %s: %s", name, exc)
             state = None
-        rows.append(describe(state, instances, name) | {"region": provider.region, "local_state": state is not None})
+        row = describe(state, instances, name) | {"region": provider.region, "local_state": state is not None}
+        inst = next(i for i in instances if i.id == row["instance_id"])
+        rows.append(row | costs(provider, inst, name))
     return rows
 
 

@@ -165,3 +165,40 @@ def test_up_installs_the_idle_watchdog_and_sets_the_shutdown_behaviour(cli):
         assert lab_resources(cli.ec2, lab) == {"instances": [], "volumes": [], "groups": [], "keys": []}
     for lab in ("auto1", "auto2", "auto4"):
         assert cli("down", "--name", lab, "--yes").returncode == 0
+
+
+def test_status_and_list_show_what_the_lab_costs_and_why_it_stopped(cli):
+    up = cli(*UP, "--name", "cost1", "--yes", "--json", "--spot", "--disk-gb", "200")
+    assert up.returncode == 0, up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    status = cli("status", "--name", "cost1", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    # A spot lab: the price charged now in its zone (describe_spot_price_history), and its 200 GiB disk.
+    zone = doc["zone"]
+    history = cli.ec2.describe_spot_price_history(InstanceTypes=["g4dn.xlarge"], AvailabilityZone=zone,
+                                                  ProductDescriptions=["Linux/UNIX"])["SpotPriceHistory"]
+    if history:
+        assert doc["price_source"] == f"spot price in {zone} now"
+        assert doc["hourly_usd"] in {float(h["SpotPrice"]) for h in history}
+    assert doc["volume_gb"] == 200 and doc["disk_hourly_usd"] == round(200 * 0.08 / 730, 4)
+    assert set(doc["cost_usd_estimate"]) == {"instance", "disk", "total"} and doc["stopped_why"] is None
+    assert doc["watchdog"]["error"]  # its host (127.0.0.1:1 here) does not answer: said, not fatal
+    listed = cli("list")
+    assert listed.returncode == 0 and "COST" in listed.stdout.splitlines()[0] and "cost1" in listed.stdout
+
+    cli.ec2.stop_instances(InstanceIds=[instance])
+    stopped = json.loads(cli("status", "--name", "cost1", "--json").stdout)
+    assert stopped["state"] in ("stopping", "stopped") and "stopped from outside" in stopped["stopped_why"]
+    assert stopped["cost_usd_estimate"]["instance"] is None and "watchdog" not in stopped  # the disk still bills
+    assert cli("down", "--name", "cost1", "--yes").returncode == 0
+
+
+def test_a_lab_that_shut_itself_down_says_so():
+    from infra.provider import Instance
+    from tflab.cloud import stopped_why
+
+    # EC2's StateReason for a shutdown from inside the instance (the watchdog's), per the API reference.
+    inst = Instance("i-1", "stopped", "g4dn.xlarge", None, None, "us-west-2a", None, False, None, None,
+                    state_reason="Client.InstanceInitiatedShutdown: Instance initiated shutdown")
+    assert "shut itself down" in stopped_why(inst) and "`tflab up` starts it again" in stopped_why(inst)
