@@ -213,3 +213,76 @@ def test_on_a_lab_made_by_up_the_watchdog_shuts_the_machine_down(lab, tmp_path):
     view = up_lab.view()
     assert view["acted"]["what"] == "shutdown" and view["action"] == "shutdown"
     assert up_lab.sleeper.poll() is None  # the machine goes down as a whole: services are not stopped one by one
+
+
+def test_a_jupyter_kernel_running_a_loop_keeps_the_lab_and_an_idle_one_does_not(lab, tmp_path):
+    """JupyterLab as run-lab starts it (127.0.0.1, the lab's token file); a kernel is made through its
+    REST API and runs a loop through the kernel's own channels (jupyter_client), as a notebook cell does."""
+    import urllib.request
+
+    from jupyter_client import BlockingKernelClient
+
+    port = ports.free_port()
+    root, runtime = tmp_path / "notebooks", tmp_path / "runtime"
+    root.mkdir()
+    busy = lab({"jupyter": port})
+    token = "t" * 48
+    (busy.workdir / "jupyter-token").write_text(token)
+    server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+                               "--ip=127.0.0.1", f"--port={port}", "--port-retries=0", f"--ServerApp.root_dir={root}"],
+                              env={**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def call(path: str, method: str = "GET"):
+        request = urllib.request.Request(f"{api}{path}?token={token}", method=method, data=b"{}" if method == "POST"
+                                         else None, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    client = None
+    try:
+        wait_until(lambda: _answers(call), 60, interval=0.2, what="JupyterLab")
+        kernel = call("/kernels", "POST")
+        connection = runtime / f"kernel-{kernel['id']}.json"
+        wait_until(connection.exists, 30, what="the kernel's connection file")
+        client = BlockingKernelClient(connection_file=str(connection))
+        client.load_connection_file()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        client.execute("import time\nwhile True:\n    time.sleep(0.1)")
+        busy.stays_alive_while(lambda: time.sleep(0.3), IDLE + 2, "jupyter")
+        call(f"/kernels/{kernel['id']}/interrupt", "POST")  # the cell stops; the kernel stays, idle
+        wait_until(lambda: call("/kernels")[0]["execution_state"] == "idle", 30, what="the kernel to be idle")
+        # An open tab polls the idle kernel through the SSH tunnel: neither Jupyter nor the SSH
+        # connection that carries the polls counts it as activity.
+        local = ports.free_port()
+        tunnel = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *busy.host_args(tmp_path),
+                                   "--no-lab-ports", "--forward", f"{local}:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        api = f"http://127.0.0.1:{local}/api"
+        wait_until(lambda: _answers(call), 30, interval=0.2, what="Jupyter through the tunnel")
+        deadline = time.monotonic() + IDLE + 20
+        while busy.proc.poll() is None and time.monotonic() < deadline:
+            call("/kernels")
+            call("/sessions")
+            call("/terminals")
+            time.sleep(0.5)
+        busy.acts()
+    finally:
+        if client is not None:
+            client.stop_channels()
+        if "tunnel" in locals():
+            tunnel.send_signal(signal.SIGTERM)
+            tunnel.wait(30)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _answers(call) -> bool:
+    try:
+        call("/status")
+        return True
+    except OSError:
+        return False
