@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -116,3 +117,29 @@ def assert_valid_report(document: dict) -> dict:
     jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()),
                         format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     return document
+
+
+AL2023_X86 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+@contextlib.contextmanager
+def moto_server(parameter: str):
+    """A moto server on 127.0.0.1 (its endpoint), with an SSM parameter holding an image id as the Deep
+    Learning AMI's does. Moto servers in one process share one account: give each user its own parameter."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tflab import ports
+
+    port = ports.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=endpoint)
+        image = ssm.get_parameter(Name=AL2023_X86)["Parameter"]["Value"]
+        ssm.put_parameter(Name=parameter, Value=image, Type="String", DataType="aws:ec2:image", Overwrite=True)
+        yield endpoint
+        ssm.delete_parameter(Name=parameter)
+    finally:
+        server.stop()

@@ -43,19 +43,10 @@ def describe(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def workdir_of(connection: Connection, workdir: str) -> str:
-    """workdir on the host, absolute (~ is the SSH user's home)."""
-    if workdir.startswith("/"):
-        return workdir.rstrip("/") or "/"
-    home = connection.output("cd ~ && pwd").strip()
-    rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
-    return posixpath.join(home, rest).rstrip("/")
-
-
 def autostop(connection: Connection, workdir: str, *, idle: float | None = None, max_lifetime: float | None = None,
              keep: float | None = None, off: bool = False, on: bool = False) -> dict:
     """Change the policy (what is given) and return the watchdog's view."""
-    workdir = workdir_of(connection, workdir)
+    workdir = connection.absolute(workdir)
     script = posixpath.join(workdir, "remote", "watchdog.py")
     changes = []
     for flag, value in (("--idle", idle), ("--max-lifetime", max_lifetime), ("--keep", keep)):

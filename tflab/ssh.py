@@ -555,6 +555,14 @@ class Connection:
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode()
 
+    def absolute(self, path: str) -> str:
+        """A path on the host made absolute: ~ and relative paths are under the SSH user's home."""
+        if path.startswith("/"):
+            return path.rstrip("/") or "/"
+        home = self.output("cd ~ && pwd").strip()
+        rest = path[2:] if path.startswith("~/") else ("" if path == "~" else path)
+        return posixpath.join(home, rest).rstrip("/")
+
 
 # push() without SFTP, on the host: a tar stream on stdin -> each file written beside its place
 # and renamed over it, with its mode; member names stay under the folder (no absolute paths, no ..).

@@ -147,7 +147,7 @@ class SshHost(Host):
         if self.connection.host_key_note:
             console.note(f"host key of {target.display} {self.connection.host_key_note}")
         self.marks["connect"] = time.monotonic()
-        self._workdir = self._absolute(self._workdir)
+        self._workdir = self.connection.absolute(self._workdir)
         with console.waiting(f"pushing remote/ to {self.remote_dir}") as update:
             pushed = self.connection.push(remote_dir(), self.remote_dir, progress=update)
         if self.connection.no_sftp_note:
@@ -181,14 +181,6 @@ class SshHost(Host):
         if not service.kept:
             console.info(f"started the idle watchdog ({action} after an hour without activity; "
                          "`tflab autostop` shows and changes it)")
-
-    def _absolute(self, workdir: str) -> str:
-        """An absolute path on the host (~ and relative paths are under the SSH user's home)."""
-        if workdir.startswith("/"):
-            return workdir.rstrip("/") or "/"
-        home = self.connection.output("cd ~ && pwd").strip()
-        rest = workdir[2:] if workdir.startswith("~/") else ("" if workdir == "~" else workdir)
-        return posixpath.join(home, rest).rstrip("/")
 
     def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
         script = _NETWORK + _CHOOSE_PORTS

@@ -10,25 +10,14 @@ import boto3
 import pytest
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend
-from moto.server import ThreadedMotoServer
 
-from tests.conftest import tflab
+from tests.conftest import moto_server as moto_endpoint, tflab
 from tflab import ports
-
-AL2023_X86 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-
 
 @pytest.fixture(scope="module")
 def moto_server():
-    port = ports.free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=endpoint)
-    image = ssm.get_parameter(Name=AL2023_X86)["Parameter"]["Value"]
-    ssm.put_parameter(Name="/test/dlami/ami-id", Value=image, Type="String", DataType="aws:ec2:image")
-    yield endpoint
-    server.stop()
+    with moto_endpoint("/test/dlami/ami-id") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

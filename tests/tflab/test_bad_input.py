@@ -14,7 +14,7 @@ from concurrent import futures
 import boto3
 import pytest
 
-from tests.conftest import tflab
+from tests.conftest import moto_server as moto_endpoint, tflab
 from tflab import cloud, ports
 from tflab.errors import InputError
 from tflab.ssh import parse_host
@@ -82,19 +82,8 @@ def no_aws(tmp_path):
 
 @pytest.fixture(scope="module")
 def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    port = ports.free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=endpoint)
-    image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
-    ssm.put_parameter(Name=PARAMETER, Value=image["Parameter"]["Value"], Type="String", DataType="aws:ec2:image",
-                      Overwrite=True)
-    yield endpoint
-    ssm.delete_parameter(Name=PARAMETER)
-    server.stop()
+    with moto_endpoint(PARAMETER) as endpoint:
+        yield endpoint
 
 
 def account(endpoint: str) -> dict:
