@@ -111,8 +111,19 @@ def port_of(address: str) -> int:
         return -1
 
 
-def jupyter_active(port: int | None, token_file: str) -> tuple[bool, str]:
-    """Busy kernels or open terminals, by Jupyter's own API."""
+def _when(stamp) -> float:
+    """Jupyter's ISO 8601 UTC time ("2026-11-26T11:50:00.123456Z") as a Unix time; 0 when unreadable."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def jupyter_active(port: int | None, token_file: str, since: float) -> tuple[bool, str]:
+    """A kernel executing now or since the last check (its last_activity moves with its messages, not
+    with a browser polling the REST API), or an open terminal, by Jupyter's own API."""
     if not port:
         return False, "no Jupyter"
     try:
@@ -124,6 +135,9 @@ def jupyter_active(port: int | None, token_file: str) -> tuple[bool, str]:
     busy = [k.get("id", "?")[:8] for k in kernels if k.get("execution_state") in ("busy", "starting")]
     if busy:
         return True, f"{len(busy)} kernel(s) executing"
+    recent = [k for k in kernels if _when(k.get("last_activity")) > since]
+    if recent:
+        return True, f"{len(recent)} kernel(s) active since the last check"
     if terminals:
         return True, f"{len(terminals)} terminal(s) open"
     return False, f"{len(kernels)} kernel(s) idle"
@@ -163,6 +177,7 @@ class Watcher:
         self.first_seen: dict = {}  # connection -> when first seen
         self.bytes: dict = {}  # connection -> bytes at the last check
         self.last_active = self.started
+        self.last_check = self.started
         self.warned = False
 
     def sources(self, policy: dict, lab_ports: dict) -> dict:
@@ -195,7 +210,8 @@ class Watcher:
             found[name] = {"active": moved_here > 0,
                            "detail": f"{moved_here} bytes on port {', '.join(map(str, known))}" if known
                            else "no port known yet"}
-        active, detail = jupyter_active(lab_ports.get("jupyter"), os.path.join(args.workdir, "jupyter-token"))
+        active, detail = jupyter_active(lab_ports.get("jupyter"), os.path.join(args.workdir, "jupyter-token"),
+                                        self.last_check)
         found["jupyter"] = {"active": active, "detail": detail}
         active, detail = gpu_busy(args.gpu_percent)
         found["gpu"] = {"active": active, "detail": detail}
@@ -213,6 +229,7 @@ class Watcher:
         policy = read_policy(args.workdir)
         lab_ports = read_json(os.path.join(p["services"], "ports.json"), {})
         sources = self.sources(policy, lab_ports)
+        self.last_check = t
         active = sorted(name for name, s in sources.items() if s["active"])
         if active:
             self.last_active = t

@@ -249,9 +249,11 @@ def test_a_jupyter_kernel_running_a_loop_keeps_the_lab_and_an_idle_one_does_not(
         wait_until(connection.exists, 30, what="the kernel's connection file")
         client = BlockingKernelClient(connection_file=str(connection))
         client.load_connection_file()
-        client.start_channels()
+        client.start_channels(hb=False)  # a heartbeat missed under load is not what this tests
         client.wait_for_ready(timeout=60)
         client.execute("import time\nwhile True:\n    time.sleep(0.1)")
+        wait_until(lambda: call(f"/kernels/{kernel['id']}")["execution_state"] == "busy", 60, interval=0.2,
+                   what="the cell to run")
         busy.stays_alive_while(lambda: time.sleep(0.3), IDLE + 2, "jupyter")
         call(f"/kernels/{kernel['id']}/interrupt", "POST")  # the cell stops; the kernel stays, idle
         wait_until(lambda: call("/kernels")[0]["execution_state"] == "idle", 30, what="the kernel to be idle")
