@@ -24,7 +24,7 @@ from tflab import ports
 from tflab.client import ServingClient
 
 pytestmark = pytest.mark.slow
-IDLE = 4.0  # seconds without activity before the watchdog acts
+IDLE = 3.0  # seconds without activity before the watchdog acts
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +126,11 @@ def test_an_idle_lab_is_acted_on_and_tflab_autostop_queries_do_not_count(lab, tm
 
 def test_an_ssh_session_at_work_keeps_the_lab(lab, tmp_path):
     busy = lab()
-    command = "for i in $(seq 20); do head -c 30000 /dev/zero | tr '\\0' a; echo; sleep 0.4; done"
+    command = "for i in $(seq 12); do head -c 30000 /dev/zero | tr '\\0' a; echo; sleep 0.4; done"
     session = subprocess.Popen([sys.executable, "-m", "tflab", "ssh", *busy.host_args(tmp_path), "--", "sh", "-c",
                                 command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        busy.stays_alive_while(lambda: time.sleep(0.2), IDLE + 3, "ssh")
+        busy.stays_alive_while(lambda: time.sleep(0.2), IDLE + 2, "ssh")
     finally:
         session.wait(60)
     busy.acts()
@@ -162,7 +162,7 @@ def test_a_tunnel_carrying_traffic_keeps_the_lab(lab, tmp_path):
                     got += len(s.recv(65536))
             time.sleep(0.3)
 
-        busy.stays_alive_while(traffic, IDLE + 3, "ssh")
+        busy.stays_alive_while(traffic, IDLE + 2, "ssh")
         view = busy.view()  # an open tunnel that carries nothing is not activity
     finally:
         tunnel.send_signal(signal.SIGTERM)
@@ -182,7 +182,7 @@ def test_predict_calls_keep_the_lab(lab, lab_steps_run):
         with ServingClient(f"127.0.0.1:{grpc}", timeout=10) as client:
             client.wait_available("nn", timeout=120)
             busy = lab({"serving": grpc})
-            busy.stays_alive_while(lambda: (client.predict([1.0, 2.0]), time.sleep(0.3)), IDLE + 3, "serving")
+            busy.stays_alive_while(lambda: (client.predict([1.0, 2.0]), time.sleep(0.3)), IDLE + 2, "serving")
     finally:
         server.terminate()
         server.wait(30)
