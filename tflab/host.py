@@ -108,6 +108,10 @@ class Host(ABC):
         """What the report says of the host beyond its name and python (address, GPUs, ...)."""
         return {}
 
+    def phase_marks(self) -> dict[str, float]:
+        """When each of its own phases of prepare ended (time.monotonic()), for the report's timings."""
+        return {}
+
     def close(self) -> None:
         """End what the host holds on this machine (connections, tunnels); idempotent."""
 

@@ -30,7 +30,7 @@ from tflab.host import Host, Service
 from tflab.ports import LAB_PORTS
 from tflab.report import (HostInfo, JupyterInfo, Prediction, Report, ServerInfo, TensorBoardInfo,
                           steps_sections)
-from tflab.serving import quiet_tensorflow_env, server_command
+from tflab.serving import ServerCommand, quiet_tensorflow_env, server_command
 from tflab.waiting import poll
 
 log = logging.getLogger(__name__)
@@ -148,102 +148,113 @@ class LabRun:
     def execute(self) -> Report:
         """Run every step; serve, predict, check TensorBoard and Jupyter from here; return the report.
         Raises LabStepError, UnreachableError, and the host's errors."""
-        host, options, console = self.host, self.options, self.console
+        host, console = self.host, self.console
         started = time.monotonic()
         host.prepare(console)
         self.on_prepared(host)
         prepared = time.monotonic()
-        wanted = dict(options.ports)
+        wanted = dict(self.options.ports)
         if host.jupyter_token_file is None:
             wanted.pop("jupyter", None)
         ports = host.choose_ports(wanted, console)
-        workdir = host.workdir
-        model_base = posixpath.join(workdir, "models", options.model_name)
-        logs_root = posixpath.join(workdir, "logs")
         env = quiet_tensorflow_env()
+        server, services = self._start_services(ports, env)
+        host.forward(ports, LOCAL_PORTS, console)
+        steps = self._steps(env)
+        timings = {"steps": self._steps_seconds}
+        result = self._predict(steps["export"]["version"], services["model-server"], prepared, timings)
+        basics, training, tensorflow, artifacts = steps_sections(steps)
+        tags, jupyter = self._check_from_here(posixpath.basename(artifacts.logdir), services)
+        timings["total"] = time.monotonic() - prepared
+        with console.waiting(f"fetching the plot into {self.out}"):
+            plot = host.fetch(artifacts.plot, self.out)
+        fetched = artifacts if str(plot) == artifacts.plot else dataclasses.replace(artifacts, plot=str(plot))
+        marks = {"prepare": prepared, **host.phase_marks(), "lab": prepared + timings["total"]}
+        timings |= {f"phase_{k}": v - started for k, v in marks.items()}
+        timings["phase_total"] = time.monotonic() - started
 
-        server = server_command(host, model_base_path=model_base, model_name=options.model_name,
-                                port=ports["serving"], rest_port=ports.get("rest", 0),
+        local = {name: host.local_port(name) for name in ports if ports[name]}
+        rest = f"127.0.0.1:{local['rest']}" if "rest" in local else None
+        tensorboard = f"http://127.0.0.1:{local['tensorboard']}/"
+        self.report = Report(
+            host=HostInfo(name=host.name, python=host.python, ports=ports,
+                          gpus_tensorflow=list(tensorflow.get("gpus", [])), **host.facts()),
+            basics=basics, training=training,
+            predictions=[Prediction(x, y, noise_free(x)) for x, y in zip(result.inputs, result.outputs)],
+            server=ServerInfo(kind=server.kind, address=f"127.0.0.1:{local['serving']}",
+                              listen=f"{server.listen}:{server.port}", model_name=server.model_name,
+                              version=result.version, rest_address=rest, model_base_path=server.model_base_path),
+            tensorboard=TensorBoardInfo(tensorboard, sorted(tags)),
+            tensorflow=tensorflow, artifacts=fetched, timings={k: round(v, 3) for k, v in timings.items()},
+            urls={"tensorboard": tensorboard, "jupyter": jupyter.url if jupyter else None,
+                  "serving_grpc": f"127.0.0.1:{local['serving']}",
+                  "serving_rest": f"http://{rest}/v1/models/{self.options.model_name}" if rest else None},
+            jupyter=jupyter, remote_artifacts=artifacts if fetched is not artifacts else None)
+        self.report.save(self.out / "report.json")
+        return self.report
+
+    def _start_services(self, ports: dict[str, int], env: dict) -> tuple[ServerCommand, dict[str, Service]]:
+        """The model server, TensorBoard and (where the host has it) Jupyter, started before the steps so
+        that their start-up overlaps them; returns the server's command and the services by name."""
+        host, options, console = self.host, self.options, self.console
+        workdir = host.workdir
+        logs_root = posixpath.join(workdir, "logs")
+        server = server_command(host, model_base_path=posixpath.join(workdir, "models", options.model_name),
+                                model_name=options.model_name, port=ports["serving"], rest_port=ports.get("rest", 0),
                                 prefer_builtin=options.prefer_builtin_server, kind=host.serving)
-        server_svc = self._start("model-server", server.argv, env, ports["serving"], server.describe())
+        services = {"model-server": self._start("model-server", server.argv, env, ports["serving"], server.describe())}
         if server.exposure():
             console.warn(server.exposure())
-        tb_svc = self._start("tensorboard", tensorboard_command(host, logs_root, ports["tensorboard"]), env,
-                             ports["tensorboard"], f"TensorBoard on 127.0.0.1:{ports['tensorboard']} over {logs_root}")
-        jupyter_svc = None
+        services["tensorboard"] = self._start(
+            "tensorboard", tensorboard_command(host, logs_root, ports["tensorboard"]), env, ports["tensorboard"],
+            f"TensorBoard on 127.0.0.1:{ports['tensorboard']} over {logs_root}")
         if "jupyter" in ports:
             notebooks = posixpath.join(workdir, "notebooks")
             host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
                       host.remote_dir, "--workdir", workdir, "--port", str(ports["serving"])],
                      step="notebooks", timeout=60)
-            jupyter_svc = self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
-                                      {"JUPYTER_TOKEN_FILE": host.jupyter_token_file}, ports["jupyter"],
-                                      f"JupyterLab on 127.0.0.1:{ports['jupyter']} over {notebooks}")
-        host.forward(ports, LOCAL_PORTS, console)
+            services["jupyter"] = self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
+                                              {"JUPYTER_TOKEN_FILE": host.jupyter_token_file}, ports["jupyter"],
+                                              f"JupyterLab on 127.0.0.1:{ports['jupyter']} over {notebooks}")
+        return server, services
 
-        steps = self._steps(env)
-        lab_started = prepared
-        timings = {"steps": self._steps_seconds}
-        version = steps["export"]["version"]
+    def _alive(self, service: Service) -> Callable[[], None]:
+        """A check that raises when waiting for service is pointless: it died, or the way here is gone."""
+        def check() -> None:
+            self.host.check_forwarding()
+            if not self.host.service_alive(service):
+                raise LabStepError(service.name, "stopped unexpectedly", tail=self.host.read_log(service),
+                                   hint=f"its log is {service.log_path}")
+        return check
 
-        def alive(service: Service) -> Callable[[], None]:
-            def check() -> None:
-                host.check_forwarding()
-                if not host.service_alive(service):
-                    raise LabStepError(service.name, "stopped unexpectedly", tail=host.read_log(service),
-                                       hint=f"its log is {service.log_path}")
-            return check
-
+    def _predict(self, version: int, server: Service, since: float, timings: dict):
+        """Wait until the exported version is AVAILABLE, then call Predict from this machine."""
         from tflab.client import ServingClient
 
-        address = f"127.0.0.1:{host.local_port('serving')}"
-        with console.waiting(f"waiting for {options.model_name} version {version} to be AVAILABLE at {address}"):
+        name = self.options.model_name
+        address = f"127.0.0.1:{self.host.local_port('serving')}"
+        with self.console.waiting(f"waiting for {name} version {version} to be AVAILABLE at {address}"):
             with ServingClient(address, timeout=10.0) as client:
-                client.wait_available(options.model_name, version=version, timeout=options.ready_timeout,
-                                      alive=alive(server_svc))
-                timings["serving_ready"] = time.monotonic() - lab_started
-                result = client.predict(PREDICT_XS, model=options.model_name, signature="prediction")
-        timings["first_prediction"] = time.monotonic() - lab_started
-        predictions = [Prediction(x, y, noise_free(x)) for x, y in zip(result.inputs, result.outputs)]
+                client.wait_available(name, version=version, timeout=self.options.ready_timeout,
+                                      alive=self._alive(server))
+                timings["serving_ready"] = time.monotonic() - since
+                result = client.predict(PREDICT_XS, model=name, signature="prediction")
+        timings["first_prediction"] = time.monotonic() - since
+        return result
 
-        basics, training, tensorflow, artifacts = steps_sections(steps)
-        run_name = posixpath.basename(artifacts.logdir)
-        tb_port = host.local_port("tensorboard")
+    def _check_from_here(self, run_name: str, services: dict[str, Service]) -> tuple[dict, JupyterInfo | None]:
+        """TensorBoard lists the run, and Jupyter (where there is one) answers with its notebooks."""
+        host, console, timeout = self.host, self.console, self.options.ready_timeout
         with console.waiting(f"waiting for TensorBoard to list run {run_name}"):
-            tags = wait_tensorboard(tb_port, run_name, options.ready_timeout, alive(tb_svc))
-        jupyter = None
-        if jupyter_svc is not None:
-            token = host.read_text(host.jupyter_token_file).strip()
-            jupyter_port = host.local_port("jupyter")
-            with console.waiting("waiting for JupyterLab"):
-                listed = wait_jupyter(jupyter_port, token, options.ready_timeout, alive(jupyter_svc))
-            jupyter = JupyterInfo(f"http://127.0.0.1:{jupyter_port}/lab?token={token}", listed)
-        timings["total"] = time.monotonic() - lab_started
-
-        facts = host.facts()
-        local = {name: host.local_port(name) for name in ports if ports[name]}
-        with console.waiting(f"fetching the plot into {self.out}"):
-            plot = host.fetch(artifacts.plot, self.out)
-        fetched = artifacts if str(plot) == artifacts.plot else dataclasses.replace(artifacts, plot=str(plot))
-        marks = {"prepare": prepared, **getattr(host, "marks", {}), "lab": lab_started + timings["total"]}
-        timings |= {f"phase_{k}": v - started for k, v in marks.items()}
-        timings["phase_total"] = time.monotonic() - started
-        rest = f"127.0.0.1:{local['rest']}" if "rest" in local else None
-        self.report = Report(
-            host=HostInfo(name=host.name, python=host.python, ports=ports,
-                          gpus_tensorflow=list(tensorflow.get("gpus", [])), **facts),
-            basics=basics, training=training, predictions=predictions,
-            server=ServerInfo(kind=server.kind, address=f"127.0.0.1:{local['serving']}",
-                              listen=f"{server.listen}:{server.port}", model_name=server.model_name,
-                              version=result.version, rest_address=rest, model_base_path=server.model_base_path),
-            tensorboard=TensorBoardInfo(f"http://127.0.0.1:{tb_port}/", sorted(tags)),
-            tensorflow=tensorflow, artifacts=fetched, timings={k: round(v, 3) for k, v in timings.items()},
-            urls={"tensorboard": f"http://127.0.0.1:{tb_port}/", "jupyter": jupyter.url if jupyter else None,
-                  "serving_grpc": f"127.0.0.1:{local['serving']}",
-                  "serving_rest": f"http://{rest}/v1/models/{options.model_name}" if rest else None},
-            jupyter=jupyter, remote_artifacts=artifacts if fetched is not artifacts else None)
-        self.report.save(self.out / "report.json")
-        return self.report
+            tags = wait_tensorboard(host.local_port("tensorboard"), run_name, timeout,
+                                    self._alive(services["tensorboard"]))
+        if "jupyter" not in services:
+            return tags, None
+        token = host.read_text(host.jupyter_token_file).strip()
+        port = host.local_port("jupyter")
+        with console.waiting("waiting for JupyterLab"):
+            listed = wait_jupyter(port, token, timeout, self._alive(services["jupyter"]))
+        return tags, JupyterInfo(f"http://127.0.0.1:{port}/lab?token={token}", listed)
 
     def _start(self, name: str, argv: list[str], env: dict, port: int, what: str) -> Service:
         service = self.host.start_service(name, argv, log_path=posixpath.join(self.host.workdir, "services",

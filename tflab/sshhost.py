@@ -230,6 +230,9 @@ class SshHost(Host):
                 "tunnel_client": self.tunnels.client if self.tunnels else None,
                 "gpus_nvidia_smi": [line for line in gpus.splitlines() if line.startswith("GPU")]}
 
+    def phase_marks(self) -> dict[str, float]:
+        return dict(self.marks)
+
     def close(self) -> None:
         if self.tunnels is not None:
             self.tunnels.stop()
