@@ -1,54 +1,95 @@
-"""Predict against the stand-in model server: sequential p50/p99, and calls/s with 8 client threads.
+"""Predict against the stand-in model server, next to the Python gRPC floor, in one run.
 
-Client and server share this machine's cores. Prints the figures; nothing is asserted.
+The floor is a plain grpcio server (a thread pool of the same size) that answers every Predict with a
+prebuilt response, in its own process, driven by the same tflab client. Figures: sequential p50/p99,
+calls/s with 8 client threads, the same over REST (urllib, one connection per call as TF Serving's
+REST API closes none but the stand-in closes each), and the server's memory at rest (VmRSS).
+Client and servers share this machine's cores. Prints the figures and the ratios; nothing is asserted.
+
+    python bench/serving.py [--server remote/model_server.py] [--calls 2000] [--seconds 5] [--threads 8]
+                            [--rounds 3] [--extra=--enable_batching ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
+from concurrent import futures
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import served_model  # noqa: E402
+from common import ENV, PY, REPO, export_model  # noqa: E402
 
 from tflab.client import ServingClient  # noqa: E402
 
 XS = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
-def sequential(client: ServingClient, n: int) -> list[float]:
+def floor_server(port: int, threads: int) -> None:
+    """The floor: a grpcio server answering every Predict with one prebuilt response (runs until killed)."""
+    import grpc
+
+    from tflab.client import serving_apis
+
+    apis = serving_apis()
+    response = apis.predict_pb2.PredictResponse()
+    response.model_spec.name, response.model_spec.signature_name = "nn", "prediction"
+    response.model_spec.version.value = 1
+    out = response.outputs["output"]
+    out.dtype = 1
+    out.tensor_shape.dim.add().size = len(XS)
+    out.tensor_shape.dim.add().size = 1
+    out.float_val.extend(0.5 * x + 2.5 for x in XS)
+
+    class Servicer(apis.prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    apis.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+def sequential(call, n: int) -> list[float]:
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        client.predict(XS)
+        call()
         times.append(time.perf_counter() - started)
     return times
 
 
-def threaded(address: str, threads: int, seconds: float) -> tuple[int, list[float]]:
+def threaded(make_call, threads: int, seconds: float) -> tuple[int, list[float]]:
     latencies: list[float] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
-    def worker(client: ServingClient) -> None:
+    def worker() -> None:
+        call = make_call()
         mine = []
         while time.monotonic() < stop:
             started = time.perf_counter()
-            client.predict(XS)
+            call()
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
 
-    with ServingClient(address) as client:  # one channel shared by the threads, as gRPC intends
-        pool = [threading.Thread(target=worker, args=(client,)) for _ in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
     return len(latencies), latencies
 
 
@@ -56,22 +97,92 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def grpc_figures(address: str, calls: int, threads: int, seconds: float) -> dict:
+    with ServingClient(address) as client:
+        sequential(lambda: client.predict(XS), 200)  # warm-up
+        seq = sequential(lambda: client.predict(XS), calls)
+        # One channel shared by the threads, as gRPC intends.
+        count, lat = threaded(lambda: (lambda: client.predict(XS)), threads, seconds)
+    return {"p50": pct(seq, 0.5), "p99": pct(seq, 0.99), "mean": statistics.mean(seq) * 1000,
+            "calls_s": count / seconds, "t_p50": pct(lat, 0.5), "t_p99": pct(lat, 0.99)}
+
+
+def rest_figures(rest_port: int, calls: int, threads: int, seconds: float) -> dict:
+    url = f"http://127.0.0.1:{rest_port}/v1/models/nn:predict"
+    body = json.dumps({"signature_name": "prediction", "instances": [[x] for x in XS]}).encode()
+
+    def call():
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+            r.read()
+
+    sequential(call, 100)
+    seq = sequential(call, calls)
+    count, lat = threaded(lambda: call, threads, seconds)
+    return {"p50": pct(seq, 0.5), "p99": pct(seq, 0.99), "calls_s": count / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--server", default=str(REPO / "remote" / "model_server.py"), help="the stand-in to measure")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved floor/stand-in rounds")
+    parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)  # internal: run the floor on this port
+    parser.add_argument("--extra", nargs="*", default=[], help="extra server flags, e.g. --extra=--enable_batching")
     args = parser.parse_args()
-    with served_model() as address:
-        with ServingClient(address) as client:
-            sequential(client, 200)  # warm-up
-            seq = sequential(client, args.calls)
-        print(f"# Predict, 7 inputs, stand-in server on {address}")
-        print(f"sequential x{args.calls}: p50 {pct(seq, 0.5):.2f} ms, p99 {pct(seq, 0.99):.2f} ms, "
-              f"mean {statistics.mean(seq) * 1000:.2f} ms")
-        count, lat = threaded(address, args.threads, args.seconds)
-        print(f"{args.threads} threads x {args.seconds:g} s: {count / args.seconds:.0f} calls/s, "
-              f"p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms")
+    if args.floor_server:
+        return floor_server(args.floor_server, 8)
+    from tflab import ports
+
+    env = {**os.environ, **ENV}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = export_model(Path(tmp))
+        port, rest, floor_port = ports.free_port(), ports.free_port(), ports.free_port()
+        server = subprocess.Popen([PY, args.server, f"--port={port}", f"--rest_api_port={rest}", "--model_name=nn",
+                                   f"--model_base_path={base}", *args.extra],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        floor = subprocess.Popen([PY, __file__, f"--floor-server={floor_port}"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, env=env, text=True)
+        try:
+            with ServingClient(f"127.0.0.1:{port}") as client:
+                client.wait_available("nn", timeout=120)
+            floor.stdout.readline()
+            time.sleep(1.0)
+            rest_rss = rss_mb(server.pid)
+            rounds = []
+            for _ in range(args.rounds):  # interleaved, so that both see the same load on a shared machine
+                floor_fig = grpc_figures(f"127.0.0.1:{floor_port}", args.calls, args.threads, args.seconds)
+                fig = grpc_figures(f"127.0.0.1:{port}", args.calls, args.threads, args.seconds)
+                rounds.append((floor_fig, fig))
+            rest_fig = rest_figures(rest, args.calls // 2, args.threads, args.seconds)
+            after_rss = rss_mb(server.pid)
+        finally:
+            for p in (server, floor):
+                p.terminate()
+                p.wait(10)
+    print(f"# Predict, 7 inputs; stand-in {args.server} {' '.join(args.extra)}; {args.rounds} interleaved rounds")
+    for i, (floor_fig, fig) in enumerate(rounds, 1):
+        for name, f in (("floor (grpcio, prebuilt answer)", floor_fig), ("stand-in gRPC", fig)):
+            print(f"round {i} {name}: sequential x{args.calls} p50 {f['p50']:.2f} ms, p99 {f['p99']:.2f} ms, "
+                  f"mean {f['mean']:.2f} ms; {args.threads} threads x {args.seconds:g} s: {f['calls_s']:.0f} calls/s, "
+                  f"p50 {f['t_p50']:.2f} ms, p99 {f['t_p99']:.2f} ms")
+    print(f"stand-in REST (instances, one connection per call): sequential x{args.calls // 2} p50 {rest_fig['p50']:.2f} "
+          f"ms, p99 {rest_fig['p99']:.2f} ms; {args.threads} threads: {rest_fig['calls_s']:.0f} calls/s")
+    print(f"stand-in memory: {rest_rss:.0f} MB at rest, {after_rss:.0f} MB after the run")
+    seq = [fig["p50"] / floor_fig["p50"] for floor_fig, fig in rounds]
+    thr = [fig["calls_s"] / floor_fig["calls_s"] for floor_fig, fig in rounds]
+    print(f"ratios (median of rounds [min-max]): sequential p50 {statistics.median(seq):.2f}x the floor "
+          f"[{min(seq):.2f}-{max(seq):.2f}] (goal <= 1.5x); {args.threads}-thread calls/s "
+          f"{statistics.median(thr):.2f}x the floor [{min(thr):.2f}-{max(thr):.2f}] (goal >= 0.7x)")
 
 
 if __name__ == "__main__":

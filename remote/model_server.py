@@ -3,26 +3,34 @@
 
 TensorFlow Serving's binary is not installable everywhere (no PyPI or Debian package), so
 tflab falls back to this small server, on this machine (`--local`) and on lab hosts that
-have neither Docker nor the apt package. It takes TensorFlow Serving's own flags and speaks
-its API from tensorflow-serving-api, so the same client works against either:
+have neither Docker nor the apt package. It takes TensorFlow Serving's flags (model_servers/main.cc;
+those it does not implement are a one-line warning) and answers as TensorFlow Serving does, so code
+written for either works against both:
 
-- PredictionService.Predict and GetModelMetadata,
-- ModelService.GetModelStatus,
-- optionally the REST API's GET /v1/models/<name> and POST /v1/models/<name>:predict.
+- PredictionService: Predict (answers in the typed fields, float_val..., as predict_util.cc does),
+  GetModelMetadata; Classify, Regress and MultiInference check the signature as TF Serving does and
+  answer UNIMPLEMENTED for classify/regress signatures, which this server does not run;
+- ModelService: GetModelStatus, HandleReloadConfigRequest (a new model_config_list);
+- the REST API (g3doc/api_rest.md): status, metadata, predict in the row and columnar formats, with
+  versions and labels in the path; classify/regress as for gRPC;
+- --model_config_file (several models, version policies latest/all/specific, version labels),
+  --monitoring_config_file (Prometheus metrics over REST), --grpc_socket_path, --saved_model_tags,
+  --enable_model_warmup, --tensorflow_*_parallelism.
 
-As TF Serving does, it watches --model_base_path for numeric version folders, serves the
-highest one, and loads a newly exported version without a restart (the old one ends).
-Errors carry TF Serving's status codes: unknown model or version NOT_FOUND, unknown signature
-FAILED_PRECONDITION, a wrong input key, dtype or shape INVALID_ARGUMENT.
+Each version runs, as in TF Serving, in a TensorFlow session over the SavedModel's graph, fed and
+fetched by the tensor names of its SignatureDefs. As TF Serving does, it watches each model's base path
+for numeric version folders, serves those its version policy wants (the highest one by default), and
+loads a newly exported version without a restart (the old one ends). Errors carry TF Serving's status
+codes and messages.
 
 Any local user (and anyone through the SSH tunnel) can reach it, so requests are bounded: see the
 limits below. A request over a limit gets a short error (gRPC INVALID_ARGUMENT or RESOURCE_EXHAUSTED,
 HTTP 400/408/411/413), never a crash, a hang or an echo of its payload.
 
-It ships to lab hosts as a plain file and imports only TensorFlow, grpcio,
+It ships to lab hosts as a plain file and imports only TensorFlow, numpy, grpcio,
 tensorflow-serving-api and the standard library.
 
-Usage: python3 model_server.py --port=9000 --model_name=nn --model_base_path=/path/to/nn
+Usage: python3 model_server.py --port=9000 (--model_name=nn --model_base_path=/path/to/nn | --model_config_file=F)
                                [--rest_api_port=8501] [--host=127.0.0.1]
                                [--file_system_poll_wait_seconds=1] [--threads=8]
                                [--rest_api_timeout_in_ms=30000] [--rest_api_num_threads=4*CPUs]
@@ -44,9 +52,13 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+
 log = logging.getLogger("tflab.model_server")
 
 PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 DEFAULT_SIGNATURE = "serving_default"
 
 # --------------------------------------------------------------------------- limits
@@ -108,113 +120,377 @@ class ServingError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
 class LoadedVersion:
-    """One loaded version of the model: its signatures and their SignatureDefs."""
+    """One loaded version of a model: a TensorFlow session over its SavedModel's graph, as TF Serving runs it.
 
-    version: int
-    path: str
-    signatures: dict  # name -> concrete function
-    signature_defs: dict  # name -> SignatureDef proto (as TF Serving reports them)
-    keepalive: object = None  # the loaded SavedModel object, which owns the functions
+    TF Serving feeds and fetches the tensors a SignatureDef names (predict_util.cc RunPredict ->
+    Session::Run); so does this, through one cached session callable per (signature, outputs).
+    """
+
+    def __init__(self, tf, path: str, version: int, tags: list[str], config=None):
+        self.version = version
+        self.path = path
+        graph = tf.Graph()
+        with graph.as_default():
+            self.session = tf.compat.v1.Session(graph=graph, config=config)
+            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, tags, path)
+        self.signature_defs = dict(meta_graph.signature_def)
+        self.callables: dict = {}
+        self.lock = threading.Lock()
+        self.batching: BatchingParameters | None = None  # --enable_batching
+        self.batchers: dict = {}
+        self.specs: dict = {}
+
+    def spec(self, tf, signature_name: str) -> tuple:
+        """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings, dims or None)} and its
+        sorted output keys, read once from its SignatureDef."""
+        found = self.specs.get(signature_name)
+        if found is None:
+            sig = self.signature_defs[signature_name]
+            inputs = {}
+            for key, info in sig.inputs.items():
+                want = tf.as_dtype(info.dtype)
+                dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+                inputs[key] = (want, None if want == tf.string else np.dtype(want.as_numpy_dtype), dims)
+            found = self.specs[signature_name] = (inputs, tuple(sorted(sig.outputs)))
+        return found
+
+    def runner(self, signature_name: str, input_keys: tuple, output_keys: tuple):
+        """A session callable feeding input_keys and fetching output_keys of a signature (cached)."""
+        key = (signature_name, input_keys, output_keys)
+        fn = self.callables.get(key)
+        if fn is None:
+            sig = self.signature_defs[signature_name]
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions()
+            options.feed.extend(sig.inputs[k].name for k in input_keys)
+            options.fetch.extend(sig.outputs[k].name for k in output_keys)
+            with self.lock:  # TF_SessionMakeCallable: ten times less Python per call than Session.run
+                fn = self.session._make_callable_from_options(options)
+                if len(self.callables) < 256:
+                    self.callables[key] = fn
+        return fn
+
+    def batcher(self, key: tuple, fn) -> "Batcher":
+        """The batch queue of one (signature, inputs, outputs, input dtypes and inner shapes)."""
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            with self.lock:
+                batcher = self.batchers.get(key)
+                if batcher is None:
+                    batcher = self.batchers[key] = Batcher(fn, self.batching)
+        return batcher
+
+    def close(self) -> None:
+        """Stop its batch threads; the session ends with the last request that holds it."""
+        for batcher in list(self.batchers.values()):
+            batcher.stop.set()
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """--batching_parameters_file (servables/tensorflow/session_bundle_config.proto BatchingParameters), with
+    the defaults of TensorFlow's BasicBatchScheduler where a field is not given."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = os.cpu_count() or 1
+
+
+def read_batching_parameters(path: str | None) -> BatchingParameters:
+    """The fields this server implements, from a BatchingParameters text proto; warns about the others."""
+    import re
+
+    if not path:
+        return BatchingParameters()
+    with open(path) as f:
+        text = f.read()
+    values = {}
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        found = re.search(rf"\b{name}\s*:?\s*\{{\s*value\s*:\s*(\d+)\s*\}}", text)
+        if found:
+            values[name] = int(found.group(1))
+    for name in ("allowed_batch_sizes", "pad_variable_length_inputs", "enable_large_batch_splitting",
+                 "max_execution_batch_size", "thread_pool_name"):
+        if re.search(rf"\b{name}\b", text):
+            print(f"model_server: warning: {name} in the batching parameters is not implemented here; ignored",
+                  file=sys.stderr, flush=True)
+    params = BatchingParameters(**values)
+    if min(params.max_batch_size, params.max_enqueued_batches, params.num_batch_threads) < 1:
+        raise ServingError("INVALID_ARGUMENT", "max_batch_size, max_enqueued_batches and num_batch_threads must be "
+                                               "at least 1")
+    return params
+
+
+class Batcher:
+    """Requests to one signature merged into one session run along their first dimension (TF Serving's
+    BatchingSession over a BasicBatchScheduler): a batch runs when it holds max_batch_size rows, or when its
+    first request has waited batch_timeout_micros, on one of num_batch_threads threads."""
+
+    def __init__(self, fn, params: BatchingParameters):
+        import queue
+
+        self.fn = fn
+        self.params = params
+        self.queue: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        for i in range(params.num_batch_threads):
+            threading.Thread(target=self.loop, name=f"batch-{i}", daemon=True).start()
+
+    def submit(self, arrays: list, rows: int) -> list:
+        """Run arrays (rows rows each) as part of a batch; returns their own rows of the outputs."""
+        if rows > self.params.max_batch_size:  # batch_scheduler.h, without large batch splitting
+            raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch size "
+                                                   f"{self.params.max_batch_size}")
+        if self.queue.qsize() >= self.params.max_enqueued_batches * self.params.max_batch_size:
+            raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
+        task = {"arrays": arrays, "rows": rows, "done": threading.Event(), "at": time.monotonic()}
+        self.queue.put(task)
+        if not task["done"].wait(60):
+            raise ServingError("DEADLINE_EXCEEDED", "the batch did not run within 60 s")
+        if "error" in task:
+            raise task["error"]
+        return task["values"]
+
+    def loop(self) -> None:
+        import queue
+
+        carry = None
+        timeout = self.params.batch_timeout_micros / 1e6
+        while not self.stop.is_set():
+            if carry is None:
+                try:
+                    carry = self.queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+            batch, size, carry = [carry], carry["rows"], None
+            deadline = batch[0]["at"] + timeout
+            while size < self.params.max_batch_size:
+                try:
+                    remaining = deadline - time.monotonic()
+                    task = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if size + task["rows"] > self.params.max_batch_size:
+                    carry = task
+                    break
+                batch.append(task)
+                size += task["rows"]
+            try:
+                if len(batch) == 1:
+                    batch[0]["values"] = self.fn(*batch[0]["arrays"])
+                else:
+                    merged = [np.concatenate(parts) for parts in zip(*(t["arrays"] for t in batch))]
+                    values = self.fn(*merged)
+                    start = 0
+                    for t in batch:
+                        end = start + t["rows"]
+                        t["values"] = [v[start:end] if v.ndim and v.shape[0] == size else v for v in values]
+                        start = end
+            except Exception as exc:  # every request of the batch gets the error
+                for t in batch:
+                    t["error"] = exc
+            for t in batch:
+                t["done"].set()
+
+
+def parse_policy(config) -> tuple:
+    """A ModelConfig's model_version_policy as ("latest", n) | ("all",) | ("specific", versions)."""
+    policy = config.model_version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return ("all",)
+    if which == "specific":
+        return ("specific", frozenset(policy.specific.versions))
+    return ("latest", max(1, policy.latest.num_versions or 1))
 
 
 @dataclass
 class ModelState:
-    """What the server serves now, and the state of every version it has seen."""
+    """One model: its versions loaded now, and the state of every version it has seen."""
 
     name: str
     base_path: str
-    current: LoadedVersion | None = None
+    policy: tuple = ("latest", 1)
+    labels: dict = field(default_factory=dict)  # label -> version
+    loaded: dict = field(default_factory=dict)  # version -> LoadedVersion
     states: dict = field(default_factory=dict)  # version -> (state name, error message)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    removed: bool = False
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        loaded = self.loaded
+        return loaded[max(loaded)] if loaded else None
+
+
+class Models:
+    """Every model the server serves (one from --model_name, or a --model_config_file's list)."""
+
+    def __init__(self, tf, tags: list[str], warmup: bool = False):
+        self.tf = tf
+        self.tags = tags
+        self.warmup = warmup
+        self.session_config = None  # a ConfigProto (--tensorflow_*_parallelism)
+        self.batching: BatchingParameters | None = None  # --enable_batching
+        self.by_name: dict[str, ModelState] = {}
+        self.lock = threading.Lock()
+
+    def configure(self, entries: list[tuple]) -> None:
+        """Serve exactly these (name, base_path, policy, labels) entries (TF Serving's ReloadConfig)."""
+        with self.lock:
+            new = {}
+            for name, base_path, policy, labels in entries:
+                model = self.by_name.get(name)
+                if model is None or model.base_path != base_path:
+                    model = ModelState(name, base_path)
+                model.policy, model.labels = policy, dict(labels)
+                new[name] = model
+            for name, model in self.by_name.items():
+                if new.get(name) is not model:
+                    model.removed = True
+                    unload_all(model)
+            self.by_name = new
+
+    def get(self, name: str) -> ModelState | None:
+        return self.by_name.get(name)
+
+    def all(self) -> list[ModelState]:
+        return list(self.by_name.values())
 
 
 def numeric_versions(base_path: str) -> list[int]:
     """The version folders under base_path, ascending (only complete, all-digit names)."""
     try:
         names = os.listdir(base_path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(base_path, n)))
 
 
-def load_version(tf, base_path: str, version: int) -> LoadedVersion:
-    """Load one SavedModel version and read its SignatureDefs from saved_model.pb."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    path = os.path.join(base_path, str(version))
-    loaded = tf.saved_model.load(path)
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    signature_defs = dict(proto.meta_graphs[0].signature_def)
-    return LoadedVersion(version, path, dict(loaded.signatures), signature_defs, keepalive=loaded)
+def wanted_versions(policy: tuple, on_disk: list[int]) -> set[int]:
+    """The versions a version policy serves among those on disk (TF Serving's servable_version_policy)."""
+    if policy[0] == "all":
+        return set(on_disk)
+    if policy[0] == "specific":
+        return {v for v in on_disk if v in policy[1]}
+    return set(on_disk[-policy[1]:])
 
 
-def poll_once(tf, model: ModelState) -> None:
-    """Load the highest version if it is newer than the one served (TF Serving's latest-1 policy)."""
-    versions = numeric_versions(model.base_path)
-    if not versions:
-        return
-    newest = versions[-1]
-    current = model.current
-    if current is not None and current.version >= newest:
-        return
-    if model.states.get(newest, ("", ""))[0] == "END":  # failed before; do not retry every poll
-        return
+def unload_all(model: ModelState) -> None:
     with model.lock:
-        model.states[newest] = ("LOADING", "")
-    try:
-        loaded = load_version(tf, model.base_path, newest)
-        # Warm up, as TF Serving can: the first call traces nothing but allocates.
-        fn = loaded.signatures.get(DEFAULT_SIGNATURE) or next(iter(loaded.signatures.values()))
-        _, kwargs = fn.structured_input_signature
-        if len(kwargs) == 1:
-            (key, spec), = kwargs.items()
-            if spec.dtype == tf.float32 and spec.shape.rank == 2 and spec.shape[1] is not None:
-                fn(**{key: tf.zeros([1, spec.shape[1]], tf.float32)})
-    except Exception as exc:  # a broken export must not stop the server
-        log.error("could not load %s version %d: %s", model.name, newest, exc)
+        for v, loaded in model.loaded.items():
+            model.states[v] = ("END", "")
+            loaded.close()
+        model.loaded = {}
+
+
+def warm_up(tf, name: str, loaded: LoadedVersion) -> None:
+    """Replay assets.extra/tf_serving_warmup_requests (PredictionLog records), as --enable_model_warmup does."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(loaded.path, "assets.extra", "tf_serving_warmup_requests")
+    if not os.path.exists(path):
+        return
+    count = 0
+    for record in tf.compat.v1.io.tf_record_iterator(path):
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        if entry.WhichOneof("log_type") == "predict_log":
+            predict(tf, loaded, entry.predict_log.request)
+        count += 1
+        if count >= 1000:  # TF Serving's kMaxNumRecordsPerFile
+            break
+    log.info("warmed up %s version %d with %d requests", name, loaded.version, count)
+
+
+def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
+    """Load the versions the policy wants that are not loaded; unload those it no longer wants."""
+    if model.removed:
+        return
+    on_disk = numeric_versions(model.base_path)
+    wanted = wanted_versions(model.policy, on_disk)
+    for version in sorted(wanted):
+        if version in model.loaded or model.states.get(version, ("", ""))[0] == "END":
+            continue  # loaded, or failed/unloaded before: do not retry every poll
         with model.lock:
-            model.states[newest] = ("END", f"could not load: {exc}")
-        return
-    with model.lock:
-        old = model.current
-        model.current = loaded
-        model.states[newest] = ("AVAILABLE", "")
-        if old is not None:
-            model.states[old.version] = ("END", "")
-    log.info("Successfully loaded servable version {name: %s version: %d}", model.name, newest)
-    print(f"serving {model.name} version {newest} from {loaded.path}", flush=True)
-
-
-def watch(tf, model: ModelState, interval: float, stop: threading.Event) -> None:
-    """Poll the base path until stop is set."""
-    while not stop.is_set():
+            model.states[version] = ("LOADING", "")
         try:
-            poll_once(tf, model)
-        except Exception:  # keep watching whatever happens
-            log.exception("polling %s failed", model.base_path)
+            loaded = LoadedVersion(tf, os.path.join(model.base_path, str(version)), version,
+                                   models.tags if models else ["serve"], models.session_config if models else None)
+            loaded.batching = models.batching if models else None
+            if models is not None and models.warmup:
+                warm_up(tf, model.name, loaded)
+            warm_default(tf, loaded)
+        except Exception as exc:  # a broken export must not stop the server
+            log.error("could not load %s version %d: %s", model.name, version, exc)
+            with model.lock:
+                model.states[version] = ("END", clip(f"could not load: {exc}"))
+            continue
+        with model.lock:
+            model.loaded = {**model.loaded, version: loaded}
+            model.states[version] = ("AVAILABLE", "")
+        log.info("Successfully loaded servable version {name: %s version: %d}", model.name, version)
+        print(f"serving {model.name} version {version} from {loaded.path}", flush=True)
+    # Unload what the policy no longer wants, once what it wants is loaded (availability first).
+    stale = [v for v in model.loaded if v not in wanted]
+    if stale and any(v in model.loaded for v in wanted):
+        with model.lock:
+            model.loaded = {v: lv for v, lv in model.loaded.items() if v in wanted}
+            for v in stale:
+                model.states[v] = ("END", "")
+        for v in stale:
+            log.info("unloaded %s version %d", model.name, v)
+
+
+def warm_default(tf, loaded: LoadedVersion) -> None:
+    """One call of a [None, k] float signature, so the first request does not pay for the first run."""
+    for name, sig in loaded.signature_defs.items():
+        if len(sig.inputs) != 1 or sig.method_name != PREDICT_METHOD:
+            continue
+        (key, info), = sig.inputs.items()
+        dims = [d.size for d in info.tensor_shape.dim]
+        if info.dtype == 1 and len(dims) == 2 and dims[1] > 0:
+            loaded.runner(name, (key,), tuple(sorted(sig.outputs)))(np.zeros([1, dims[1]], np.float32))
+
+
+def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
+    """Poll every model's base path until stop is set."""
+    while not stop.is_set():
+        for model in models.all():
+            try:
+                poll_once(tf, model, models)
+            except Exception:  # keep watching whatever happens
+                log.exception("polling %s failed", model.base_path)
         stop.wait(interval)
 
 
 # --------------------------------------------------------------------------- request handling
 
 
-def select_version(model: ModelState, name: str, version: int | None) -> LoadedVersion:
-    """The loaded version a request names, or NOT_FOUND as TF Serving says it."""
-    if name != model.name:
-        spec = f"Specific({name}, {version})" if version else f"Latest({name})"
-        raise ServingError("NOT_FOUND", f"Servable not found for request: {spec}")
-    current = model.current
-    if current is None:
-        raise ServingError("NOT_FOUND" if version else "UNAVAILABLE",
-                           f"Servable not found for request: Latest({name})" if not version
-                           else f"Servable not found for request: Specific({name}, {version})")
-    if version and version != current.version:
-        raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
-    return current
+def select_version(models: Models, spec) -> tuple[ModelState, LoadedVersion]:
+    """The model and loaded version a ModelSpec names, or TF Serving's error (server_core.cc, basic_manager.cc)."""
+    name = spec.name
+    which = spec.WhichOneof("version_choice")
+    version = spec.version.value if which == "version" else None
+    model = models.get(name)
+    if which == "version_label":
+        label = spec.version_label
+        if model is None or label not in model.labels:
+            raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {clip(label, 60)}")
+        version = model.labels[label]
+    request = f"Specific({clip(name, 60)}, {version})" if version is not None else f"Latest({clip(name, 60)})"
+    if model is None:
+        raise ServingError("NOT_FOUND", f"Servable not found for request: {request}")
+    loaded = model.loaded
+    if version is None:
+        if not loaded:
+            raise ServingError("UNAVAILABLE", f"Servable not found for request: {request}")
+        return model, loaded[max(loaded)]
+    if version not in loaded:
+        raise ServingError("NOT_FOUND", f"Servable not found for request: {request}")
+    return model, loaded[version]
 
 
 def dtype_name(dtype) -> str:
@@ -275,127 +551,470 @@ def check_tensor_proto(tf, alias: str, proto, budget: int) -> int:
     return count
 
 
-def run_signature(tf, loaded: LoadedVersion, signature_name: str, inputs: dict, output_filter=()) -> dict:
-    """Check the inputs against the signature and run it; returns name -> numpy array."""
-    signature_name = signature_name or DEFAULT_SIGNATURE
-    fn = loaded.signatures.get(signature_name)
-    if fn is None:
-        raise ServingError("FAILED_PRECONDITION",
-                           f'Serving signature name: "{signature_name}" not found in signature def')
-    _, specs = fn.structured_input_signature
-    unknown = sorted(set(inputs) - set(specs))
+def read_input(tf, alias: str, proto, budget: int) -> tuple:
+    """A request TensorProto as (numpy array, elements), checked first: float32 with a full tensor_content or
+    float_val directly, anything else through check_tensor_proto and tf.make_ndarray."""
+    if proto.dtype == 1 and not proto.tensor_shape.unknown_rank:  # DT_FLOAT, the lab's dtype
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if dims and min(dims) >= 0 and dims[0] <= MAX_ROWS_PER_REQUEST:
+            count = math.prod(dims)
+            if count <= budget:
+                content = proto.tensor_content
+                if content:
+                    if len(content) == 4 * count:
+                        return np.frombuffer(content, "<f4").reshape(dims), count
+                elif len(proto.float_val) == count:
+                    return np.array(proto.float_val, np.float32).reshape(dims), count
+    count = check_tensor_proto(tf, alias, proto, budget)
+    try:
+        return tensor_from_proto(tf, proto), count
+    except Exception as exc:
+        raise ServingError("INVALID_ARGUMENT", f"could not read an input tensor: {clip(exc, 100)}") from exc
+
+
+def tensor_from_proto(tf, proto):
+    """A request TensorProto (already checked) as a numpy array: the common float32 forms directly."""
+    if proto.dtype == 1:  # DT_FLOAT, the lab's dtype: skip tf.make_ndarray's generic path
+        shape = [d.size for d in proto.tensor_shape.dim]
+        count = math.prod(shape)
+        if proto.tensor_content:
+            return np.frombuffer(proto.tensor_content, "<f4").reshape(shape)
+        values = proto.float_val
+        if len(values) == count:
+            return np.array(values, np.float32).reshape(shape)
+    return tf.make_ndarray(proto)
+
+
+def signature_for(loaded: LoadedVersion, spec):
+    """The SignatureDef a Predict names, or FAILED_PRECONDITION as predict_util.cc says it."""
+    name = spec.signature_name or DEFAULT_SIGNATURE
+    sig = loaded.signature_defs.get(name)
+    if sig is None:
+        raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{clip(name, 80)}" not found.')
+    return name, sig
+
+
+def check_inputs(tf, specs: dict, inputs: dict) -> None:
+    """The request's inputs against the SignatureDef (specs, from LoadedVersion.spec): names (predict_util.cc,
+    cc/saved_model/util.cc), dtypes, shapes."""
+    if inputs.keys() != specs.keys():
+        check_input_names(set(specs), set(inputs))
+    for key, value in inputs.items():
+        want, np_dtype, dims = specs[key]
+        if (value.dtype.kind not in "OSU") if np_dtype is None else (value.dtype != np_dtype):
+            raise ServingError("INVALID_ARGUMENT",
+                               f"Expects arg[{clip(key, 60)}] to be {dtype_name(want)} but "
+                               f"{dtype_name(tf.as_dtype(value.dtype))} is provided")
+        if dims is not None:
+            if len(dims) != value.ndim or any(d >= 0 and d != n for d, n in zip(dims, value.shape)):
+                shown = [None if d < 0 else d for d in dims]
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"input '{clip(key, 60)}' has shape {list(value.shape)}, "
+                                   f"the signature expects {shown}")
+
+
+def check_input_names(expected: set, given: set) -> None:
+    """Refuse missing or unknown input names with TF Serving's messages."""
+    if len(given) != len(expected):
+        raise ServingError("INVALID_ARGUMENT", clip(
+            f"input size does not match signature: {len(given)}!={len(expected)} len({{{','.join(sorted(given))}}}) "
+            f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(given - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - given))}}}."))
+    unknown = sorted(given - expected)
     if unknown:
         raise ServingError("INVALID_ARGUMENT",
-                           f"input tensor alias not found in signature: {', '.join(unknown)}. "
-                           f"Inputs expected to be in the set {{{','.join(sorted(specs))}}}.")
-    missing = sorted(set(specs) - set(inputs))
-    if missing:
-        raise ServingError("INVALID_ARGUMENT",
-                           f"Missing one or more inputs: {', '.join(missing)}. "
-                           f"Inputs expected to be in the set {{{','.join(sorted(specs))}}}.")
-    tensors = {}
-    for key, value in inputs.items():
-        spec = specs[key]
-        if value.dtype != spec.dtype.as_numpy_dtype:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"Expects arg[{key}] to be {dtype_name(spec.dtype)} but "
-                               f"{dtype_name(tf.as_dtype(value.dtype))} is provided")
-        if not spec.shape.is_compatible_with(value.shape):
-            raise ServingError("INVALID_ARGUMENT",
-                               f"input '{key}' has shape {list(value.shape)}, "
-                               f"the signature expects {spec.shape.as_list()}")
-        tensors[key] = tf.constant(value)
-    outputs = fn(**tensors)
-    if output_filter:
-        wrong = sorted(set(output_filter) - set(outputs))
-        if wrong:
-            raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: {', '.join(wrong)}")
-        outputs = {k: v for k, v in outputs.items() if k in output_filter}
-    return {k: v.numpy() for k, v in outputs.items()}
+                           clip(f"input tensor alias not found in signature: {', '.join(unknown)}. "
+                                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."))
 
 
-def make_grpc_services(tf, model: ModelState):
-    """The PredictionService and ModelService servicers over the model state."""
+def output_keys(sig, output_filter, default: tuple | None = None) -> tuple:
+    """The outputs to fetch: the filter's (checked as predict_util.cc PreProcessPrediction does), else all."""
+    if not output_filter and default is not None:
+        return default
+    seen = []
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise ServingError("INVALID_ARGUMENT", clip(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(sig.outputs))}}}."))
+        if alias in seen:
+            raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {clip(alias, 60)}")
+        seen.append(alias)
+    return tuple(seen) if seen else tuple(sorted(sig.outputs))
+
+
+def run(tf, loaded: LoadedVersion, signature_name: str, sig, inputs: dict, outputs: tuple) -> dict:
+    """Run a signature on checked inputs; returns alias -> numpy array."""
+    keys = tuple(sorted(inputs))
+    fn = loaded.runner(signature_name, keys, outputs)
+    arrays = [inputs[k] for k in keys]
+    try:
+        if loaded.batching is not None and all(a.ndim for a in arrays) and len({a.shape[0] for a in arrays}) == 1:
+            kinds = tuple((a.dtype.str, a.shape[1:]) for a in arrays)
+            values = loaded.batcher((signature_name, keys, outputs, kinds), fn).submit(arrays, arrays[0].shape[0])
+        else:
+            values = fn(*arrays)
+    except tf.errors.OpError as exc:  # TensorFlow's own status, passed on as TF Serving does
+        import grpc
+
+        name = next((c.name for c in grpc.StatusCode if c.value[0] == exc.error_code), "INVALID_ARGUMENT")
+        if name in ("OK", "UNKNOWN", "INTERNAL"):
+            name = "INVALID_ARGUMENT"  # bad data in a request, most likely
+        raise ServingError(name, clip((exc.message or str(exc)).strip().splitlines()[0])) from exc
+    return dict(zip(outputs, values))
+
+
+def predict(tf, loaded: LoadedVersion, request) -> dict:
+    """Predict on a loaded version: check, convert, run. Returns (signature name, alias -> array)."""
+    name, sig = signature_for(loaded, request.model_spec)
+    if sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise ServingError("INTERNAL", f"Expected prediction signature method_name to be one of "
+                                       f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
+                                       f"Was: {clip(sig.method_name, 60)}")
+    specs, all_outputs = loaded.spec(tf, name)
+    outputs = output_keys(sig, request.output_filter, all_outputs)
+    declared = 0
+    inputs = {}
+    for key, proto in request.inputs.items():  # each checked before it is allocated
+        inputs[key], count = read_input(tf, key, proto, MAX_ELEMENTS_PER_REQUEST - declared)
+        declared += count
+    check_inputs(tf, specs, inputs)
+    return name, run(tf, loaded, name, sig, inputs, outputs)
+
+
+def fill_tensor_proto(proto, value) -> None:
+    """An output array into a TensorProto's typed field, as TensorFlow's Tensor::AsProtoField fills it
+    (every element written out, no tensor_content), which is what TF Serving answers (predict_util.cc)."""
+    value = np.asarray(value)
+    dims = proto.tensor_shape.dim
+    for d in value.shape:
+        dims.add().size = d
+    if value.dtype == np.float32:  # the lab's output
+        proto.dtype = 1  # DT_FLOAT
+        proto.float_val.extend(value.ravel().tolist())
+        return
+    from tensorflow.core.framework import types_pb2
+
+    kind = value.dtype
+    flat = value.ravel()
+    if kind == np.float32:
+        proto.dtype = types_pb2.DT_FLOAT
+        proto.float_val.extend(flat.tolist())
+    elif kind == np.float64:
+        proto.dtype = types_pb2.DT_DOUBLE
+        proto.double_val.extend(flat.tolist())
+    elif kind == np.int64:
+        proto.dtype = types_pb2.DT_INT64
+        proto.int64_val.extend(flat.tolist())
+    elif kind in (np.int32, np.int16, np.int8, np.uint8):
+        proto.dtype = {np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int16): types_pb2.DT_INT16,
+                       np.dtype(np.int8): types_pb2.DT_INT8, np.dtype(np.uint8): types_pb2.DT_UINT8}[kind]
+        proto.int_val.extend(flat.tolist())
+    elif kind == np.uint16:
+        proto.dtype = types_pb2.DT_UINT16
+        proto.int_val.extend(flat.tolist())
+    elif kind == np.uint32:
+        proto.dtype = types_pb2.DT_UINT32
+        proto.uint32_val.extend(flat.tolist())
+    elif kind == np.uint64:
+        proto.dtype = types_pb2.DT_UINT64
+        proto.uint64_val.extend(flat.tolist())
+    elif kind == np.bool_:
+        proto.dtype = types_pb2.DT_BOOL
+        proto.bool_val.extend(flat.tolist())
+    elif kind == np.float16:
+        proto.dtype = types_pb2.DT_HALF
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    elif kind == np.complex64:
+        proto.dtype = types_pb2.DT_COMPLEX64
+        proto.scomplex_val.extend(flat.view(np.float32).tolist())
+    elif kind == np.complex128:
+        proto.dtype = types_pb2.DT_COMPLEX128
+        proto.dcomplex_val.extend(flat.view(np.float64).tolist())
+    elif kind.kind in "OSU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
+    else:  # bfloat16 and the rest: TensorFlow's own conversion
+        import tensorflow as tf
+
+        proto.Clear()
+        proto.CopyFrom(tf.make_tensor_proto(value))
+
+
+class Metrics:
+    """Request counts and latencies per model and API, under TF Serving's metric names
+    (servables/tensorflow/util.cc: /tensorflow/serving/request_count, /tensorflow/serving/request_latency),
+    exported as Prometheus text as util/prometheus_exporter.cc does (':' for '/')."""
+
+    # request_latency's buckets (util.cc: exponential, scale 10 us, growth 1.8, 33 buckets).
+    BUCKETS = [10 * 1.8 ** i for i in range(33)]
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: dict = {}  # (model, status) -> n
+        self.latency: dict = {}  # (model, api, entrypoint) -> [bucket counts..., sum, count]
+
+    def record(self, model: str, api: str, entrypoint: str, code: str, micros: float) -> None:
+        """One request: its count under its status code's name (util.cc RecordModelRequestCount), and its
+        latency when it succeeded (prediction_service_impl.cc, http_server.cc RecordRequestLatency)."""
+        import bisect
+
+        with self.lock:
+            key = (model, code)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if code == "OK":
+                h = self.latency.setdefault((model, api, entrypoint), [0] * (len(self.BUCKETS) + 1) + [0.0, 0])
+                h[bisect.bisect_left(self.BUCKETS, micros)] += 1
+                h[-2] += micros
+                h[-1] += 1
+
+    def prometheus(self) -> str:
+        def esc(v):
+            return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+        lines = ["# TYPE :tensorflow:serving:request_count counter"]
+        with self.lock:
+            counts = dict(self.counts)
+            latency = {k: list(v) for k, v in self.latency.items()}
+        for (model, status), n in sorted(counts.items()):
+            lines.append(f':tensorflow:serving:request_count{{model_name="{esc(model)}",status="{status}"}} {n}')
+        lines.append("# TYPE :tensorflow:serving:request_latency histogram")
+        for (model, api, entry), h in sorted(latency.items()):
+            labels = f'model_name="{esc(model)}",API="{api}",entrypoint="{entry}"'
+            running = 0
+            for bound, n in zip(self.BUCKETS + [math.inf], h):
+                running += n
+                le = "+Inf" if bound == math.inf else f"{bound:g}"
+                lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{le}"}} {running}')
+            lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {h[-2]:g}")
+            lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {h[-1]}")
+        return "\n".join(lines) + "\n"
+
+
+def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reload=None):
+    """The PredictionService and ModelService servicers over the models."""
     import grpc
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                         predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                         inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc, regression_pb2)
+
+    local = threading.local()
 
     def abort(context, err: ServingError):
+        local.code = err.code_name
         context.abort(getattr(grpc.StatusCode, err.code_name), clip(err.message))
 
-    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):
-            spec = request.model_spec
-            try:
-                version = spec.version.value if spec.HasField("version") else None
-                if spec.version_label:
-                    raise ServingError("INVALID_ARGUMENT", "version labels are not configured on this server")
-                loaded = select_version(model, spec.name, version)
-                declared = 0
-                for key, proto in request.inputs.items():  # before anything is allocated
-                    declared += check_tensor_proto(tf, key, proto, MAX_ELEMENTS_PER_REQUEST - declared)
+    def recorded(api: str):
+        """Metrics for Predict, Classify and Regress, as prediction_service_impl.cc records them."""
+        def wrap(method):
+            def call(self, request, context):
+                started = time.perf_counter()
+                local.code = "UNKNOWN"
                 try:
-                    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                except Exception as exc:
-                    raise ServingError("INVALID_ARGUMENT", f"could not read an input tensor: {exc}") from exc
-                outputs = run_signature(tf, loaded, spec.signature_name, inputs, list(request.output_filter))
+                    answer = method(self, request, context)
+                    local.code = "OK"
+                    return answer
+                finally:
+                    if metrics is not None:
+                        metrics.record(request.model_spec.name, api, "GRPC", local.code,
+                                       (time.perf_counter() - started) * 1e6)
+            return call
+        return wrap
+
+    def need_spec(request):
+        if not request.HasField("model_spec"):
+            raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+
+    def refuse_predict_signature(kind: str, method_name: str, loaded: LoadedVersion, spec) -> None:
+        """Classify/Regress on a signature of another kind, refused as classifier.cc / regressor.cc do."""
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        sig = loaded.signature_defs.get(name)
+        if sig is None:
+            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {clip(name, 80)}")
+        if sig.method_name != method_name:
+            raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be {method_name}. "
+                                                   f"Was: {clip(sig.method_name, 60)}")
+        raise ServingError("UNIMPLEMENTED", f"{kind} signatures are not served by tflab's stand-in server "
+                                            "(only predict signatures are)")
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        @recorded("Predict")
+        def Predict(self, request, context):
+            try:
+                need_spec(request)
+                _, loaded = select_version(models, request.model_spec)
+                name, outputs = predict(tf, loaded, request)
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:  # a TensorFlow runtime error on bad data
-                return abort(context, ServingError("INVALID_ARGUMENT", str(exc).strip().splitlines()[0]))
+                return abort(context, ServingError("INVALID_ARGUMENT", (str(exc).strip().splitlines() or ["error"])[0]))
             response = predict_pb2.PredictResponse()
-            response.model_spec.name = model.name
-            response.model_spec.version.value = loaded.version
-            response.model_spec.signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            spec = response.model_spec
+            spec.name = request.model_spec.name
+            spec.version.value = loaded.version
+            spec.signature_name = name
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+                fill_tensor_proto(response.outputs[key], value)
             return response
 
-        def GetModelMetadata(self, request, context):
-            from tensorflow_serving.apis import get_model_metadata_pb2 as md
-
-            spec = request.model_spec
+        @recorded("Classify")
+        def Classify(self, request, context):
             try:
-                version = spec.version.value if spec.HasField("version") else None
-                loaded = select_version(model, spec.name, version)
-                fields = list(request.metadata_field)
-                if fields != ["signature_def"]:
-                    raise ServingError("INVALID_ARGUMENT", "Metadata field signature_def is required and is "
-                                       "the only one supported")
+                need_spec(request)
+                _, loaded = select_version(models, request.model_spec)
+                refuse_predict_signature("classification", CLASSIFY_METHOD, loaded, request.model_spec)
             except ServingError as err:
                 return abort(context, err)
-            sig_map = md.SignatureDefMap()
-            for name, sig in loaded.signature_defs.items():
-                sig_map.signature_def[name].CopyFrom(sig)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = model.name
-            response.model_spec.version.value = loaded.version
-            response.metadata["signature_def"].Pack(sig_map)
+            return classification_pb2.ClassificationResponse()
+
+        @recorded("Regress")
+        def Regress(self, request, context):
+            try:
+                need_spec(request)
+                _, loaded = select_version(models, request.model_spec)
+                refuse_predict_signature("regression", REGRESS_METHOD, loaded, request.model_spec)
+            except ServingError as err:
+                return abort(context, err)
+            return regression_pb2.RegressionResponse()
+
+        def MultiInference(self, request, context):
+            try:  # multi_inference.cc / multi_inference_helper.cc checks, in their order
+                if not request.tasks:
+                    raise ServingError("INVALID_ARGUMENT", "Found no tasks in MultiInferenceRequest.")
+                names = {t.model_spec.name for t in request.tasks}
+                if "" in names:
+                    raise ServingError("INVALID_ARGUMENT", "Found ModelSpec with an empty model name.")
+                if len(names) > 1:
+                    raise ServingError("INVALID_ARGUMENT",
+                                       "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+                _, loaded = select_version(models, request.tasks[0].model_spec)
+                seen = set()
+                for task in request.tasks:
+                    name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+                    if name in seen:
+                        raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {clip(name, 80)}")
+                    seen.add(name)
+                    sig = loaded.signature_defs.get(name)
+                    if sig is None:
+                        raise ServingError("INVALID_ARGUMENT",
+                                           f"Requested signature not found in model graph: {clip(name, 80)}")
+                    if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                        raise ServingError("UNIMPLEMENTED",
+                                           f"Unsupported signature method_name: {clip(task.method_name, 60)}")
+                    if sig.method_name != task.method_name:  # PreProcessClassification / PreProcessRegression
+                        kind = "classification" if task.method_name == CLASSIFY_METHOD else "regression"
+                        raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be "
+                                                               f"{task.method_name}. Was: {clip(sig.method_name, 60)}")
+                raise ServingError("UNIMPLEMENTED", "classification and regression signatures are not served by "
+                                                    "tflab's stand-in server (only predict signatures are)")
+            except ServingError as err:
+                return abort(context, err)
+            return inference_pb2.MultiInferenceResponse()
+
+        def GetModelMetadata(self, request, context):
+            try:
+                response = model_metadata(models, request)
+            except ServingError as err:
+                return abort(context, err)
             return response
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         def GetModelStatus(self, request, context):
-            spec = request.model_spec
-            version = spec.version.value if spec.HasField("version") else None
-            with model.lock:
-                states = dict(model.states)
-            if spec.name != model.name or not states or (version and version not in states):
-                what = f"version {version} of model {spec.name}" if version else f"any versions of model {spec.name}"
-                return abort(context, ServingError("NOT_FOUND", f"Could not find {what}"))
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for v in sorted(states):
-                if version and v != version:
-                    continue
-                state, message = states[v]
-                item = response.model_version_status.add()
-                item.version = v
-                item.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
-                if message:
-                    item.status.error_code = 9  # FAILED_PRECONDITION
-                    item.status.error_message = message
+            try:
+                return model_status(models, request)
+            except ServingError as err:
+                return abort(context, err)
+
+        def HandleReloadConfigRequest(self, request, context):
+            response = model_management_pb2.ReloadConfigResponse()
+            if request.config.WhichOneof("config") != "model_config_list":
+                response.status.error_code = 3
+                response.status.error_message = ("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                                                 "Only ModelConfigList is currently supported")
+                return response
+            try:
+                entries = config_entries(request.config)
+                if reload is not None:
+                    reload(entries)
+            except ServingError as err:
+                response.status.error_code = getattr(grpc.StatusCode, err.code_name).value[0]
+                response.status.error_message = clip(err.message)
             return response
 
     return PredictionService(), ModelService(), prediction_service_pb2_grpc, model_service_pb2_grpc
+
+
+def model_metadata(models: Models, request):
+    """GetModelMetadata (servables/tensorflow/get_model_metadata_impl.cc)."""
+    from tensorflow_serving.apis import get_model_metadata_pb2 as md
+
+    if not request.HasField("model_spec"):
+        raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+    fields = list(request.metadata_field)
+    if not fields:
+        raise ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field")
+    for f in fields:
+        if f != "signature_def":
+            raise ServingError("INVALID_ARGUMENT", f"Metadata field {clip(f, 60)} is not supported")
+    _, loaded = select_version(models, request.model_spec)
+    sig_map = md.SignatureDefMap()
+    for name, sig in loaded.signature_defs.items():
+        sig_map.signature_def[name].CopyFrom(sig)
+    response = md.GetModelMetadataResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = loaded.version
+    response.metadata["signature_def"].Pack(sig_map)
+    return response
+
+
+def model_status(models: Models, request):
+    """GetModelStatus (model_servers/get_model_status_impl.cc): labels are ignored, as there."""
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    if not request.HasField("model_spec"):
+        raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+    spec = request.model_spec
+    version = spec.version.value if spec.HasField("version") else None
+    model = models.get(spec.name)
+    states = {}
+    if model is not None:
+        with model.lock:
+            states = dict(model.states)
+    name = clip(spec.name, 60)
+    if version is not None and version not in states:
+        raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
+    if not states:
+        raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for v in sorted(states):
+        if version is not None and v != version:
+            continue
+        state, message = states[v]
+        item = response.model_version_status.add()
+        item.version = v
+        item.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
+        item.status.SetInParent()  # always present, as ToStatusProto sets it
+        if message:
+            item.status.error_code = 9  # FAILED_PRECONDITION
+            item.status.error_message = message
+    return response
+
+
+def config_entries(config) -> list[tuple]:
+    """A ModelServerConfig's model list as (name, base_path, policy, labels), checked as ServerCore does."""
+    entries, names = [], set()
+    for item in config.model_config_list.config:
+        if not item.name or not item.base_path:
+            raise ServingError("INVALID_ARGUMENT", "every model in the config needs a name and a base_path")
+        if item.name in names:
+            raise ServingError("INVALID_ARGUMENT", f"Illegal to list model {clip(item.name, 60)} multiple times "
+                                                   "in config list")
+        if item.model_platform and item.model_platform != "tensorflow":
+            raise ServingError("INVALID_ARGUMENT", f"Model {clip(item.name, 60)} requested unsupported platform "
+                                                   f"{clip(item.model_platform, 40)}")
+        names.add(item.name)
+        entries.append((item.name, os.path.abspath(item.base_path), parse_policy(item), dict(item.version_labels)))
+    return entries
 
 
 # --------------------------------------------------------------------------- REST
@@ -441,14 +1060,132 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         super().shutdown()
 
 
-def make_rest_handler(tf, model: ModelState, timeout_seconds: float | None = DEFAULT_REST_TIMEOUT_MS / 1000):
-    """A handler for TF Serving's REST API: model status and row-format predict.
+def json_float(value: float, float32: bool) -> str:
+    """A float as TF Serving's json_tensor.cc WriteDecimal writes it: the shortest "%g" form when it reads
+    back as the same float32 (or float64), else max_digits10 digits; ".0" on whole numbers; NaN, Infinity."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = "%g" % value
+    back = float(text)
+    if (float(np.float32(back)) if float32 else back) != value:
+        text = "%.9g" % value if float32 else "%.17g" % value
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def json_values(value, name: str) -> str:
+    """A numpy array (or one element) as JSON text, floats in json_tensor's formatting."""
+    import base64
+
+    value = np.asarray(value)
+    kind = value.dtype.kind
+    if kind == "f":
+        f32 = value.dtype.itemsize <= 4
+        fmt = lambda v: json_float(v, f32)  # noqa: E731
+    elif kind == "b":
+        fmt = lambda v: "true" if v else "false"  # noqa: E731
+    elif kind in "iu":
+        fmt = str
+    elif kind in "OSU":
+        if name.endswith("_bytes"):  # json_tensor.cc IsNamedTensorBytes: base64 as {"b64": ...}
+            fmt = lambda v: json.dumps({"b64": base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode()})  # noqa: E731
+        else:
+            fmt = lambda v: json.dumps(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))  # noqa: E731
+    else:
+        raise ServingError("INVALID_ARGUMENT", f"Failed to write JSON value for tensor type: {value.dtype}")
+
+    def walk(v) -> str:
+        if isinstance(v, list):
+            return "[" + ", ".join(walk(x) for x in v) + "]"
+        return fmt(v)
+
+    return walk(value.tolist()) if value.ndim else fmt(value.item())
+
+
+def predictions_json(outputs: dict, columnar: bool) -> str:
+    """The predict answer: {"outputs": ...} for the columnar format, {"predictions": [...]} for rows
+    (json_tensor.cc MakeColumnarFormatJsonFromTensors, MakeRowFormatJsonFromTensors)."""
+    names = sorted(outputs)
+    if not names:
+        raise ServingError("INVALID_ARGUMENT", "Cannot convert empty tensor map to JSON")
+    if columnar:
+        if len(names) == 1:
+            return '{"outputs": ' + json_values(outputs[names[0]], names[0]) + "}"
+        return '{"outputs": {' + ", ".join(json.dumps(n) + ": " + json_values(outputs[n], n) for n in names) + "}}"
+    batch = None
+    for n in names:
+        if outputs[n].ndim == 0:
+            raise ServingError("INVALID_ARGUMENT", f"Tensor name: {clip(n, 60)} has no shape information ")
+        if batch is not None and outputs[n].shape[0] != batch:
+            raise ServingError("INVALID_ARGUMENT", f"Tensor name: {clip(n, 60)} has inconsistent batch size: "
+                                                   f"{outputs[n].shape[0]} expecting: {batch}")
+        batch = outputs[n].shape[0]
+    if len(names) == 1:
+        return '{"predictions": ' + json_values(outputs[names[0]], names[0]) + "}"
+    rows = []
+    for i in range(batch):
+        rows.append("{" + ", ".join(json.dumps(n) + ": " + json_values(outputs[n][i], n) for n in names) + "}")
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+def json_to_array(tf, value, info, name: str):
+    """A JSON value as a numpy array of the TensorInfo's dtype, refused as json_tensor.cc refuses it."""
+    import base64
+
+    dtype = tf.as_dtype(info.dtype)
+    if dtype == tf.string:
+        def decode(v):
+            if isinstance(v, dict) and list(v) == ["b64"] and isinstance(v["b64"], str):
+                try:
+                    return base64.b64decode(v["b64"], validate=True)
+                except ValueError:
+                    raise ServingError("INVALID_ARGUMENT", "Unable to base64 decode") from None
+            if isinstance(v, str):
+                return v.encode()
+            if isinstance(v, list):
+                return [decode(x) for x in v]
+            raise ServingError("INVALID_ARGUMENT", f"JSON Value: {clip(json.dumps(v), 60)} Type: "
+                                                   f"{type(v).__name__} is not of expected type: string")
+        array = np.asarray(decode(value), dtype=object)
+    else:
+        probe = np.asarray(value)
+        if probe.dtype.kind not in "fiub" or (probe.dtype.kind == "b" and dtype != tf.bool):
+            what = "list of uneven sizes" if probe.dtype.kind == "O" else probe.dtype.kind
+            raise ServingError("INVALID_ARGUMENT", clip(
+                f"JSON Value for {name} ({what}): {json.dumps(value)[:60]} is not of expected type: "
+                f"{dtype_name(dtype)}"))
+        if dtype.is_integer and probe.dtype.kind == "f" and not np.all(np.mod(probe, 1) == 0):
+            raise ServingError("INVALID_ARGUMENT", f"JSON Value for {clip(name, 60)}: a float where "
+                                                   f"{dtype_name(dtype)} is expected")
+        array = probe.astype(dtype.as_numpy_dtype)
+    return array
+
+
+def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAULT_REST_TIMEOUT_MS / 1000,
+                      metrics: Metrics | None = None, metrics_path: str | None = None):
+    """A handler for TF Serving's REST API (g3doc/api_rest.md; model_servers/http_rest_api_handler.cc).
 
     Every answer, errors included, is JSON with a Content-Length; errors are {"error": "..."} as in TF
-    Serving. A connection is closed after each answer (HTTP/1.0), and every socket read or write times
-    out after timeout_seconds.
+    Serving, with its HTTP codes (http_server.cc ToHTTPStatusCode). A connection is closed after each
+    answer (HTTP/1.0), and every socket read or write times out after timeout_seconds.
     """
-    import numpy as np
+    import re
+    import urllib.parse
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+
+    # The two path grammars of http_rest_api_util.cc (kPredictionApiGegex, kModelStatusApiRegex).
+    post_path = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                           r":(classify|regress|predict)", re.IGNORECASE)
+    get_path = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+                          re.IGNORECASE)
+    http_codes = {"OK": 200, "CANCELLED": 499, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
+                  "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+                  "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501,
+                  "UNAVAILABLE": 503, "UNAUTHENTICATED": 401}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tflab-model-server"
@@ -458,14 +1195,16 @@ def make_rest_handler(tf, model: ModelState, timeout_seconds: float | None = DEF
         def log_message(self, fmt, *args):  # quiet: the gRPC side logs what matters
             log.debug("rest: " + fmt, *args)
 
-        def reply(self, status: int, body: dict) -> None:
-            if "error" in body:
-                body = {"error": clip(body["error"])}
-            data = json.dumps(body).encode()
+        def reply(self, status: int, body, content_type: str = "application/json") -> None:
+            if isinstance(body, dict):
+                if "error" in body:
+                    body = {"error": clip(body["error"])}
+                body = json.dumps(body)
+            data = body.encode() if isinstance(body, str) else body
             self.close_connection = True
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")
                 self.end_headers()
@@ -474,6 +1213,9 @@ def make_rest_handler(tf, model: ModelState, timeout_seconds: float | None = DEF
                 return
             if self.body_unread:
                 self.linger()
+
+        def fail(self, err: ServingError) -> None:
+            self.reply(http_codes.get(err.code_name, 500), {"error": err.message})
 
         def linger(self) -> None:
             """Drain what the client still sends, for at most LINGER_SECONDS, so that closing with unread data
@@ -515,113 +1257,352 @@ def make_rest_handler(tf, model: ModelState, timeout_seconds: float | None = DEF
             self.body_unread = False
             return data
 
-        def parse_path(self):
-            path = self.path.split("?", 1)[0]
-            prefix = "/v1/models/"
-            if not path.startswith(prefix):
-                return None
-            rest = path[len(prefix):]
-            verb = None
-            if ":" in rest:
-                rest, verb = rest.split(":", 1)
-            parts = rest.split("/")
-            version = int(parts[2]) if len(parts) == 3 and parts[1] == "versions" and parts[2].isdigit() else None
-            return parts[0], version, verb
+        def spec(self, match) -> object:
+            """A ModelSpec from a matched path (http_rest_api_util.cc ParseModelInfo, FillModelSpec...)."""
+            spec = predict_pb2.PredictRequest().model_spec.__class__()
+            spec.name = urllib.parse.unquote(match.group(1) or "")
+            if match.group(2):
+                spec.version.value = int(match.group(2))
+            elif match.group(3):
+                spec.version_label = urllib.parse.unquote(match.group(3))
+            return spec
+
+        def malformed(self) -> None:
+            self.fail(ServingError("INVALID_ARGUMENT", f"Malformed request: {self.command} {self.path}"))
 
         def do_GET(self):
-            parsed = self.parse_path()
-            if not parsed or parsed[2]:
-                return self.reply(404, {"error": "Malformed request: GET " + self.path})
-            name, version, _ = parsed
-            with model.lock:
-                states = dict(model.states)
-            if name != model.name or not states:
-                return self.reply(404, {"error": f"Could not find any versions of model {name}"})
-            return self.reply(200, {"model_version_status": [
-                {"version": str(v), "state": s, "status": {"error_code": "OK" if not m else "FAILED_PRECONDITION",
-                                                           "error_message": m}}
-                for v, (s, m) in sorted(states.items()) if not version or v == version]})
+            path = self.path.split("?", 1)[0]
+            if metrics_path and path == metrics_path and metrics is not None:
+                return self.reply(200, metrics.prometheus(), "text/plain; version=0.0.4")
+            match = get_path.fullmatch(path)
+            if not match:
+                return self.malformed()
+            if not match.group(1):
+                return self.fail(ServingError("INVALID_ARGUMENT", "Missing model name in request."))
+            started = time.perf_counter()
+            spec = self.spec(match)
+            metadata = bool(match.group(4))
+            try:
+                if metadata:
+                    request = get_model_metadata_pb2.GetModelMetadataRequest()
+                    request.model_spec.CopyFrom(spec)
+                    request.metadata_field.append("signature_def")
+                    response = model_metadata(models, request)
+                    sig_map = get_model_metadata_pb2.SignatureDefMap()
+                    response.metadata["signature_def"].Unpack(sig_map)
+                    options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                    body = ('{\n"model_spec":' + json_format.MessageToJson(response.model_spec, **options) +
+                            ',\n"metadata": {"signature_def": ' + json_format.MessageToJson(sig_map, **options) +
+                            "}\n}\n")
+                else:
+                    request = get_model_status_pb2.GetModelStatusRequest()
+                    request.model_spec.CopyFrom(spec)
+                    response = model_status(models, request)
+                    body = json_format.MessageToJson(response, always_print_fields_with_no_presence=True)
+            except ServingError as err:
+                self.record(spec.name, "", err.code_name, started)
+                return self.fail(err)
+            self.record(spec.name, "", "OK", started)
+            return self.reply(200, body)
+
+        def record(self, model_name: str, api: str, code: str, started: float) -> None:
+            """http_server.cc: every REST request counted, its latency under the path's verb when it succeeded."""
+            if metrics is not None:
+                metrics.record(model_name, api, "REST", code, (time.perf_counter() - started) * 1e6)
 
         def do_POST(self):
             self.body_unread = True
-            parsed = self.parse_path()
-            if not parsed or parsed[2] != "predict":
-                return self.reply(404, {"error": "Malformed request: POST " + self.path})
-            name, version, _ = parsed
+            match = post_path.fullmatch(self.path.split("?", 1)[0])
+            if not match:
+                return self.malformed()
+            started = time.perf_counter()
+            spec = self.spec(match)
+            verb = match.group(4).lower()
             raw = self.read_body()
             if raw is None:
                 return None
-            try:  # TF Serving's messages (tensorflow_serving/util/json_tensor.cc)
-                body = json.loads(raw or b"{}")
-            except RecursionError:
-                return self.reply(400, {"error": "JSON Parse error: the document is nested too deeply"})
-            except ValueError as exc:  # not JSON, or not UTF-8
-                return self.reply(400, {"error": f"JSON Parse error: {exc}"})
-            if not isinstance(body, dict):
-                return self.reply(400, {"error": f"JSON Value: {clip(raw.decode('utf-8', 'replace'), 60)} "
-                                                 "Is not object"})
             try:
-                loaded = select_version(model, name, version)
-                signature = body.get("signature_name", "")
-                fn = loaded.signatures.get(signature or DEFAULT_SIGNATURE)
-                if fn is None:
-                    raise ServingError("FAILED_PRECONDITION",
-                                       f'Serving signature name: "{signature}" not found in signature def')
-                _, specs = fn.structured_input_signature
-                if "instances" in body and len(specs) == 1:
-                    (key, spec), = specs.items()
-                    if isinstance(body["instances"], list):
-                        check_rows(key, len(body["instances"]))
-                    inputs = {key: np.asarray(body["instances"], dtype=spec.dtype.as_numpy_dtype)}
-                elif "inputs" in body and isinstance(body["inputs"], dict):
-                    inputs = {k: np.asarray(v, dtype=specs[k].dtype.as_numpy_dtype) if k in specs else np.asarray(v)
-                              for k, v in body["inputs"].items()}
-                else:
-                    raise ServingError("INVALID_ARGUMENT", "the body needs 'instances' or 'inputs'")
-                for key, value in inputs.items():
-                    if value.ndim:
-                        check_rows(key, value.shape[0])
-                outputs = run_signature(tf, loaded, signature, inputs)
+                answer = self.predict(spec, raw) if verb == "predict" else self.classify_or_regress(spec, verb, raw)
             except ServingError as err:
-                code = {"NOT_FOUND": 404, "UNAVAILABLE": 503}.get(err.code_name, 400)
-                return self.reply(code, {"error": err.message})
+                self.record(spec.name, verb, err.code_name, started)
+                return self.fail(err)
             except Exception as exc:  # bad values (ValueError, TypeError, RecursionError), a TensorFlow error
+                self.record(spec.name, verb, "INVALID_ARGUMENT", started)
                 return self.reply(400, {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0]})
-            if len(outputs) == 1:
-                (value,) = outputs.values()
-                return self.reply(200, {"predictions": value.tolist()})
-            return self.reply(200, {"predictions": [dict(zip(outputs, row))
-                                                    for row in zip(*(v.tolist() for v in outputs.values()))]})
+            self.record(spec.name, verb, "OK", started)
+            return self.reply(200, answer)
+
+        def parse(self, raw: bytes) -> dict:
+            """The body as a JSON object, refused as json_tensor.cc ParseJson refuses it."""
+            if not raw:
+                raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
+            try:
+                body = json.loads(raw)
+            except RecursionError:
+                raise ServingError("INVALID_ARGUMENT", "JSON Parse error: the document is nested too deeply") from None
+            except ValueError as exc:  # not JSON, or not UTF-8
+                raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from None
+            if not isinstance(body, dict):
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"JSON Value: {clip(raw.decode('utf-8', 'replace'), 60)} Is not object")
+            signature = body.get("signature_name", "")
+            if not isinstance(signature, str):
+                raise ServingError("INVALID_ARGUMENT", f"JSON Value: {clip(raw.decode('utf-8', 'replace'), 60)} not "
+                                   "formatted correctly. 'signature_name' key must be a string value.")
+            return body
+
+        def classify_or_regress(self, spec, verb: str, raw: bytes) -> str:
+            body = self.parse(raw)
+            spec.signature_name = body.get("signature_name", "")
+            _, loaded = select_version(models, spec)
+            kind, method = (("classification", CLASSIFY_METHOD) if verb == "classify"
+                            else ("regression", REGRESS_METHOD))
+            name = spec.signature_name or DEFAULT_SIGNATURE
+            sig = loaded.signature_defs.get(name)
+            if sig is None:
+                raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {clip(name, 80)}")
+            if sig.method_name != method:
+                raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be {method}. "
+                                                       f"Was: {clip(sig.method_name, 60)}")
+            raise ServingError("UNIMPLEMENTED", f"{kind} signatures are not served by tflab's stand-in server")
+
+        def predict(self, spec, raw: bytes) -> str:
+            """json_tensor.cc FillPredictRequestFromJson, then Predict, then MakeJsonFromTensors."""
+            body = self.parse(raw)
+            signature = body.get("signature_name", "")
+            spec.signature_name = signature
+            _, loaded = select_version(models, spec)  # http_rest_api_handler.cc GetInfoMap
+            name = signature or DEFAULT_SIGNATURE
+            sig = loaded.signature_defs.get(name)
+            if sig is None:
+                raise ServingError("INVALID_ARGUMENT", f'Serving signature name: "{clip(name, 80)}" not found in '
+                                                       "signature def")
+            infos = dict(sig.inputs)
+            if not infos:
+                raise ServingError("INVALID_ARGUMENT", f"Failed to get input map for signature: "
+                                                       f"{clip(signature, 80) or 'DEFAULT'}")
+            doc = lambda: clip(raw.decode("utf-8", "replace"), 60)  # noqa: E731
+            if "instances" in body and "inputs" in body:
+                raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} Not formatted correctly expecting only "
+                                                       "one of 'inputs' or 'instances' keys to exist ")
+            if "instances" in body:
+                columnar = False
+                instances = body["instances"]
+                if not isinstance(instances, list):
+                    raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} Expecting 'instances' to be an "
+                                                           "list/array")
+                if not instances:
+                    raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} No values in 'instances' array")
+                check_rows("instances", len(instances))
+                inputs = self.rows(instances, infos)
+            elif "inputs" in body:
+                columnar = True
+                value = body["inputs"]
+                is_named = isinstance(value, dict) and not (list(value) == ["b64"])
+                if not is_named:
+                    if len(infos) > 1:
+                        raise ServingError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
+                                                               "as multiple input tensors required as per tensorinfo_map")
+                    (key, info), = infos.items()
+                    inputs = {key: json_to_array(tf, value, info, key)}
+                else:
+                    inputs = {}
+                    for key in sorted(infos):
+                        if key not in value:
+                            raise ServingError("INVALID_ARGUMENT", f"Missing named input: {clip(key, 60)} in 'inputs' "
+                                                                   "object.")
+                        inputs[key] = json_to_array(tf, value[key], infos[key], key)
+            else:
+                raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
+            for key, value in inputs.items():
+                if value.ndim:
+                    check_rows(key, value.shape[0])
+                if value.size > MAX_ELEMENTS_PER_REQUEST:
+                    raise ServingError("INVALID_ARGUMENT", f"{clip(key, 60)} has {value.size} elements; this server "
+                                                           f"takes at most {MAX_ELEMENTS_PER_REQUEST} per request")
+            check_inputs(tf, loaded.spec(tf, name)[0], inputs)
+            outputs = run(tf, loaded, name, sig, inputs, tuple(sorted(sig.outputs)))
+            return predictions_json(outputs, columnar)
+
+        def rows(self, instances: list, infos: dict) -> dict:
+            """The row format: a plain list (one input) or a list of objects, one key per input."""
+            def is_object(v):
+                return isinstance(v, dict) and list(v) != ["b64"]
+
+            objects = is_object(instances[0])
+            if not objects and len(infos) > 1:
+                raise ServingError("INVALID_ARGUMENT", "instances is a plain list, but expecting list of objects as "
+                                                       "multiple input tensors required as per tensorinfo_map")
+            if not objects:
+                for i, item in enumerate(instances):
+                    if is_object(item):
+                        raise ServingError("INVALID_ARGUMENT", f"Expecting value/list but got object at item {i} "
+                                                               "of input list")
+                (key, info), = infos.items()
+                return {key: json_to_array(tf, instances, info, key)}
+            columns = {k: [] for k in infos}
+            for i, item in enumerate(instances):
+                if not is_object(item):
+                    raise ServingError("INVALID_ARGUMENT", f"Expecting object but got list at item {i} of input list")
+                for k in item:
+                    if k not in infos:
+                        raise ServingError("INVALID_ARGUMENT", f"Failed to process element: {i} key: {clip(k, 60)} of "
+                                                               f"'instances' list. Error: JSON object: does not have "
+                                                               f"named input: {clip(k, 60)}")
+                if set(item) != set(infos):
+                    raise ServingError("INVALID_ARGUMENT", f"Failed to process element: {i} of 'instances' list. JSON "
+                                                           f"object: {clip(json.dumps(item), 60)} keys must be equal "
+                                                           f"to: {','.join(sorted(infos))}")
+                for k, v in item.items():
+                    columns[k].append(v)
+            return {k: json_to_array(tf, v, infos[k], k) for k, v in columns.items()}
+
+        def other(self):
+            return self.malformed()
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = other
 
     return Handler
 
 
 # --------------------------------------------------------------------------- main
 
+# TensorFlow Serving's flags (model_servers/main.cc) that this stand-in accepts without implementing:
+# each is named in a one-line warning when given.
+UNIMPLEMENTED_FLAGS = {
+    "rest_api_enable_cors_support", "enable_per_model_batching_params",
+    "model_config_file_poll_wait_seconds", "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "load_retry_interval_micros", "flush_filesystem_caches", "use_alts_credentials",
+    "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
+    "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service", "allow_version_labels_for_unavailable_models",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled", "enable_cors_support",
+    "remove_unused_fields_from_bundle_metagraph", "response_tensor_serialization_option",
+}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="tflab's TensorFlow Serving stand-in (gRPC PredictionService).")
     p.add_argument("--port", type=int, default=8500, help="gRPC port")
+    p.add_argument("--grpc_socket_path", default="", help="also serve gRPC on this UNIX socket")
     p.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
     p.add_argument("--model_name", default="default")
-    p.add_argument("--model_base_path", required=True, help="folder holding numeric version folders")
+    p.add_argument("--model_base_path", default="", help="folder holding numeric version folders")
+    p.add_argument("--model_config_file", default="", help="a ModelServerConfig text proto: several models, "
+                   "version policies, version labels")
+    p.add_argument("--monitoring_config_file", default="", help="a MonitoringConfig text proto: prometheus_config "
+                   "{enable: true, path: ...} serves metrics over REST")
+    p.add_argument("--enable_batching", nargs="?", const="true", default="false",
+                   help="merge concurrent Predicts into batches (TF Serving's batching)")
+    p.add_argument("--batching_parameters_file", default="", help="a BatchingParameters text proto")
+    p.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load")
+    p.add_argument("--enable_model_warmup", nargs="?", const="true", default="true",
+                   help="replay assets.extra/tf_serving_warmup_requests when a version loads")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=8, help="gRPC worker threads")
+    p.add_argument("--threads", "--grpc_max_threads", dest="threads", type=int, default=8,
+                   help="gRPC worker threads")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=DEFAULT_REST_TIMEOUT_MS,
                    help="REST: each socket read or write of a connection times out after this (0: never)")
     p.add_argument("--rest_api_num_threads", type=int, default=DEFAULT_REST_THREADS,
                    help="REST: connections handled at once; more wait their turn (default 4 per CPU)")
-    return p.parse_args(argv)
+    for flag in ("tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+                 "tensorflow_inter_op_parallelism"):
+        p.add_argument(f"--{flag}", type=int, default=0, help="TensorFlow's thread pools (0: TensorFlow picks)")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    args, extra = p.parse_known_args(argv)
+    unknown = []
+    skip_value = False
+    for i, item in enumerate(extra):
+        if skip_value:
+            skip_value = False
+            continue
+        if not item.startswith("--"):
+            unknown.append(item)
+            continue
+        flag = item[2:].split("=", 1)[0]
+        if flag in UNIMPLEMENTED_FLAGS:
+            print(f"model_server: warning: --{flag} is a TensorFlow Serving flag that tflab's stand-in does not "
+                  "implement; ignored", file=sys.stderr, flush=True)
+            skip_value = "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--")
+        else:
+            unknown.append(item)
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not args.model_base_path and not args.model_config_file and not args.version:
+        p.error("one of --model_base_path or --model_config_file is required")
+    if args.model_base_path and args.model_config_file:
+        p.error("--model_base_path and --model_config_file cannot both be given")
+    return args
+
+
+def read_model_config(path: str) -> list[tuple]:
+    """--model_config_file: a ModelServerConfig in text format (g3doc/serving_config.md)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(path) as f:
+        text_format.Parse(f.read(), config)
+    if config.WhichOneof("config") != "model_config_list":
+        raise ServingError("INVALID_ARGUMENT", "only model_config_list is supported")
+    return config_entries(config)
+
+
+def read_monitoring_path(path: str) -> str | None:
+    """--monitoring_config_file: the Prometheus path when prometheus_config enables it (serving_config.md)."""
+    import re
+
+    with open(path) as f:
+        text = f.read()
+    block = re.search(r"prometheus_config\s*:?\s*\{([^}]*)\}", text)
+    if not block or not re.search(r"\benable\s*:\s*true\b", block.group(1)):
+        return None
+    found = re.search(r'\bpath\s*:\s*"([^"]*)"', block.group(1))
+    return found.group(1) if found and found.group(1) else "/monitoring/prometheus/metrics"
 
 
 def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     """Run the servers until stop is set."""
+    if args.version:
+        print("TensorFlow ModelServer: tflab stand-in\nTensorFlow Library: (see the installed tensorflow)", flush=True)
+        return 0
     import grpc
     import tensorflow as tf
 
-    model = ModelState(args.model_name, os.path.abspath(args.model_base_path))
-    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, model)
+    tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice
+    tags = [t.strip() for t in args.saved_model_tags.split(",") if t.strip()] or ["serve"]
+    models = Models(tf, tags, warmup=str(args.enable_model_warmup).lower() in ("true", "1", "yes"))
+    try:
+        if args.model_config_file:
+            entries = read_model_config(args.model_config_file)
+        else:
+            entries = [(args.model_name, os.path.abspath(args.model_base_path), ("latest", 1), {})]
+        metrics_path = read_monitoring_path(args.monitoring_config_file) if args.monitoring_config_file else None
+        if str(args.enable_batching).lower() in ("true", "1", "yes"):
+            models.batching = read_batching_parameters(args.batching_parameters_file)
+        elif args.batching_parameters_file:  # server.cc refuses the same
+            raise ServingError("INVALID_ARGUMENT", "--batching_parameters_file is set without --enable_batching")
+    except (OSError, ServingError, Exception) as exc:
+        print(f"model_server: bad configuration: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
+        return 2
+    models.configure(entries)
+    # main.cc: --tensorflow_session_parallelism sets both pools, the two specific flags override it. Where no
+    # inter-op size is given, each request's ops run in the thread that serves it (ConfigProto's negative
+    # inter_op_parallelism_threads): waking a pool thread for a small graph costs more than the graph
+    # (0.1-0.2 ms against 0.035 ms per call for the lab's model; bench/README.md).
+    inter = args.tensorflow_inter_op_parallelism or args.tensorflow_session_parallelism or -1
+    intra = args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism
+    models.session_config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=inter,
+                                                     intra_op_parallelism_threads=intra)
+    metrics = Metrics() if metrics_path else None  # collected only where they are exported
+
+    def reload(new_entries):
+        models.configure(new_entries)
+        for model in models.all():
+            poll_once(tf, model, models)
+
+    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
                          maximum_concurrent_rpcs=max(1, args.threads) * MAX_RPCS_PER_THREAD,
                          options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)])
@@ -635,17 +1616,28 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     if bound == 0:
         print(f"model_server: cannot listen on {address}: the port is taken", file=sys.stderr, flush=True)
         return 3
-    poll_once(tf, model)  # serve what is there before saying we run
+    if args.grpc_socket_path:
+        try:
+            server.add_insecure_port(f"unix:{args.grpc_socket_path}")
+        except RuntimeError:
+            print(f"model_server: cannot listen on unix:{args.grpc_socket_path}", file=sys.stderr, flush=True)
+            return 3
+    for model in models.all():
+        poll_once(tf, model, models)  # serve what is there before saying we run
     server.start()
     rest = None
     if args.rest_api_port:
         timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
-        rest = BoundedHTTPServer((args.host, args.rest_api_port), make_rest_handler(tf, model, timeout),
+        rest = BoundedHTTPServer((args.host, args.rest_api_port),
+                                 make_rest_handler(tf, models, timeout, metrics, metrics_path),
                                  args.rest_api_num_threads)
         threading.Thread(target=rest.serve_forever, name="rest", daemon=True).start()
         print(f"Exporting HTTP/REST API at:{args.host}:{args.rest_api_port} ...", flush=True)
+    elif metrics_path:
+        print("model_server: warning: the Prometheus metrics are served over REST; give --rest_api_port",
+              file=sys.stderr, flush=True)
     print(f"Running gRPC ModelServer at {address} ...", flush=True)
-    watcher = threading.Thread(target=watch, args=(tf, model, args.file_system_poll_wait_seconds, stop),
+    watcher = threading.Thread(target=watch, args=(tf, models, args.file_system_poll_wait_seconds, stop),
                                name="watch", daemon=True)
     watcher.start()
     stop.wait()

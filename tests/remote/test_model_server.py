@@ -99,7 +99,8 @@ def raw_predict(client, *, model="nn", signature="prediction", key="input", valu
 
 @pytest.mark.parametrize("kwargs, code, text", [
     ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
-    ({"signature": "nope"}, grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature name: "nope" not found'),
+    # predict_util.cc RunPredict's message (the REST API's is 'Serving signature name: ... not found in signature def').
+    ({"signature": "nope"}, grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.'),
     ({"key": "x"}, grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: x"),
     ({"dtype": 2}, grpc.StatusCode.INVALID_ARGUMENT, "to be float but double is provided"),
     ({"values": (1.0, 2.0), "shape": (1, 2)}, grpc.StatusCode.INVALID_ARGUMENT, "the signature expects [None, 1]"),

@@ -1,0 +1,551 @@
+"""The stand-in model server against TensorFlow Serving's own documentation, tests and code.
+
+Each test names the upstream file (github.com/tensorflow/serving, tensorflow_serving/...) whose behaviour
+it checks. One server process serves the whole module, from a --model_config_file: the lab's model
+("nn", versions 1 and 2 with the labels stable and canary) and a model with two inputs and three
+outputs of different dtypes ("multi"). Real requests over 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+
+import model_server
+from tests.conftest import REMOTE, wait_until
+from tflab import ports
+from tflab.client import ServingClient, column_tensor, serving_apis
+
+pytestmark = pytest.mark.slow
+
+MODEL_CONFIG = """
+model_config_list {{
+  config {{
+    name: "nn"
+    base_path: "{nn}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "multi"
+    base_path: "{multi}"
+    model_platform: "tensorflow"
+  }}
+}}
+"""
+MONITORING_CONFIG = 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
+BATCHING_PARAMETERS = """
+max_batch_size { value: 64 }
+batch_timeout_micros { value: 2000 }
+num_batch_threads { value: 2 }
+"""
+
+
+def export_multi(tf, path: str) -> None:
+    """A SavedModel whose default signature takes a: float32 [None, 2] and b: int64 [None] and answers
+    sum (float32), twice (int64) and half (float64), one value per row each."""
+
+    class Multi(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int64)])
+        def serve(self, a, b):
+            return {"sum": tf.reduce_sum(a, axis=1), "twice": b * 2, "half": tf.cast(a[:, 0], tf.float64) / 2}
+
+    module = Multi()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def write_warmup(tf, path, count: int) -> None:
+    """assets.extra/tf_serving_warmup_requests: PredictLog records in a TFRecord file (g3doc/saved_model_warmup.md)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path.parent.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(count):
+            log = prediction_log_pb2.PredictionLog()
+            log.predict_log.request.CopyFrom(nn_request([float(i)]))
+            writer.write(log.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def server(lab_steps_run, tf, tmp_path_factory):
+    """One model_server.py process over a model config, with REST, a UNIX socket and Prometheus metrics."""
+    workdir, report, _ = lab_steps_run
+    root = tmp_path_factory.mktemp("conformance")
+    for version in (1, 2):
+        shutil.copytree(workdir / "models" / "nn" / "1", root / "nn" / str(version))
+    export_multi(tf, str(root / "multi" / "1"))
+    write_warmup(tf, root / "nn" / "2" / "assets.extra" / "tf_serving_warmup_requests", count=3)
+    config = root / "models.config"
+    config.write_text(MODEL_CONFIG.format(nn=root / "nn", multi=root / "multi"))
+    monitoring = root / "monitoring.config"
+    monitoring.write_text(MONITORING_CONFIG)
+    batching = root / "batching.config"
+    batching.write_text(BATCHING_PARAMETERS)
+    port, rest = ports.free_port(), ports.free_port()
+    sock = root / "grpc.sock"
+    log_path = root / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}",
+                             f"--rest_api_port={rest}", f"--model_config_file={config}",
+                             f"--monitoring_config_file={monitoring}", f"--grpc_socket_path={sock}",
+                             "--file_system_poll_wait_seconds=0.2", "--enable_batching=true",
+                             f"--batching_parameters_file={batching}", "--num_load_threads", "2",
+                             "--rest_api_enable_cors_support=true"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    client = ServingClient(f"127.0.0.1:{port}", timeout=10)
+    try:
+        client.wait_available("nn", version=2, timeout=120)
+        client.wait_available("multi", timeout=60)
+        t = report["training"]
+        yield {"port": port, "rest": rest, "client": client, "proc": proc, "log": log_path, "sock": sock,
+               "root": root, "config": config, "expect": lambda x: x * t["slope"] + t["intercept"]}
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def stub(server):
+    return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
+
+
+def nn_request(xs=(1.0, 2.0), **spec):
+    request = serving_apis().predict_pb2.PredictRequest()
+    request.model_spec.name = spec.pop("name", "nn")
+    request.model_spec.signature_name = spec.pop("signature_name", "prediction")
+    for key, value in spec.items():
+        if key == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, key, value)
+    column_tensor(list(xs), request.inputs["input"])
+    return request
+
+
+def multi_request(rows=((1.0, 2.0, 3),), outputs=()):
+    apis = serving_apis()
+    request = apis.predict_pb2.PredictRequest()
+    request.model_spec.name = "multi"
+    a, b = request.inputs["a"], request.inputs["b"]
+    a.dtype, b.dtype = 1, 9  # DT_FLOAT, DT_INT64
+    a.tensor_shape.dim.add().size = len(rows)
+    a.tensor_shape.dim.add().size = 2
+    b.tensor_shape.dim.add().size = len(rows)
+    for x, y, n in rows:
+        a.float_val.extend([x, y])
+        b.int64_val.append(n)
+    request.output_filter.extend(outputs)
+    return request
+
+
+def refusal(call, *args) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=10)
+    return info.value
+
+
+def http(server, method, path, body=None):
+    """(status, parsed JSON or text, raw text) of one REST call."""
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    request = urllib.request.Request(f"http://127.0.0.1:{server['rest']}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            status, raw = r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read().decode()
+    try:
+        return status, json.loads(raw), raw
+    except ValueError:
+        return status, raw, raw
+
+
+# --------------------------------------------------------------------------- gRPC Predict
+
+
+def test_predict_answers_in_the_typed_fields(server):
+    """servables/tensorflow/predict_util.cc PostProcessPredictionResult: kAsProtoField, i.e. TensorFlow's
+    Tensor::AsProtoField (float_val for DT_FLOAT, int64_val for DT_INT64, double_val for DT_DOUBLE; every
+    element, no tensor_content). model_servers/tensorflow_model_server_test.py reads `.float_val`."""
+    response = stub(server).Predict(nn_request([1.0, 2.0, 3.0]), timeout=10)
+    out = response.outputs["output"]
+    assert out.dtype == 1 and out.tensor_content == b""
+    assert [d.size for d in out.tensor_shape.dim] == [3, 1]
+    assert list(out.float_val) == pytest.approx([server["expect"](x) for x in (1.0, 2.0, 3.0)], rel=1e-5)
+    assert (response.model_spec.name, response.model_spec.version.value,
+            response.model_spec.signature_name) == ("nn", 2, "prediction")
+    multi = stub(server).Predict(multi_request([(1.0, 2.0, 3), (0.5, 0.25, -4)]), timeout=10)
+    assert list(multi.outputs["sum"].float_val) == [3.0, 0.75]
+    assert list(multi.outputs["twice"].int64_val) == [6, -8] and multi.outputs["twice"].dtype == 9
+    assert list(multi.outputs["half"].double_val) == [0.5, 0.25] and multi.outputs["half"].dtype == 2
+    assert all(not t.tensor_content for t in multi.outputs.values())
+    # tflab's own client reads the same answer.
+    assert server["client"].predict([1.0]).outputs == pytest.approx([server["expect"](1.0)], rel=1e-5)
+
+
+def test_a_request_without_a_model_spec_is_invalid_argument(server):
+    """servables/tensorflow/predict_impl.cc, get_model_metadata_impl.cc, model_servers/get_model_status_impl.cc:
+    no model_spec is INVALID_ARGUMENT "Missing ModelSpec"."""
+    apis = serving_apis()
+    request = apis.predict_pb2.PredictRequest()
+    column_tensor([1.0], request.inputs["input"])
+    error = refusal(stub(server).Predict, request)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    metadata = apis.get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.metadata_field.append("signature_def")
+    error = refusal(stub(server).GetModelMetadata, metadata)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    models = apis.model_service_pb2_grpc.ModelServiceStub(server["client"]._channel)
+    error = refusal(models.GetModelStatus, apis.get_model_status_pb2.GetModelStatusRequest())
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+
+
+def test_output_filter_selects_and_refuses_duplicates_and_unknown_aliases(server):
+    """servables/tensorflow/predict_util.cc PreProcessPrediction: the filter's outputs only; an unknown alias
+    and a duplicate one are INVALID_ARGUMENT with its messages."""
+    response = stub(server).Predict(multi_request(outputs=["twice"]), timeout=10)
+    assert list(response.outputs) == ["twice"]
+    error = refusal(stub(server).Predict, multi_request(outputs=["twice", "twice"]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "duplicate output tensor alias: twice"
+    error = refusal(stub(server).Predict, multi_request(outputs=["nope"]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("output tensor alias not found in signature: nope Outputs expected to be in the "
+                               "set {half,sum,twice}.")
+
+
+def test_inputs_that_do_not_match_the_signature_get_tf_servings_messages(server):
+    """servables/tensorflow/predict_util.cc VerifyRequestInputsSize: a missing input is INVALID_ARGUMENT
+    "input size does not match signature"; an unknown signature is FAILED_PRECONDITION (RunPredict)."""
+    request = multi_request()
+    del request.inputs["b"]
+    error = refusal(stub(server).Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("input size does not match signature: 1!=2 len({a}) != len({a,b}). "
+                               "Sent extra: {}. Missing but required: {b}.")
+    error = refusal(stub(server).Predict, nn_request(signature_name="nope"))
+    assert (error.code(), error.details()) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               'Serving signature key "nope" not found.')
+
+
+def test_versions_and_labels_from_the_model_config(server):
+    """g3doc/serving_config.md (model_version_policy specific, version_labels) and model_servers/server_core.cc
+    (a label names a version; an unknown label is INVALID_ARGUMENT "Unrecognized servable version label");
+    core/basic_manager.cc (an unknown version is NOT_FOUND "Servable not found for request: Specific(...)")."""
+    call = stub(server).Predict
+    assert call(nn_request(version_label="stable"), timeout=10).model_spec.version.value == 1
+    assert call(nn_request(version_label="canary"), timeout=10).model_spec.version.value == 2
+    assert call(nn_request(version=1), timeout=10).model_spec.version.value == 1
+    assert call(nn_request(), timeout=10).model_spec.version.value == 2
+    error = refusal(call, nn_request(version_label="nope"))
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "Unrecognized servable version label: nope")
+    error = refusal(call, nn_request(version=9))
+    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND,
+                                               "Servable not found for request: Specific(nn, 9)")
+    assert {(s.version, s.state) for s in server["client"].status("nn")} == {(1, "AVAILABLE"), (2, "AVAILABLE")}
+
+
+# --------------------------------------------------------------------------- gRPC, other methods
+
+
+def test_classify_regress_and_multi_inference_refuse_a_predict_signature(server):
+    """servables/tensorflow/classifier.cc and regressor.cc (GetClassificationSignatureDef /
+    GetRegressionSignatureDef), multi_inference.cc (PreProcessClassification): a predict signature is
+    INVALID_ARGUMENT "Expected classification signature method_name to be tensorflow/serving/classify"."""
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    for method, kind, name in ((stub(server).Classify, "classification", "classify"),
+                               (stub(server).Regress, "regression", "regress")):
+        request = (classification_pb2.ClassificationRequest if name == "classify"
+                   else regression_pb2.RegressionRequest)()
+        request.model_spec.name, request.model_spec.signature_name = "nn", "prediction"
+        request.input.example_list.examples.add()
+        error = refusal(method, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == (f"Expected {kind} signature method_name to be tensorflow/serving/{name}. "
+                                   "Was: tensorflow/serving/predict")
+        request.model_spec.signature_name = "nope"
+        assert refusal(method, request).details() == "No signature was found with the name: nope"
+    request = inference_pb2.MultiInferenceRequest()
+    task = request.tasks.add()
+    task.model_spec.name, task.model_spec.signature_name = "nn", "prediction"
+    task.method_name = "tensorflow/serving/classify"
+    error = refusal(stub(server).MultiInference, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected classification signature method_name" in error.details()
+    task.method_name = "tensorflow/serving/predict"
+    error = refusal(stub(server).MultiInference, request)
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNIMPLEMENTED,
+                                               "Unsupported signature method_name: tensorflow/serving/predict")
+
+
+def test_metadata_for_a_label_and_a_version(server):
+    """servables/tensorflow/get_model_metadata_impl.cc: the signature_def map of the version asked for."""
+    apis = serving_apis()
+    request = apis.get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name, request.model_spec.version_label = "nn", "stable"
+    request.metadata_field.append("signature_def")
+    response = stub(server).GetModelMetadata(request, timeout=10)
+    assert response.model_spec.version.value == 1
+    sig_map = apis.get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    assert sig_map.signature_def["prediction"].method_name == "tensorflow/serving/predict"
+
+
+def test_predict_over_the_grpc_unix_socket(server):
+    """model_servers/main.cc --grpc_socket_path; tensorflow_model_server_test.py testPredictUDS."""
+    with ServingClient(f"unix:{server['sock']}", timeout=10) as client:
+        assert client.predict([2.0]).outputs == pytest.approx([server["expect"](2.0)], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- REST
+
+
+def test_rest_metadata_has_tf_servings_json_shape(server):
+    """g3doc/api_rest.md "Model Metadata API" and model_servers/http_rest_api_util.cc ToJsonString:
+    {"model_spec": {name, signature_name, version}, "metadata": {"signature_def": {"signature_def": ...}}},
+    proto field names kept; for the latest version, /versions/N and /labels/L."""
+    status, body, _ = http(server, "GET", "/v1/models/nn/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": "nn", "signature_name": "", "version": "2"}
+    sig = body["metadata"]["signature_def"]["signature_def"]["prediction"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    assert sig["inputs"]["input"]["dtype"] == "DT_FLOAT"
+    assert sig["inputs"]["input"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "1", "name": ""}]
+    assert http(server, "GET", "/v1/models/nn/versions/1/metadata")[1]["model_spec"]["version"] == "1"
+    assert http(server, "GET", "/v1/models/nn/labels/canary/metadata")[1]["model_spec"]["version"] == "2"
+    status, body, _ = http(server, "GET", "/v1/models/nn/versions/9/metadata")
+    assert (status, body) == (404, {"error": "Servable not found for request: Specific(nn, 9)"})
+
+
+def test_rest_status_of_a_version_and_an_unknown_version(server):
+    """model_servers/get_model_status_impl.cc via http_rest_api_handler.cc ProcessModelStatusRequest:
+    "Could not find version 9 of model nn" is NOT_FOUND, HTTP 404 (http_server.cc ToHTTPStatusCode)."""
+    status, body, _ = http(server, "GET", "/v1/models/nn/versions/1")
+    assert (status, body) == (200, {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    assert http(server, "GET", "/v1/models/nn/versions/9") == (
+        404, {"error": "Could not find version 9 of model nn"}, '{"error": "Could not find version 9 of model nn"}')
+    status, body, _ = http(server, "POST", "/v1/models/nn/versions/9:predict", {"instances": [[1.0]]})
+    assert (status, body) == (404, {"error": "Servable not found for request: Specific(nn, 9)"})
+
+
+def test_rest_columnar_format_plain_and_named(server):
+    """g3doc/api_rest.md "Specifying input tensors in column format" and util/json_tensor.cc
+    FillTensorMapFromInputsMap / MakeColumnarFormatJsonFromTensors: "inputs" in, "outputs" out, a plain
+    value for one output and an object of named values for several."""
+    status, body, _ = http(server, "POST", "/v1/models/nn:predict",
+                           {"signature_name": "prediction", "inputs": [[1.0], [3.0]]})
+    assert status == 200 and list(body) == ["outputs"]
+    assert [v[0] for v in body["outputs"]] == pytest.approx([server["expect"](1.0), server["expect"](3.0)], rel=1e-5)
+    status, body, _ = http(server, "POST", "/v1/models/nn:predict",
+                           {"signature_name": "prediction", "inputs": {"input": [[2.0]]}})
+    assert status == 200 and body["outputs"][0][0] == pytest.approx(server["expect"](2.0), rel=1e-5)
+    status, body, _ = http(server, "POST", "/v1/models/multi:predict",
+                           {"inputs": {"a": [[1.0, 2.0], [0.5, 0.25]], "b": [3, -4]}})
+    assert (status, body) == (200, {"outputs": {"half": [0.5, 0.25], "sum": [3.0, 0.75], "twice": [6, -8]}})
+    status, body, _ = http(server, "POST", "/v1/models/multi:predict", {"inputs": {"a": [[1.0, 2.0]]}})
+    assert (status, body) == (400, {"error": "Missing named input: b in 'inputs' object."})
+
+
+def test_rest_row_format_with_objects(server):
+    """g3doc/api_rest.md "Specifying input tensors in row format" and util/json_tensor.cc
+    FillTensorMapFromInstancesList / MakeRowFormatJsonFromTensors: objects name the inputs; several outputs
+    answer one object per row."""
+    status, body, _ = http(server, "POST", "/v1/models/nn:predict",
+                           {"signature_name": "prediction", "instances": [{"input": [1.0]}, {"input": [3.0]}]})
+    assert status == 200
+    assert [p[0] for p in body["predictions"]] == pytest.approx([server["expect"](1.0), server["expect"](3.0)],
+                                                                 rel=1e-5)
+    status, body, _ = http(server, "POST", "/v1/models/multi:predict",
+                           {"instances": [{"a": [1.0, 2.0], "b": 3}, {"a": [0.5, 0.25], "b": -4}]})
+    assert (status, body) == (200, {"predictions": [{"half": 0.5, "sum": 3.0, "twice": 6},
+                                                    {"half": 0.25, "sum": 0.75, "twice": -8}]})
+    status, body, _ = http(server, "POST", "/v1/models/multi:predict", {"instances": [[1.0, 2.0]]})
+    assert status == 400 and body["error"].startswith("instances is a plain list, but expecting list of objects")
+    status, body, _ = http(server, "POST", "/v1/models/multi:predict", {"instances": [{"a": [1.0, 2.0]}]})
+    assert status == 400 and "keys must be equal to: a,b" in body["error"]
+
+
+def test_rest_refuses_both_instances_and_inputs_and_neither(server):
+    """util/json_tensor.cc FillPredictRequestFromJson: "expecting only one of 'inputs' or 'instances' keys",
+    "Missing 'inputs' or 'instances' key", "No values in 'instances' array", an empty body."""
+    status, body, _ = http(server, "POST", "/v1/models/nn:predict",
+                           {"signature_name": "prediction", "instances": [[1.0]], "inputs": [[1.0]]})
+    assert status == 400
+    assert "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist" in body["error"]
+    assert http(server, "POST", "/v1/models/nn:predict", {"signature_name": "prediction"})[:2] == (
+        400, {"error": "Missing 'inputs' or 'instances' key"})
+    status, body, _ = http(server, "POST", "/v1/models/nn:predict", {"signature_name": "prediction", "instances": []})
+    assert status == 400 and "No values in 'instances' array" in body["error"]
+    assert http(server, "POST", "/v1/models/nn:predict", b"")[:2] == (
+        400, {"error": "JSON Parse error: The document is empty"})
+
+
+def test_rest_labels_and_versions_in_the_path(server):
+    """model_servers/http_rest_api_util.cc kPredictionApiGegex: /versions/N and /labels/L before :predict."""
+    for path, version in (("/v1/models/nn/labels/stable:predict", 1), ("/v1/models/nn/versions/2:predict", 2),
+                          ("/v1/models/nn/labels/canary:predict", 2)):
+        status, body, _ = http(server, "POST", path, {"signature_name": "prediction", "instances": [[1.0]]})
+        assert status == 200 and body["predictions"][0][0] == pytest.approx(server["expect"](1.0), rel=1e-5), path
+    status, body, _ = http(server, "POST", "/v1/models/nn/labels/nope:predict", {"instances": [[1.0]]})
+    assert (status, body) == (400, {"error": "Unrecognized servable version label: nope"})
+
+
+@pytest.mark.parametrize("method, path, message", [
+    ("POST", "/v1/models/nn:bogus", "Malformed request: POST /v1/models/nn:bogus"),
+    ("POST", "/v1/models/nn", "Malformed request: POST /v1/models/nn"),
+    ("GET", "/v1/models/nn:predict", "Malformed request: GET /v1/models/nn:predict"),
+    ("GET", "/v2/models/nn", "Malformed request: GET /v2/models/nn"),
+    ("GET", "/v1/models/nn/versions/x", "Malformed request: GET /v1/models/nn/versions/x"),
+    ("PUT", "/v1/models/nn", "Malformed request: PUT /v1/models/nn"),
+    ("DELETE", "/v1/models/nn", "Malformed request: DELETE /v1/models/nn"),
+    ("GET", "/v1/models", "Missing model name in request."),
+])
+def test_rest_malformed_paths_and_methods_get_400_with_tf_servings_message(server, method, path, message):
+    """model_servers/http_rest_api_handler.cc ProcessRequest ("Malformed request: <method> <path>",
+    "Missing model name in request.") and http_rest_api_handler_test.cc; INVALID_ARGUMENT is HTTP 400."""
+    body = b"{}" if method in ("POST", "PUT") else None
+    status, answer, _ = http(server, method, path, body)
+    assert (status, answer) == (400, {"error": message})
+
+
+def test_rest_floats_are_printed_as_json_tensor_prints_float32(server):
+    """util/json_tensor.cc WriteDecimal: a float32 prints in its shortest "%g" form when that reads back as the
+    same float32 (0.3, not 0.30000001192092896), else with 9 digits; whole numbers get ".0"."""
+    status, _, raw = http(server, "POST", "/v1/models/multi:predict",
+                          {"inputs": {"a": [[0.1, 0.2], [1.0, 2.0], [1e-7, 0.0]], "b": [1, 2, 3]}})
+    assert status == 200
+    assert json.loads(raw)["outputs"]["sum"] == [0.3, 3.0, 1e-07]
+    assert "[0.3, 3.0, 1e-07]" in raw, raw
+    status, _, raw = http(server, "POST", "/v1/models/nn:predict", {"signature_name": "prediction",
+                                                                    "instances": [[1.0]]})
+    value = json.loads(raw)["predictions"][0][0]
+    assert len(repr(value)) <= 11, raw  # at most 9 significant digits, never a float64 expansion
+
+
+def test_json_float_formatting_matches_write_decimal():
+    """util/json_tensor.cc WriteDecimal, case by case (its own comment's examples: 0.2, 9000000, .00003)."""
+    import numpy as np
+
+    f32 = lambda v: model_server.json_float(float(np.float32(v)), True)  # noqa: E731
+    assert [f32(0.2), f32(9000000.0), f32(0.00003), f32(1.0), f32(-2.5)] == ["0.2", "9e+06", "3e-05", "1.0", "-2.5"]
+    assert f32(16777217.0) == "16777216.0"  # not representable: the float32 is 16777216
+    assert f32(1.0000001) == "1.00000012"  # "%g" gives 1, which does not round-trip: 9 digits
+    assert model_server.json_float(0.1 + 0.2, False) == "0.30000000000000004"
+    assert [model_server.json_float(v, True) for v in (float("nan"), float("inf"), float("-inf"))] == [
+        "NaN", "Infinity", "-Infinity"]
+
+
+# --------------------------------------------------------------------------- batching, monitoring, flags, reload
+
+
+def test_batching_merges_concurrent_requests_and_each_gets_its_own_rows(server):
+    """batching/README.md and servables/tensorflow/session_bundle_config.proto BatchingParameters: with
+    --enable_batching, concurrent Predicts run as one batch of at most max_batch_size rows, each request
+    answered with its own rows; a request larger than max_batch_size is refused (batch_scheduler.h
+    "Task size ... is larger than maximum input batch size")."""
+    import threading
+
+    results, errors = {}, []
+
+    def call(i):
+        try:
+            xs = [float(i), float(i) + 0.5][: 1 + i % 2]
+            response = stub(server).Predict(nn_request(xs), timeout=30)
+            results[i] = (xs, list(response.outputs["output"].float_val))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 16
+    for xs, ys in results.values():
+        assert ys == pytest.approx([server["expect"](x) for x in xs], rel=1e-5)
+    error = refusal(stub(server).Predict, nn_request([1.0] * 65))
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "Task size 65 is larger than maximum input batch size 64")
+
+
+def test_prometheus_metrics_count_requests_per_model_and_api(server):
+    """util/prometheus_exporter.cc (metric names with ':' for '/', "# TYPE" lines) and
+    servables/tensorflow/util.cc (/tensorflow/serving/request_count {model_name, status},
+    /tensorflow/serving/request_latency {model_name, API, entrypoint}); tensorflow_model_server_test.py
+    testPrometheusEndpoint reads /monitoring/prometheus/metrics."""
+    stub(server).Predict(nn_request(), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub(server).Predict(nn_request(version=9), timeout=10)
+    http(server, "POST", "/v1/models/nn:predict", {"signature_name": "prediction", "instances": [[1.0]]})
+    status, _, text = http(server, "GET", "/monitoring/prometheus/metrics")
+    assert status == 200
+    assert "# TYPE :tensorflow:serving:request_count counter" in text
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line and not line.startswith("#")}
+    assert lines[':tensorflow:serving:request_count{model_name="nn",status="OK"}'] >= 2
+    assert lines[':tensorflow:serving:request_count{model_name="nn",status="NOT_FOUND"}'] >= 1
+    grpc_count = ':tensorflow:serving:request_latency_count{model_name="nn",API="Predict",entrypoint="GRPC"}'
+    rest_count = ':tensorflow:serving:request_latency_count{model_name="nn",API="predict",entrypoint="REST"}'
+    assert lines[grpc_count] >= 1 and lines[rest_count] >= 1
+    assert ':tensorflow:serving:request_latency_bucket{model_name="nn",API="Predict",entrypoint="GRPC",le="+Inf"}' \
+        in lines
+
+
+def test_tf_serving_flags_the_stand_in_does_not_implement_are_a_one_line_warning(server):
+    """model_servers/main.cc lists TensorFlow Serving's flags: the stand-in takes them all, warns in one line
+    about those it does not implement, and still refuses a flag TF Serving does not have."""
+    text = server["log"].read_text()
+    warnings = [line for line in text.splitlines() if "does not implement" in line]
+    assert any("--rest_api_enable_cors_support" in line for line in warnings), text[-2000:]
+    assert any("--num_load_threads" in line for line in warnings), text[-2000:]
+    proc = subprocess.run([sys.executable, str(REMOTE / "model_server.py"), "--model_base_path=/nonexistent",
+                           "--no_such_flag=1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --no_such_flag=1" in proc.stderr
+
+
+def test_warmup_requests_are_replayed_when_a_version_loads(server):
+    """g3doc/saved_model_warmup.md and servables/tensorflow/saved_model_warmup.cc (--enable_model_warmup, on by
+    default): the PredictLog records in assets.extra/tf_serving_warmup_requests run before the version is
+    AVAILABLE."""
+    assert "warmed up nn version 2 with 3 requests" in server["log"].read_text()
+
+
+def test_reload_config_changes_the_served_models(server):
+    """model_servers/model_service_impl.cc HandleReloadConfigRequest: the response's status carries the outcome;
+    a config that is not a model_config_list is INVALID_ARGUMENT; a model left out is no longer served
+    (server_core.cc ReloadConfig)."""
+    from google.protobuf import text_format
+
+    apis = serving_apis()
+    from tensorflow_serving.apis import model_management_pb2
+
+    models = apis.model_service_pb2_grpc.ModelServiceStub(server["client"]._channel)
+    original = server["config"].read_text()
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.custom_model_config.Pack(request)  # not a model_config_list
+    assert models.HandleReloadConfigRequest(request, timeout=10).status.error_code == 3
+    only_nn = original.split("  config {\n    name: \"multi\"")[0] + "}\n"
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(only_nn, request.config)
+    response = models.HandleReloadConfigRequest(request, timeout=60)
+    assert response.status.error_code == 0, response
+    error = refusal(stub(server).Predict, multi_request())
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(original, request.config)
+    assert models.HandleReloadConfigRequest(request, timeout=60).status.error_code == 0
+    wait_until(lambda: any(s.state == "AVAILABLE" for s in server["client"].status("multi")), 60, what="multi")
+    assert list(stub(server).Predict(multi_request(), timeout=10).outputs["twice"].int64_val) == [6]
+    assert server["proc"].poll() is None
