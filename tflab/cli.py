@@ -347,6 +347,9 @@ def up(
               "max_lifetime_seconds": lifetime_seconds or None, "keep_until": None}
     if not policy["enabled"]:
         console.warn("autostop is OFF (--idle-stop off --max-lifetime off): the lab bills until `tflab down`")
+    elif not idle_seconds:
+        console.warn(f"--idle-stop off: an idle lab keeps billing until its maximum lifetime "
+                     f"({describe(lifetime_seconds)}) or `tflab down`")
     else:
         console.info(f"autostop: the instance {'stops' if behavior == 'stop' else 'terminates'} itself after "
                      f"{describe(idle_seconds)} without activity, and after {describe(lifetime_seconds)} in any case "
