@@ -322,6 +322,9 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     watcher = Watcher(args)
     while not stop["now"]:
+        if not os.path.isdir(args.workdir):  # the lab's folder is gone: nothing left to watch
+            print(f"{args.workdir} is gone; stopping", flush=True)
+            return 0
         view = watcher.check()
         if view["acted"]:
             act(args, view)

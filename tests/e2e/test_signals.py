@@ -25,6 +25,8 @@ from tests.conftest import REMOTE, wait_until
 from tests.e2e.test_run_lab_local import processes_mentioning
 from tests.sshd import Sshd
 from tflab import ports
+from tflab.ssh import Connection, SshTarget
+from tflab.sshhost import SshHost
 
 pytestmark = pytest.mark.slow
 MARK = "TFLAB_TEST_MARK"
@@ -49,6 +51,20 @@ def marked(mark: str) -> list[str]:
     return found
 
 
+_started: list["Command"] = []
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_by_a_failed_test():
+    """A test that fails before it signals its command must not leave it running for the next ones."""
+    yield
+    while _started:
+        cmd = _started.pop()
+        if cmd.proc.poll() is None:
+            cmd.proc.kill()  # its children follow (parent-death signal)
+            cmd.proc.wait(10)
+
+
 class Command:
     """`tflab ...` in its own process, its stderr read line by line as it comes."""
 
@@ -56,6 +72,7 @@ class Command:
         self.mark = uuid.uuid4().hex
         self.proc = subprocess.Popen([sys.executable, "-m", "tflab", *args], stdin=stdin, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env={**os.environ, MARK: self.mark})
+        _started.append(self)
         self.lines: list[str] = []  # stdout's and stderr's, as they come
         self._readers = [threading.Thread(target=lambda s=s: self.lines.extend(s), daemon=True)
                          for s in (self.proc.stdout, self.proc.stderr)]
@@ -182,18 +199,23 @@ def test_run_lab_on_a_host_ends_its_tunnel_and_the_remote_steps_on_sigterm(host)
     before = ssh_folders()
     cmd = Command("run-lab", *args, "--python", sys.executable, "--workdir", str(workdir), "--out",
                   str(tmp / "out"), "--steps", "100000")
-    cmd.wait_for("running the lab steps")
-    wait_until(lambda: any("steps.py" in p for p in processes_mentioning(str(workdir))), 60,
-               what="the steps to run on the host")
-    assert cmd.signal(signal.SIGTERM) == 143
-    assert cmd.left_behind() == []  # the ssh child carrying the tunnels too
-    assert ssh_folders() - before == set()  # its control socket's folder is gone
-    # The steps the run was running on the host ended with its channel; the services stay (asked for).
-    wait_until(lambda: not any("steps.py" in p for p in processes_mentioning(str(workdir))), 15,
-               what="the remote steps to end")
-    running = processes_mentioning(str(workdir))
-    assert any("model_server.py" in p for p in running)
-    subprocess.run([sys.executable, "-m", "tflab", "ssh", *args, "--", "pkill", "-f", str(workdir)], timeout=60)
+    try:
+        cmd.wait_for("running the lab steps")
+        wait_until(lambda: any("steps.py" in p for p in processes_mentioning(str(workdir))), 60,
+                   what="the steps to run on the host")
+        assert cmd.signal(signal.SIGTERM) == 143
+        assert cmd.left_behind() == []  # the ssh child carrying the tunnels too
+        assert ssh_folders() - before == set()  # its control socket's folder is gone
+        # The steps the run was running on the host ended with its channel; the services stay (asked for).
+        wait_until(lambda: not any("steps.py" in p for p in processes_mentioning(str(workdir))), 15,
+                   what="the remote steps to end")
+        running = processes_mentioning(str(workdir))
+        assert any("model_server.py" in p for p in running)
+    finally:  # the lab's services, which the run leaves on its host by design
+        target = SshTarget("127.0.0.1", server.user, server.port, str(server.user_key), str(tmp / "known_hosts"))
+        with Connection(target) as connection:
+            SshHost(connection).stop_all_services(f"{workdir}/services")
+    assert processes_mentioning(str(workdir)) == []
 
 
 def test_tunnel_ends_its_ssh_child_on_sighup_and_on_kill_9(host):

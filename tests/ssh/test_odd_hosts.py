@@ -11,10 +11,12 @@ import time
 import pytest
 
 from tests.conftest import tflab
+from tests.e2e.test_run_lab_local import processes_mentioning
 from tests.sshd import Sshd
 from tflab import ports
 from tflab.errors import UnreachableError
 from tflab.ssh import Connection, SshTarget, wait_for_ssh
+from tflab.sshhost import SshHost
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,14 @@ def test_push_fetch_and_read_work_without_sftp(no_sftp, tmp_path):
 def test_run_lab_on_a_host_without_sftp_that_writes_no_report_is_a_step_error(no_sftp, tmp_path):
     # /bin/true "has everything" for the bootstrap's check, runs the steps, and writes nothing.
     workdir = tmp_path / "work"
-    proc = tflab("run-lab", "--host", f"{no_sftp.user}@127.0.0.1:{no_sftp.port}", "--identity",
-                 str(no_sftp.user_key), "--known-hosts", str(tmp_path / "known_hosts"), "--accept-new-host-key",
-                 "--python", "/bin/true", "--workdir", str(workdir), "--out", str(tmp_path / "out"), timeout=300)
+    try:
+        proc = tflab("run-lab", "--host", f"{no_sftp.user}@127.0.0.1:{no_sftp.port}", "--identity",
+                     str(no_sftp.user_key), "--known-hosts", str(tmp_path / "known_hosts"), "--accept-new-host-key",
+                     "--python", "/bin/true", "--workdir", str(workdir), "--out", str(tmp_path / "out"), timeout=300)
+    finally:  # what the run left on the host by design (its watchdog, the services that started)
+        with Connection(target_of(no_sftp, tmp_path)) as connection:
+            SshHost(connection).stop_all_services(f"{workdir}/services")
+    assert processes_mentioning(str(workdir)) == []
     assert proc.returncode == 6, proc.stderr[-3000:]
     assert "note: the SSH server of" in proc.stderr and "no SFTP subsystem" in proc.stderr
     assert "tflab: error: lab steps: exited with status 0 but wrote no report" in proc.stderr
