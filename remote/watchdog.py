@@ -54,9 +54,15 @@ def now() -> float:
 
 
 def paths(workdir: str) -> dict:
+    """The watchdog's files in workdir, and the lab's: run-lab may put the lab elsewhere (`--workdir`) and
+    then says where in autostop/lab-dir."""
     folder = os.path.join(workdir, "autostop")
+    try:
+        lab = open(os.path.join(folder, "lab-dir")).read().strip() or workdir
+    except OSError:
+        lab = workdir
     return {"folder": folder, "policy": os.path.join(folder, "policy.json"), "view": os.path.join(folder, "view.json"),
-            "services": os.path.join(workdir, "services")}
+            "lab": lab, "services": os.path.join(lab, "services")}
 
 
 def read_json(path: str, default):
@@ -77,7 +83,23 @@ def write_json(path: str, value) -> None:
 
 
 def read_policy(workdir: str) -> dict:
-    return {**DEFAULT_POLICY, **read_json(paths(workdir)["policy"], {})}
+    """The policy file over the defaults; a value of the wrong type (a hand edit) keeps the default."""
+    policy = dict(DEFAULT_POLICY)
+    for key, value in read_json(paths(workdir)["policy"], {}).items():
+        if key == "enabled" and isinstance(value, bool):
+            policy[key] = value
+        elif key in DEFAULT_POLICY and key != "enabled" and (value is None or (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)):
+            policy[key] = value
+    return policy
+
+
+def guarded(source, *args) -> tuple[bool, str]:
+    """A source that fails counts as active (never stop a lab on a broken check), with why."""
+    try:
+        return source(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure of a check must not stop the watchdog
+        return True, f"check failed ({type(exc).__name__}: {exc}); counted as active"
 
 
 # --------------------------------------------------------------------------- activity sources
@@ -156,15 +178,18 @@ def gpu_busy(threshold: float) -> tuple[bool, str]:
 
 
 def step_running(workdir: str) -> tuple[bool, str]:
-    marker = os.path.join(workdir, "remote", "steps.py").encode()
+    """A lab step (remote/steps.py) or the bootstrap (remote/bootstrap.sh: pip, an image pull) running."""
+    markers = [os.path.join(workdir, "remote", name).encode() for name in ("steps.py", "bootstrap.sh")]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if marker in f.read():
-                        return True, f"steps.py (pid {pid})"
+                    cmdline = f.read()
             except OSError:
                 continue
+            for marker in markers:
+                if marker in cmdline:
+                    return True, f"{os.path.basename(marker.decode())} (pid {pid})"
     return False, "none"
 
 
@@ -178,18 +203,24 @@ class Watcher:
         self.bytes: dict = {}  # connection -> bytes at the last check
         self.last_active = self.started
         self.last_check = self.started
+        self.checks = 0
+        self.acted = False
         self.warned = False
 
     def sources(self, policy: dict, lab_ports: dict) -> dict:
         """name -> {"active": bool, "detail": str}"""
         args, t = self.args, now()
+        lab = paths(args.workdir)["lab"]
+        p_services = os.path.join(lab, "services")
         connections = tcp_connections()
         moved = {}
         for key, total in connections.items():
             self.first_seen.setdefault(key, t)
-            moved[key] = total - self.bytes[key] if key in self.bytes else 0
+            # A connection new since the last check moved all it has (but not at the very first check).
+            moved[key] = total - self.bytes.get(key, 0) if self.checks else 0
         self.first_seen = {k: v for k, v in self.first_seen.items() if k in connections}
         self.bytes = dict(connections)
+        self.checks += 1
 
         def served(port) -> int:  # bytes the server side of a port moved since the last check
             return sum(m for (local, _), m in moved.items() if port and port_of(local) == port)
@@ -204,18 +235,28 @@ class Watcher:
         found = {"ssh": {"active": ssh_own > args.ssh_bytes,
                          "detail": f"{ssh_live} connection(s), {ssh_bytes} bytes since the last check"
                                    + (f" ({jupyter_bytes} for Jupyter)" if jupyter_bytes else "")}}
-        for name, names in (("serving", ("serving", "rest")), ("tensorboard", ("tensorboard",))):
+        # Requests: any bytes on the model server's ports, or its own stamp (tflab's server moves a file's
+        # time at each request, so short connections between two checks count too). TensorBoard: more
+        # than --tensorboard-bytes, since an open tab reloads by itself every 30 s.
+        for name, names, floor in (("serving", ("serving", "rest"), 0), ("tensorboard", ("tensorboard",),
+                                                                          args.tensorboard_bytes)):
             known = [lab_ports[n] for n in names if lab_ports.get(n)]
             moved_here = sum(served(port) for port in known)
-            found[name] = {"active": moved_here > 0,
+            found[name] = {"active": moved_here > floor,
                            "detail": f"{moved_here} bytes on port {', '.join(map(str, known))}" if known
                            else "no port known yet"}
-        active, detail = jupyter_active(lab_ports.get("jupyter"), os.path.join(args.workdir, "jupyter-token"),
-                                        self.last_check)
+        try:
+            stamped = os.stat(os.path.join(p_services, "model-server.activity")).st_mtime
+        except OSError:
+            stamped = 0.0
+        if stamped > self.last_check:
+            found["serving"] = {"active": True, "detail": "requests since the last check (the server's stamp)"}
+        active, detail = guarded(jupyter_active, lab_ports.get("jupyter"), os.path.join(lab, "jupyter-token"),
+                                 self.last_check)
         found["jupyter"] = {"active": active, "detail": detail}
-        active, detail = gpu_busy(args.gpu_percent)
+        active, detail = guarded(gpu_busy, args.gpu_percent)
         found["gpu"] = {"active": active, "detail": detail}
-        active, detail = step_running(args.workdir)
+        active, detail = guarded(step_running, lab)
         found["step"] = {"active": active, "detail": detail}
         keep = policy.get("keep_until")
         found["keep"] = {"active": bool(keep and keep > t),
@@ -227,7 +268,8 @@ class Watcher:
         args, t = self.args, now()
         p = paths(args.workdir)
         policy = read_policy(args.workdir)
-        lab_ports = read_json(os.path.join(p["services"], "ports.json"), {})
+        lab_ports = {k: v for k, v in read_json(os.path.join(p["services"], "ports.json"), {}).items()
+                     if isinstance(v, int)}
         sources = self.sources(policy, lab_ports)
         self.last_check = t
         active = sorted(name for name, s in sources.items() if s["active"])
@@ -248,12 +290,14 @@ class Watcher:
                             f"past its maximum lifetime of {policy['max_lifetime_seconds']:g} s"))
             if due:
                 view["acts_at"], view["acts_because"] = min(due)
+                lifetime = "lifetime" in view["acts_because"]
+                advice = ("`tflab autostop --max-lifetime 24h` (or off) lets it run longer" if lifetime
+                          else "`tflab autostop --keep 1h` keeps it")
                 if t >= view["acts_at"]:
                     view["acted"] = {"what": args.action, "at": t, "why": view["acts_because"]}
                 elif view["acts_at"] - t <= args.warn and not self.warned and args.action == "shutdown":
                     self.warned = True
-                    wall(f"tflab: this lab stops in {view['acts_at'] - t:.0f} s ({view['acts_because']}); "
-                         "`tflab autostop --keep 1h` keeps it")
+                    wall(f"tflab: this lab stops in {view['acts_at'] - t:.0f} s ({view['acts_because']}); {advice}")
         write_json(p["view"], view)
         return view
 
@@ -325,11 +369,19 @@ def run(args) -> int:
         if not os.path.isdir(args.workdir):  # the lab's folder is gone: nothing left to watch
             print(f"{args.workdir} is gone; stopping", flush=True)
             return 0
-        view = watcher.check()
-        if view["acted"]:
-            act(args, view)
+        try:
+            view = watcher.check()
+        except Exception as exc:  # noqa: BLE001 - a failed check is logged; the clock keeps its time
+            print(f"check failed: {type(exc).__name__}: {exc}", flush=True)
+            view = {"acted": None}
+        if view["acted"] and not watcher.acted:
+            watcher.acted = True  # once: a shutdown takes a while, and is not repeated meanwhile
+            print(f"acting: {view['acted']['what']} ({view['acted']['why']})", flush=True)
+            try:
+                act(args, view)
+            except Exception as exc:  # noqa: BLE001
+                print(f"acting failed: {type(exc).__name__}: {exc}", flush=True)
             write_json(paths(args.workdir)["view"], view)
-            print(f"acted: {view['acted']['what']} ({view['acted']['why']})", flush=True)
             if args.action != "shutdown":
                 return 0
         deadline = time.monotonic() + args.interval
@@ -375,6 +427,8 @@ def parse_args(argv=None):
     r.add_argument("--min-age", type=float, default=10.0, help="an SSH connection counts once this old (s)")
     r.add_argument("--ssh-bytes", type=int, default=8192, help="bytes an SSH connection must carry per check")
     r.add_argument("--gpu-percent", type=float, default=10.0)
+    r.add_argument("--tensorboard-bytes", type=int, default=65536,
+                   help="bytes TensorBoard must serve per check (an open tab's own reloads are less)")
     r.add_argument("--warn", type=float, default=300.0, help="seconds before shutting down to warn users")
     s = sub.add_parser("set")
     s.add_argument("--workdir", required=True)

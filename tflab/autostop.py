@@ -63,7 +63,11 @@ def autostop(connection: Connection, workdir: str, *, idle: float | None = None,
     if result.status != 0:
         raise InputError(f"the watchdog on {connection.target.display} answered with status {result.status}: "
                          f"{result.tail.splitlines()[-1] if result.tail else ''}", hint="run it again; see --json")
-    return json.loads(result.tail.splitlines()[-1])
+    try:
+        return json.loads(result.tail.splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise InputError(f"the watchdog on {connection.target.display} gave no view ({result.tail[-200:]!r})",
+                         hint="run it again; its log is in the lab's services folder") from exc
 
 
 def render(view: dict, where: str) -> str:

@@ -522,8 +522,9 @@ def autostop(
     identity: Identity = None,
     known_hosts: KnownHosts = None,
     accept_new_host_key: AcceptNewHostKey = False,
-    workdir: Optional[str] = typer.Option(None, "--workdir", help="The lab's folder on the host "
-                                                                  "[default: where run-lab put it, else ~/tflab]."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Where the watchdog is on the host: a lab made by "
+                                                                  "`up` has it in ~/tflab; on a --host it is in run-lab's "
+                                                                  "--workdir [default: ~/tflab]."),
     idle: Optional[str] = typer.Option(None, "--idle", help="Act after this long without activity: 45s, 30m, 2h, off."),
     max_lifetime: Optional[str] = typer.Option(None, "--max-lifetime",
                                                help="Act after this long whatever the activity: 8h, off."),
@@ -544,10 +545,9 @@ def autostop(
                                           ("keep", keep, "--keep"))}
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     if workdir is None:
-        from tflab.state import StateStore
+        from tflab.cloud import WATCHDOG_DIR
 
-        state = StateStore().load(name) if host is None else None
-        workdir = (state.workdir if state is not None else None) or "~/tflab"
+        workdir = WATCHDOG_DIR  # a lab's watchdog is there whatever run-lab's --workdir; a --host's is in it
     console = _console(json_out)
     with Connection(target) as connection:
         view = change(connection, workdir, off=off, on=on, **seconds)

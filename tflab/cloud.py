@@ -38,6 +38,7 @@ BOOTSTRAP_EOF = "TFLAB_BOOTSTRAP_EOF"
 
 
 WATCHDOG_UNIT = "tflab-watchdog.service"
+WATCHDOG_DIR = "~/tflab"  # where `up`'s boot script puts the watchdog (run-lab's --workdir may differ)
 
 
 def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
@@ -56,7 +57,7 @@ def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
     watchdog = f"{folder}/remote/watchdog.py"
     run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown"])
     unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
-            f"ExecStart={run}\nRestart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
+            f"ExecStart={run}\nRestart=on-failure\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
     return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
             f"mkdir -p {q(folder + '/autostop')}\n"
             f"echo {q(code)} | base64 -d | gunzip > {q(watchdog)}\n"
@@ -460,7 +461,7 @@ def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
     try:
         target = lab_target(name=name, store=store)
         with Connection(target, connect_timeout=5) as connection:
-            return autostop(connection, state.workdir or "~/tflab")
+            return autostop(connection, WATCHDOG_DIR)
     except (TflabError, OSError, ValueError) as exc:
         return {"error": str(exc)}
 

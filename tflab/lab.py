@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import posixpath
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -202,7 +203,9 @@ class LabRun:
         server = server_command(host, model_base_path=posixpath.join(workdir, "models", options.model_name),
                                 model_name=options.model_name, port=ports["serving"], rest_port=ports.get("rest", 0),
                                 prefer_builtin=options.prefer_builtin_server, kind=host.serving)
-        services = {"model-server": self._start("model-server", server.argv, env, ports["serving"], server.describe())}
+        activity = {"TFLAB_ACTIVITY_FILE": posixpath.join(workdir, "services", "model-server.activity")}
+        services = {"model-server": self._start("model-server", server.argv, {**env, **activity}, ports["serving"],
+                                                server.describe())}
         if server.exposure():
             console.warn(server.exposure())
         services["tensorboard"] = self._start(
@@ -313,7 +316,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     if local:
         results = (out or Path.cwd() / "tflab-results" / "local").resolve()
         return LabRun(LocalHost(workdir=results), options, console, results)
-    from tflab.cloud import lab_target
+    from tflab.cloud import WATCHDOG_DIR, lab_target
     from tflab.errors import NotFoundError
     from tflab.ssh import Connection
     from tflab.sshhost import SshHost
@@ -335,10 +338,15 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
                        watchdog="stop-services" if host is not None else None)
 
-    def remember_workdir(prepared: Host) -> None:  # `down` stops the services it finds there
+    def remember_workdir(prepared: Host) -> None:
+        """`down` stops the services it finds there; the lab's watchdog (in ~/tflab, from the boot
+        script) watches the lab there too."""
         state = store.load(name)
         if state is not None and state.workdir != prepared.workdir:
             store.save(LabState.from_dict(state.to_dict() | {"workdir": prepared.workdir}))
+        folder = shlex.quote(ssh_host.connection.absolute(WATCHDOG_DIR) + "/autostop")
+        ssh_host.connection.run(f"mkdir -p {folder} && printf %s {shlex.quote(prepared.workdir)} > {folder}/lab-dir",
+                                step="autostop")
 
     return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
                   (lambda prepared: None))

@@ -379,19 +379,20 @@ class Connection:
 
         readers = [threading.Thread(target=pump, args=(channel.makefile("r"), "out"), daemon=True),
                    threading.Thread(target=pump, args=(channel.makefile_stderr("r"), "err"), daemon=True)]
-        for r in readers:
-            r.start()
-        deadline = started + timeout
-        while not channel.exit_status_ready():
-            if time.monotonic() > deadline:
-                channel.close()
-                raise LabStepError(step, f"did not finish within {timeout:.0f} s on {self.target.display}",
-                                   tail="\n".join(tail))
-            time.sleep(0.02)
-        status = channel.recv_exit_status()
-        for r in readers:
-            r.join(10)
-        channel.close()
+        try:
+            for r in readers:
+                r.start()
+            deadline = started + timeout
+            while not channel.exit_status_ready():
+                if time.monotonic() > deadline:
+                    raise LabStepError(step, f"did not finish within {timeout:.0f} s on {self.target.display}",
+                                       tail="\n".join(tail))
+                time.sleep(0.02)
+            status = channel.recv_exit_status()
+            for r in readers:
+                r.join(10)
+        finally:  # however this ends (a signal here too), the channel closes and the command with it
+            channel.close()
         result = CommandResult((command,), status, "\n".join(tail), time.monotonic() - started)
         if check and status != 0:
             raise LabStepError(step, f"exited with status {status} on {self.target.display}", status=status,

@@ -174,8 +174,10 @@ class SshHost(Host):
     def start_watchdog(self, action: str, console) -> None:
         """The idle watchdog as one of the lab's services (kept across runs), with the lab's default
         policy unless one was set (`tflab autostop`)."""
+        # The port sshd listens on there (behind NAT or a forwarded port it differs from the one we reach).
+        port = self.connection.output('echo "${SSH_CONNECTION##* }"').strip()
         argv = ["python3", posixpath.join(self.remote_dir, "watchdog.py"), "run", "--workdir", self._workdir,
-                "--action", action, "--ssh-port", str(self.connection.target.port)]
+                "--action", action, "--ssh-port", port if port.isdigit() else str(self.connection.target.port)]
         service = self.start_service("watchdog", argv, log_path=posixpath.join(self._workdir, "services",
                                                                                "watchdog.log"))
         if not service.kept:

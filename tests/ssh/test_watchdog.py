@@ -24,7 +24,7 @@ from tflab import ports
 from tflab.client import ServingClient
 
 pytestmark = pytest.mark.slow
-IDLE = 3.0  # seconds without activity before the watchdog acts
+IDLE = 4.0  # seconds without activity before the watchdog acts
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +225,7 @@ def test_a_jupyter_kernel_running_a_loop_keeps_the_lab_and_an_idle_one_does_not(
     port = ports.free_port()
     root, runtime = tmp_path / "notebooks", tmp_path / "runtime"
     root.mkdir()
-    busy = lab({"jupyter": port})
     token = "t" * 48
-    (busy.workdir / "jupyter-token").write_text(token)
     server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
                                "--ip=127.0.0.1", f"--port={port}", "--port-retries=0", f"--ServerApp.root_dir={root}"],
                               env={**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime)},
@@ -254,6 +252,8 @@ def test_a_jupyter_kernel_running_a_loop_keeps_the_lab_and_an_idle_one_does_not(
         client.execute("import time\nwhile True:\n    time.sleep(0.1)")
         wait_until(lambda: call(f"/kernels/{kernel['id']}")["execution_state"] == "busy", 60, interval=0.2,
                    what="the cell to run")
+        busy = lab({"jupyter": port})  # the lab's watchdog starts once the cell runs
+        (busy.workdir / "jupyter-token").write_text(token)
         busy.stays_alive_while(lambda: time.sleep(0.3), IDLE + 2, "jupyter")
         call(f"/kernels/{kernel['id']}/interrupt", "POST")  # the cell stops; the kernel stays, idle
         wait_until(lambda: call("/kernels")[0]["execution_state"] == "idle", 30, what="the kernel to be idle")
