@@ -549,3 +549,15 @@ def test_reload_config_changes_the_served_models(server):
     wait_until(lambda: any(s.state == "AVAILABLE" for s in server["client"].status("multi")), 60, what="multi")
     assert list(stub(server).Predict(multi_request(), timeout=10).outputs["twice"].int64_val) == [6]
     assert server["proc"].poll() is None
+
+
+def test_saved_model_tags_choose_the_meta_graph_that_is_loaded(lab_steps_run, tf):
+    """--saved_model_tags (model_servers/main.cc, server.cc: the tags of the MetaGraphDef to load, "serve"
+    by default): the lab's SavedModel, saved with tf.saved_model.save, has one MetaGraphDef tagged
+    "serve"; asking for another tag fails to load, as TF's loader (and so TF Serving) refuses it."""
+    workdir, _, _ = lab_steps_run
+    path = str(workdir / "models" / "nn" / "1")
+    loaded = model_server.LoadedVersion(tf, path, 1, ["serve"])
+    assert "prediction" in loaded.signature_defs
+    with pytest.raises(RuntimeError, match="MetaGraphDef associated with tags"):
+        model_server.LoadedVersion(tf, path, 1, ["train"])
