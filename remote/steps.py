@@ -131,10 +131,15 @@ def least_squares(x, y) -> tuple[float, float]:
 class SingleNeuron:
     """The lab's single neuron: y = [1, x] @ weights, trained by plain gradient descent."""
 
-    def __init__(self, tf, initial_weights):
+    def __init__(self, tf, initial_weights, strategy=None):
         self.tf = tf
+        self.strategy = strategy  # MultiWorkerMirroredStrategy across workers, or None for one process
         self.module = tf.Module(name="single_neuron")
-        self.module.weights = tf.Variable(initial_weights, name="weights")
+        if strategy is None:
+            self.module.weights = tf.Variable(initial_weights, name="weights")
+        else:
+            with strategy.scope():
+                self.module.weights = tf.Variable(initial_weights, name="weights")
 
     @property
     def weights(self):
@@ -151,17 +156,31 @@ class SingleNeuron:
         """
         tf = self.tf
         weights = self.weights
+        strategy = self.strategy
         top_level = tf.compat.v1.name_scope
 
         @tf.function
-        def train(inputs, target, steps, learning_rate):
+        def train(inputs, target, steps, learning_rate, shard_inputs=None, shard_target=None):
+            """With a strategy, each worker computes the gradient of the L2 loss on its shard of the points;
+            the sum over workers (an all-reduce) is the gradient on all of them, so every worker takes the
+            same step as one process would. The loss and the summaries are of all the points."""
             losses = tf.TensorArray(tf.float32, size=steps)
             for i in tf.range(steps):
-                with tf.GradientTape() as tape:
-                    y_error = tf.subtract(tf.matmul(inputs, weights), target)
-                    loss = tf.nn.l2_loss(y_error)
-                gradient = tape.gradient(loss, weights)
-                weights.assign_sub(learning_rate * gradient)
+                if strategy is None:
+                    with tf.GradientTape() as tape:
+                        y_error = tf.subtract(tf.matmul(inputs, weights), target)
+                        loss = tf.nn.l2_loss(y_error)
+                    gradient = tape.gradient(loss, weights)
+                    weights.assign_sub(learning_rate * gradient)
+                else:
+                    def step():
+                        with tf.GradientTape() as tape:
+                            shard_loss = tf.nn.l2_loss(tf.matmul(shard_inputs, weights) - shard_target)
+                        summed = tf.distribute.get_replica_context().all_reduce(
+                            tf.distribute.ReduceOp.SUM, tape.gradient(shard_loss, weights))
+                        weights.assign_sub(learning_rate * summed)
+
+                    strategy.run(step)
                 y_error = tf.subtract(tf.matmul(inputs, weights), target, name="y_error")
                 loss = tf.nn.l2_loss(y_error, name="loss")
                 losses = losses.write(i, loss)
@@ -182,30 +201,53 @@ class SingleNeuron:
 
 
 def train(tf, *, steps: int, learning_rate: float, num_examples: int, seed: int, logdir: str,
-          plot_path: str) -> dict:
-    """Train the single neuron, write TensorBoard summaries and the lab's plots."""
+          plot_path: str, strategy=None, worker: tuple[int, int] = (0, 1)) -> dict:
+    """Train the single neuron, write TensorBoard summaries and the lab's plots.
+
+    With a strategy, this process is worker `worker[0]` of `worker[1]`: every worker makes the same
+    points from the seed and trains on its own rows (i, i + N, ...); the chief (worker 0) alone
+    writes the summaries and the plots. Returns the report and the model (with plain weights)."""
     import numpy as np
 
     x, y, x_with_bias, initial = make_data(num_examples, seed)
-    neuron = SingleNeuron(tf, initial)
+    index, count = worker
+    neuron = SingleNeuron(tf, initial, strategy)
     train_fn = neuron.make_train()
     inputs = tf.constant(x_with_bias)
     target = tf.constant(y.reshape(-1, 1).astype(np.float32))
+    shard = {}
+    if strategy is not None:
+        rows = np.arange(num_examples)[index::count]
+        shard = {"shard_inputs": tf.constant(x_with_bias[rows]),
+                 "shard_target": tf.constant(y[rows].reshape(-1, 1).astype(np.float32))}
 
-    os.makedirs(logdir, exist_ok=True)
-    writer = tf.summary.create_file_writer(logdir)
+    chief = index == 0
+    if chief:
+        os.makedirs(logdir, exist_ok=True)
+    writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
     started = time.perf_counter()
     with writer.as_default():
         tf.summary.trace_on(graph=True, profiler=False)
-        losses = train_fn(inputs, target, tf.constant(steps), tf.constant(learning_rate))
-        tf.summary.trace_export(name="single_neuron_training", step=0)
+        losses = train_fn(inputs, target, tf.constant(steps), tf.constant(learning_rate), **shard)
+        if chief:
+            tf.summary.trace_export(name="single_neuron_training", step=0)
+        else:
+            tf.summary.trace_off()
     writer.flush()
     writer.close()
     seconds = time.perf_counter() - started
 
     losses = [float(v) for v in losses.numpy()]
-    w = neuron.weights.numpy()
+    w = np.asarray(neuron.weights.numpy())
     slope, intercept = float(w[1][0]), float(w[0][0])
+    worker_report = {"index": index, "slope": slope, "intercept": intercept,
+                     "seconds_per_step": round(seconds / steps, 6)}
+    if strategy is not None:
+        say("train", f"worker {index} of {count}: {steps} steps on {len(shard['shard_inputs'])} of "
+            f"{num_examples} points, gradients summed across workers")
+        neuron = SingleNeuron(tf, w)  # plain weights for the export, outside the strategy
+        if not chief:
+            return {"model": neuron, "report": {"worker": worker_report}}
     ols_slope, ols_intercept = least_squares(x, y)
     final_loss = losses[-1]
     say("train", f"{steps} steps at learning rate {learning_rate} in {seconds:.2f} s: "
@@ -232,6 +274,7 @@ def train(tf, *, steps: int, learning_rate: float, num_examples: int, seed: int,
             "num_examples": num_examples,
             "seed": seed,
             "seconds": round(seconds, 4),
+            **({"workers": [worker_report]} if strategy is not None else {}),
         },
     }
 
@@ -317,7 +360,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-name", default="nn")
     parser.add_argument("--version", type=int, default=None, help="model version (default: next one)")
     parser.add_argument("--report", default=None, help="write the JSON report here")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="train across this many processes (MultiWorkerMirroredStrategy; TF_CONFIG says where)")
+    parser.add_argument("--worker-index", type=int, default=0, help="this process's index; 0 is the chief")
     args = parser.parse_args(argv)
+    if args.workers > 1 and (args.seed is None or "TF_CONFIG" not in os.environ):
+        parser.error("--workers needs --seed (the same points on every worker) and TF_CONFIG")
     if args.steps < 1 or args.num_examples < 2 or not args.learning_rate > 0:
         parser.error("--steps must be >= 1, --num-examples >= 2 and --learning-rate > 0")
     if args.seed is None:
@@ -331,6 +379,14 @@ def run(args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     import_seconds = time.perf_counter() - started
+    strategy = None
+    if args.workers > 1:  # first, before any other op: the workers connect (TF_CONFIG) and wait for each other
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if args.worker_index != 0:  # a worker only trains; the chief (0) does the rest
+            trained = train(tf, steps=args.steps, learning_rate=args.learning_rate, num_examples=args.num_examples,
+                            seed=args.seed, logdir="", plot_path="", strategy=strategy,
+                            worker=(args.worker_index, args.workers))
+            return trained["report"]
     workdir = os.path.abspath(args.workdir)
     models_dir = os.path.join(workdir, "models")
     version_hint = args.version if args.version is not None else next_version(
@@ -343,7 +399,8 @@ def run(args: argparse.Namespace) -> dict:
 
     basics_report = basics(tf)
     trained = train(tf, steps=args.steps, learning_rate=args.learning_rate, num_examples=args.num_examples,
-                    seed=args.seed, logdir=logdir, plot_path=plot_path)
+                    seed=args.seed, logdir=logdir, plot_path=plot_path, strategy=strategy,
+                    worker=(0, args.workers))
     exported = export(tf, trained["model"], models_dir, args.model_name, args.version)
     return {
         "basics": basics_report,

@@ -97,6 +97,9 @@ def run_lab(
                                          help="--local: TensorBoard port (a free one if taken)."),
     builtin_server: bool = typer.Option(False, "--builtin-server",
                                         help="Use tflab's stand-in server even where tensorflow_model_server exists."),
+    workers: int = typer.Option(1, "--workers", min=1, max=16,
+                                help="Train across this many TensorFlow processes on the host "
+                                     "(MultiWorkerMirroredStrategy); the same seed gives the same weights as one."),
     keep_running: bool = typer.Option(False, "--keep-running",
                                       help="--local: keep TensorBoard and the model server up until Ctrl-C."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
@@ -113,8 +116,12 @@ def run_lab(
 
     console = _console(json_out)
     wanted = {"serving": port, "rest": rest_port, "tensorboard": tensorboard_port} if local else dict(HOST_PORTS)
+    if workers > 1 and seed is None:  # every worker makes the same points from one seed
+        import secrets
+
+        seed = secrets.randbelow(2**31)
     options = LabOptions(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
-                         ports=wanted, prefer_builtin_server=builtin_server)
+                         ports=wanted, prefer_builtin_server=builtin_server, workers=workers)
     with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
                   accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
                   out=out) as run:

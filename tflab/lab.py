@@ -41,6 +41,7 @@ NOISE_FREE_SLOPE = 0.5
 NOISE_FREE_INTERCEPT = 2.5
 HOST_PORTS = {name: host for name, (host, _) in LAB_PORTS.items()}  # the lab's own ports on a host
 LOCAL_PORTS = {name: local for name, (_, local) in LAB_PORTS.items()}  # where the tunnels bring them here
+WORKER_PORT = 23456  # TF_CONFIG's ports for N workers start here on the host (free ones if taken)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class LabOptions:
     model_name: str = "nn"
     ports: dict = field(default_factory=lambda: dict(HOST_PORTS))  # wanted service ports; 0: none (REST)
     prefer_builtin_server: bool = False
+    workers: int = 1  # train across this many TensorFlow processes (MultiWorkerMirroredStrategy)
     step_timeout: float = 900.0
     ready_timeout: float = 120.0
 
@@ -278,6 +280,8 @@ class LabRun:
                 step, _, text = line.partition("] ")
                 console.stream(step.lstrip("[") if text else "steps", text or line)
 
+        if self.options.workers > 1:
+            return self._distributed_steps(env, report_path, on_line, t0)
         finished = host.run(steps_command(host, self.options, report_path), step="lab steps", env=env,
                             on_line=on_line, timeout=self.options.step_timeout)
         self._steps_seconds = time.monotonic() - t0
@@ -287,6 +291,59 @@ class LabRun:
             raise LabStepError("lab steps", f"exited with status 0 but wrote no report at {report_path} on "
                                             f"{host.name} ({exc})", tail=finished.tail,
                                hint=f"check that {host.python} is a Python with TensorFlow (--python)") from exc
+
+
+    def _distributed_steps(self, env: dict, report_path: str, on_line, t0: float) -> dict:
+        """The steps with the training across N TensorFlow processes on the host, each with its TF_CONFIG
+        (loopback ports the host chose); worker 0, the chief, does the other steps. They run as the
+        host's detached processes, watched together: one that ends without its report ends the run,
+        naming it, and the others are stopped. Returns the chief's report with every worker in it."""
+        host, options, console = self.host, self.options, self.console
+        count = options.workers
+        ports = host.choose_ports({f"worker-{i}": WORKER_PORT + i for i in range(count)}, console)
+        cluster = {"worker": [f"127.0.0.1:{ports[f'worker-{i}']}" for i in range(count)]}
+        folder = posixpath.join(host.workdir, "workers")
+        workers: list[tuple[Service, str]] = []
+        console.info(f"training across {count} TensorFlow processes (MultiWorkerMirroredStrategy): "
+                     + ", ".join(cluster["worker"]))
+        try:
+            for i in range(count):
+                path = report_path if i == 0 else posixpath.join(folder, f"worker-{i}.json")
+                host.run(["rm", "-f", path], step="workers", timeout=30)
+                argv = steps_command(host, options, path) + ["--workers", str(count), "--worker-index", str(i)]
+                tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+                service = host.start_service(f"worker-{i}", argv, log_path=posixpath.join(folder, f"worker-{i}.log"),
+                                             env={**env, "TF_CONFIG": tf_config})
+                workers.append((service, path))
+            deadline = time.monotonic() + options.step_timeout
+            running = list(workers)
+            while running:
+                for service, path in list(running):
+                    if not host.service_alive(service):
+                        try:
+                            report = json.loads(host.read_text(path))
+                        except (OSError, ValueError):
+                            raise LabStepError(service.name, "ended without finishing its training",
+                                               tail=host.read_log(service, 30),
+                                               hint=f"its log is {service.log_path}; the other workers were stopped")
+                        running.remove((service, path))
+                        workers[workers.index((service, path))] = (service, report)
+                if running and time.monotonic() > deadline:
+                    raise LabStepError("lab steps", f"the workers did not finish within {options.step_timeout:.0f} s")
+                time.sleep(0.2)
+        finally:
+            for service, _ in workers:  # ended already, or stopped now: none outlives the step
+                host.stop_service(service)
+        chief_log = host.read_log(workers[0][0], 200)
+        for line in chief_log.splitlines():
+            if line.startswith("["):
+                on_line("out", line)
+        self._steps_seconds = time.monotonic() - t0
+        steps = workers[0][1]
+        steps["training"]["workers"] = sorted([steps["training"]["workers"][0]] +
+                                              [report["worker"] for _, report in workers[1:]],
+                                              key=lambda w: w["index"])
+        return steps
 
 
 def stop_services(host: Host, services: list[Service]) -> None:

@@ -51,6 +51,7 @@ class Training:
     num_examples: int
     seed: int
     seconds: float
+    workers: list[dict] | None = None  # with --workers N: each worker's index, slope, intercept, seconds_per_step
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class Report:
         for optional in ("jupyter", "remote_artifacts"):
             if data[optional] is None:
                 del data[optional]
+        if data["training"]["workers"] is None:  # one process: no workers list
+            del data["training"]["workers"]
         if not secrets:
             if "jupyter" in data:
                 data["jupyter"].pop("url")

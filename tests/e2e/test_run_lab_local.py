@@ -199,3 +199,55 @@ def test_keep_running_serves_until_ctrl_c(tmp_path):
     assert processes_mentioning(str(tmp_path)) == []
     for port in local_ports.values():
         assert ports.is_free(port)
+
+
+def test_two_workers_train_to_the_same_weights_as_one(first_run, tmp_path):
+    """--workers 2: two TensorFlow processes under MultiWorkerMirroredStrategy, each on half the points,
+    gradients summed across them, end where one process ends for the same seed."""
+    from tests.conftest import assert_valid_report
+
+    _, single, _ = first_run  # seed 0, 100 steps, one process
+    proc = tflab("run-lab", "--local", "--json", "--out", str(tmp_path), "--seed", "0", "--workers", "2",
+                 "--port", str(ports.free_port()), "--rest-port", "0", "--tensorboard-port", str(ports.free_port()),
+                 timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = assert_valid_report(json.loads(proc.stdout))
+    t, one = report["training"], single["training"]
+    assert [w["index"] for w in t["workers"]] == [0, 1]
+    for w in t["workers"]:
+        assert (w["slope"], w["intercept"]) == pytest.approx((one["slope"], one["intercept"]), rel=1e-5)
+    assert t["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    assert "training across 2 TensorFlow processes" in proc.stderr
+    predicted = [p["predicted"] for p in report["predictions"]]  # the chief's export is what serves
+    assert predicted == pytest.approx([p["predicted"] for p in single["predictions"]], rel=1e-5)
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_worker_that_dies_ends_the_run_naming_it_and_nothing_is_left(tmp_path):
+    args = [sys.executable, "-m", "tflab", "run-lab", "--local", "--out", str(tmp_path), "--seed", "1", "--workers",
+            "2", "--steps", "10000000", "--port", str(ports.free_port()), "--rest-port", "0",
+            "--tensorboard-port", str(ports.free_port())]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def worker_1():
+            found = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).endswith("--worker-index 1")
+                     and str(tmp_path) in _cmdline(p)]
+            chief = tmp_path / "workers" / "worker-0.log"  # it speaks once both workers are connected
+            return found[0] if found and chief.exists() and "[basics]" in chief.read_text() else None
+
+        os.kill(int(wait_until(worker_1, 120, interval=0.2, what="the workers to connect")), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 6, err[-3000:]
+    assert "tflab: error: worker-1: ended without finishing its training" in err
+    wait_until(lambda: processes_mentioning(str(tmp_path)) == [], 15, what="the other worker to be stopped")
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
