@@ -302,14 +302,16 @@ def _setpriv() -> str | None:
 
 
 def tied_to_this_process(argv: list[str]) -> list[str]:
-    """argv, started so that it gets SIGTERM when this process dies, even by `kill -9` (Linux's
+    """argv, started so that it is killed when this process dies, even by `kill -9` (Linux's
     parent-death signal, set by `setpriv --pdeathsig` before it execs argv: the pid stays the same).
+    SIGKILL, not SIGTERM: TensorFlow's multi-worker runtime catches SIGTERM and would train on; the
+    orderly stop (SIGTERM first) is the owner's, while tflab lives."""
 
     The signal follows the thread that starts the child: start children from the main thread.
     Where setpriv cannot do it, argv is returned as it is (the signal handlers still clean up).
     """
     setpriv = _setpriv() if sys.platform.startswith("linux") else None
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
 
 
 def _kill_group(pid: int, sig: int) -> None:
