@@ -305,7 +305,7 @@ def tied_to_this_process(argv: list[str]) -> list[str]:
     """argv, started so that it is killed when this process dies, even by `kill -9` (Linux's
     parent-death signal, set by `setpriv --pdeathsig` before it execs argv: the pid stays the same).
     SIGKILL, not SIGTERM: TensorFlow's multi-worker runtime catches SIGTERM and would train on; the
-    orderly stop (SIGTERM first) is the owner's, while tflab lives."""
+    orderly stop (SIGTERM first) is the owner's, while tflab lives.
 
     The signal follows the thread that starts the child: start children from the main thread.
     Where setpriv cannot do it, argv is returned as it is (the signal handlers still clean up).
