@@ -682,56 +682,35 @@ def predict(tf, loaded: LoadedVersion, request) -> dict:
     return name, run(tf, loaded, name, sig, inputs, outputs)
 
 
+# An output's numpy dtype -> (its DataType, the TensorProto field it fills, the view that field takes).
+OUTPUT_FIELDS = {
+    np.dtype(np.float32): ("DT_FLOAT", "float_val", None), np.dtype(np.float64): ("DT_DOUBLE", "double_val", None),
+    np.dtype(np.int64): ("DT_INT64", "int64_val", None), np.dtype(np.int32): ("DT_INT32", "int_val", None),
+    np.dtype(np.int16): ("DT_INT16", "int_val", None), np.dtype(np.int8): ("DT_INT8", "int_val", None),
+    np.dtype(np.uint8): ("DT_UINT8", "int_val", None), np.dtype(np.uint16): ("DT_UINT16", "int_val", None),
+    np.dtype(np.uint32): ("DT_UINT32", "uint32_val", None), np.dtype(np.uint64): ("DT_UINT64", "uint64_val", None),
+    np.dtype(np.bool_): ("DT_BOOL", "bool_val", None), np.dtype(np.float16): ("DT_HALF", "half_val", np.uint16),
+    np.dtype(np.complex64): ("DT_COMPLEX64", "scomplex_val", np.float32),
+    np.dtype(np.complex128): ("DT_COMPLEX128", "dcomplex_val", np.float64),
+}
+
+
 def fill_tensor_proto(proto, value) -> None:
     """An output array into a TensorProto's typed field, as TensorFlow's Tensor::AsProtoField fills it
     (every element written out, no tensor_content), which is what TF Serving answers (predict_util.cc)."""
+    from tensorflow.core.framework import types_pb2
+
     value = np.asarray(value)
     dims = proto.tensor_shape.dim
     for d in value.shape:
         dims.add().size = d
-    if value.dtype == np.float32:  # the lab's output
-        proto.dtype = 1  # DT_FLOAT
-        proto.float_val.extend(value.ravel().tolist())
-        return
-    from tensorflow.core.framework import types_pb2
-
-    kind = value.dtype
     flat = value.ravel()
-    if kind == np.float32:
-        proto.dtype = types_pb2.DT_FLOAT
-        proto.float_val.extend(flat.tolist())
-    elif kind == np.float64:
-        proto.dtype = types_pb2.DT_DOUBLE
-        proto.double_val.extend(flat.tolist())
-    elif kind == np.int64:
-        proto.dtype = types_pb2.DT_INT64
-        proto.int64_val.extend(flat.tolist())
-    elif kind in (np.int32, np.int16, np.int8, np.uint8):
-        proto.dtype = {np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int16): types_pb2.DT_INT16,
-                       np.dtype(np.int8): types_pb2.DT_INT8, np.dtype(np.uint8): types_pb2.DT_UINT8}[kind]
-        proto.int_val.extend(flat.tolist())
-    elif kind == np.uint16:
-        proto.dtype = types_pb2.DT_UINT16
-        proto.int_val.extend(flat.tolist())
-    elif kind == np.uint32:
-        proto.dtype = types_pb2.DT_UINT32
-        proto.uint32_val.extend(flat.tolist())
-    elif kind == np.uint64:
-        proto.dtype = types_pb2.DT_UINT64
-        proto.uint64_val.extend(flat.tolist())
-    elif kind == np.bool_:
-        proto.dtype = types_pb2.DT_BOOL
-        proto.bool_val.extend(flat.tolist())
-    elif kind == np.float16:
-        proto.dtype = types_pb2.DT_HALF
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-    elif kind == np.complex64:
-        proto.dtype = types_pb2.DT_COMPLEX64
-        proto.scomplex_val.extend(flat.view(np.float32).tolist())
-    elif kind == np.complex128:
-        proto.dtype = types_pb2.DT_COMPLEX128
-        proto.dcomplex_val.extend(flat.view(np.float64).tolist())
-    elif kind.kind in "OSU":
+    known = OUTPUT_FIELDS.get(value.dtype)
+    if known is not None:
+        dtype, field, view = known
+        proto.dtype = types_pb2.DataType.Value(dtype)
+        getattr(proto, field).extend((flat.view(view) if view is not None else flat).tolist())
+    elif value.dtype.kind in "OSU":
         proto.dtype = types_pb2.DT_STRING
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
     else:  # bfloat16 and the rest: TensorFlow's own conversion
