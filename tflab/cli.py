@@ -189,7 +189,7 @@ def serve(
         console.note(f"no version folder in {base} yet; the server will load the first one that appears")
     import os
 
-    # The server gets SIGTERM when tflab dies, however it dies; and it is stopped here on any signal.
+    # The server is killed when tflab dies, however it dies (parent-death signal); a signal here stops it first.
     proc = subprocess.Popen(tied_to_this_process([*command.argv, *ctx.args]), env={**os.environ, **quiet_tensorflow_env()})
     try:
         status = proc.wait()
