@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 # No apostrophe: a rule description takes a-zA-Z0-9, spaces and ._-:/()#,@[]+=&;{}!$* only (infra/limits.py).
 RULE_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: SSH from the lab user only")
+MEMBERS_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: the lab nodes reach each other")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 # (on-demand quota, spot quota) by instance family letter(s): "Running On-Demand G and VT instances" etc.
 QUOTAS = {
@@ -208,12 +209,13 @@ class AwsProvider(Provider):
                          f"({g.get('MemoryInfo', {}).get('SizeInMiB', 0) // 1024} GiB)"
                          for g in t.get("GpuInfo", {}).get("Gpus", []))
         return InstanceType(instance_type, int(t["VCpuInfo"]["DefaultVCpus"]),
-                            tuple(t.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])), gpus)
+                            tuple(t.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])), gpus,
+                            tuple(t.get("PlacementGroupInfo", {}).get("SupportedStrategies", [])))
 
-    def check_quota(self, itype: InstanceType, spot: bool) -> QuotaCheck:
+    def check_quota(self, itype: InstanceType, spot: bool, count: int = 1) -> QuotaCheck:
         code, name = family_quota(itype.name, spot)
         running = self._running_vcpus(code, spot)
-        needed = itype.vcpus + running
+        needed = itype.vcpus * count + running
         try:
             with translated("servicequotas:GetServiceQuota"):
                 value = self.client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
@@ -249,7 +251,8 @@ class AwsProvider(Provider):
             launch_time=launched.isoformat() if hasattr(launched, "isoformat") else launched,
             spot=raw.get("InstanceLifecycle") == "spot", image_id=raw.get("ImageId"), key_name=raw.get("KeyName"),
             security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups", [])), lab=tags.lab_of(_tags(raw)),
-            state_reason=raw.get("StateReason", {}).get("Message") or raw.get("StateTransitionReason") or None)
+            state_reason=raw.get("StateReason", {}).get("Message") or raw.get("StateTransitionReason") or None,
+            node=tags.node_of(_tags(raw)))
 
     def find_instances(self, lab: str | None, live_only: bool = True) -> list[Instance]:
         filters = tags.lab_filter(lab)
@@ -294,7 +297,8 @@ class AwsProvider(Provider):
             raise InputError(f"there is no default VPC in {self.region}", hint="pass --subnet-id of a public subnet")
         return vpcs[0]["VpcId"]
 
-    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created) -> str:
+    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created,
+                              members: bool = False) -> str:
         vpc = self._vpc_for(subnet_id)
         with translated("ec2:DescribeSecurityGroups"):
             groups = self.ec2.describe_security_groups(
@@ -311,15 +315,36 @@ class AwsProvider(Provider):
                     Description=limits.require(limits.GROUP_DESCRIPTION, description),
                     TagSpecifications=tags.tag_specifications(lab, "security-group"))["GroupId"]
             created.security_group = group_id
-        try:
-            with translated("ec2:AuthorizeSecurityGroupIngress"):
-                self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[{
-                    "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": RULE_DESCRIPTION}]}])
-        except CloudError as exc:
-            if exc.code != "InvalidPermission.Duplicate":
-                raise
+        rules = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                  "IpRanges": [{"CidrIp": ssh_cidr, "Description": RULE_DESCRIPTION}]}]
+        if members:  # TF_CONFIG's ports, and the collectives' own (NCCL opens more): every protocol and port
+            rules.append({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id,
+                                                                    "Description": MEMBERS_DESCRIPTION}]})
+        for rule in rules:  # one call each: a rule already there (a second `up`) does not stop the other
+            try:
+                with translated("ec2:AuthorizeSecurityGroupIngress"):
+                    self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[rule])
+            except CloudError as exc:
+                if exc.code != "InvalidPermission.Duplicate":
+                    raise
         return group_id
+
+    def ensure_placement_group(self, lab: str, created: Created) -> str:
+        groups = self._lab_placement_groups(lab)
+        if groups:
+            return groups[0]
+        name = limits.require(limits.PLACEMENT_GROUP_NAME,
+                              limits.fit(limits.PLACEMENT_GROUP_NAME, f"tflab-{lab}-{uuid.uuid4().hex[:8]}"))
+        with translated("ec2:CreatePlacementGroup"):
+            self.ec2.create_placement_group(GroupName=name, Strategy="cluster",
+                                            TagSpecifications=tags.tag_specifications(lab, "placement-group"))
+        created.placement_group = name
+        return name
+
+    def _lab_placement_groups(self, lab: str) -> list[str]:
+        with translated("ec2:DescribePlacementGroups"):
+            found = self.ec2.describe_placement_groups(Filters=tags.lab_filter(lab))["PlacementGroups"]
+        return [g["GroupName"] for g in found if g.get("State") != "deleted"]
 
     def _subnets(self, spec: LaunchSpec) -> list[tuple[str | None, str | None]]:
         """(subnet, zone) pairs to try in turn: the given subnet, or the default subnet of each zone offering the type."""
@@ -339,9 +364,10 @@ class AwsProvider(Provider):
         return [(subnet, zone) for zone, subnet in pairs] or [(None, None)]
 
     def launch(self, spec: LaunchSpec, image: Image, security_group: str, key_name: str, created: Created,
-               progress: Progress) -> Instance:
+               progress: Progress, placement_group: str | None = None) -> list[Instance]:
+        # MinCount = MaxCount: EC2 launches them all, or none (InsufficientInstanceCapacity), in one zone.
         params = {
-            "ImageId": image.id, "InstanceType": spec.instance_type, "MinCount": 1, "MaxCount": 1,
+            "ImageId": image.id, "InstanceType": spec.instance_type, "MinCount": spec.nodes, "MaxCount": spec.nodes,
             "InstanceInitiatedShutdownBehavior": spec.shutdown_behavior,
             "KeyName": key_name, "SecurityGroupIds": [security_group],
             "TagSpecifications": tags.tag_specifications(spec.lab, "instance", "volume"),
@@ -352,6 +378,8 @@ class AwsProvider(Provider):
         if spec.user_data:
             params["UserData"] = limits.require(limits.USER_DATA, spec.user_data,
                                                 hint="the user data tflab builds is too long: please report it")
+        if placement_group:
+            params["Placement"] = {"GroupName": placement_group}
         if spec.spot:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
@@ -362,16 +390,24 @@ class AwsProvider(Provider):
             if subnet:
                 attempt["SubnetId"] = subnet
             where = zone or subnet or self.region
-            progress(f"launching {spec.instance_type} in {where}")
+            progress(f"launching {spec.nodes} x {spec.instance_type} in {where}" if spec.nodes > 1 else
+                     f"launching {spec.instance_type} in {where}")
             try:
                 with translated("ec2:RunInstances", zones=tried + [where], **context):
-                    raw = self.ec2.run_instances(**attempt)["Instances"][0]
+                    launched = self.ec2.run_instances(**attempt)["Instances"]
             except CapacityError:
                 tried.append(where)
-                log.info("no capacity for %s in %s", spec.instance_type, where)
+                log.info("no capacity for %d x %s in %s", spec.nodes, spec.instance_type, where)
                 continue
-            created.instances.append(raw["InstanceId"])
-            return self._instance(raw)
+            launched = sorted(launched, key=lambda raw: raw.get("AmiLaunchIndex", 0))
+            created.instances.extend(raw["InstanceId"] for raw in launched)
+            if spec.nodes > 1:  # each node's index: the chief is 0
+                for index, raw in enumerate(launched):
+                    node_tag = [{"Key": tags.NODE_TAG, "Value": str(index)}]
+                    with translated("ec2:CreateTags"):
+                        self.ec2.create_tags(Resources=[raw["InstanceId"]], Tags=node_tag)
+                    raw["Tags"] = _tags(raw) + node_tag
+            return [self._instance(raw) for raw in launched]
         raise CapacityError(spec.instance_type, self.region, tried)
 
     def start(self, instance_id: str) -> None:
@@ -452,6 +488,14 @@ class AwsProvider(Provider):
             with translated("ec2:DeleteKeyPair"):
                 self.ec2.delete_key_pair(KeyName=name)
             removed.append(f"key pair {name}")
+        for name in self._lab_placement_groups(lab):  # empty now: its instances are terminated
+            try:
+                with translated("ec2:DeletePlacementGroup"):
+                    self.ec2.delete_placement_group(GroupName=name)
+            except CloudError as exc:
+                if exc.code != "InvalidPlacementGroup.Unknown":
+                    raise
+            removed.append(f"placement group {name}")
         return removed
 
     def _delete_group(self, group_id: str, timeout: float, progress: Progress) -> None:
@@ -497,5 +541,6 @@ class AwsProvider(Provider):
         with translated("ec2:DescribeSecurityGroups"):
             groups = tuple(g["GroupId"] for g in
                            self.ec2.describe_security_groups(Filters=tags.lab_filter(lab))["SecurityGroups"])
-        return Leftovers(instances, volumes, groups, tuple(self._lab_key_pairs(lab)))
+        return Leftovers(instances, volumes, groups, tuple(self._lab_key_pairs(lab)),
+                         tuple(self._lab_placement_groups(lab)))
 

@@ -94,9 +94,11 @@ TAG_KEY = Limit("a tag key", 127, reserved_prefixes=("aws:",))
 TAG_VALUE = Limit("a tag value", 256, reserved_prefixes=("aws:",), min_len=0)
 SSM_PARAMETER_NAME = Limit("the SSM parameter name", 1011, allowed=r"a-zA-Z0-9_.\-/:")
 USER_DATA = Limit("the instance user data", 16 * 1024, "bytes", min_len=0)
+# CreatePlacementGroup, GroupName: "Constraints: Up to 255 ASCII characters" (EC2 API Reference).
+PLACEMENT_GROUP_NAME = Limit("the placement group name", 255, "ASCII characters")
 
 ALL = (CLIENT_TOKEN, KEY_NAME, GROUP_NAME, GROUP_DESCRIPTION, RULE_DESCRIPTION, TAG_KEY, TAG_VALUE,
-       SSM_PARAMETER_NAME, USER_DATA)
+       SSM_PARAMETER_NAME, USER_DATA, PLACEMENT_GROUP_NAME)
 
 
 def fit(limit: Limit, value: str) -> str:

@@ -35,6 +35,8 @@ class LaunchSpec:
     subnet_id: str | None = None
     user_data: str = ""
     shutdown_behavior: str = "stop"  # what the instance's own shutdown does (the idle watchdog's): stop | terminate
+    nodes: int = 1  # instances of the lab, launched together in one zone (index 0 is the chief)
+    placement: str = "cluster"  # with nodes > 1: "cluster" (a cluster placement group, where the type allows) | "none"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class InstanceType:
     vcpus: int
     architectures: tuple[str, ...]
     gpus: str  # e.g. "1 x NVIDIA T4 (16 GiB)", or "" for none
+    placement_strategies: tuple[str, ...] = ()  # what placement groups it can join: cluster, partition, spread
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Instance:
     security_groups: tuple[str, ...] = ()
     lab: str | None = None
     state_reason: str | None = None  # why it is in its state (e.g. "Client.InstanceInitiatedShutdown: ...")
+    node: int | None = None  # its index in a lab of several instances (the tflab:node tag)
 
 
 @dataclass(frozen=True)
@@ -96,15 +100,17 @@ class Leftovers:
     volumes: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     key_pairs: tuple[str, ...] = ()
+    placement_groups: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.instances or self.volumes or self.security_groups or self.key_pairs)
+        return not (self.instances or self.volumes or self.security_groups or self.key_pairs or self.placement_groups)
 
     def describe(self) -> str:
         parts = [f"{kind.replace('_', ' ')}: {', '.join(ids)}" for kind, ids in
                  (("instances", self.instances), ("volumes", self.volumes),
-                  ("security_groups", self.security_groups), ("key_pairs", self.key_pairs)) if ids]
+                  ("security_groups", self.security_groups), ("key_pairs", self.key_pairs),
+                  ("placement_groups", self.placement_groups)) if ids]
         return "; ".join(parts) or "nothing"
 
 
@@ -114,6 +120,7 @@ class Created:
 
     key_pair: str | None = None
     security_group: str | None = None
+    placement_group: str | None = None
     instances: list[str] = field(default_factory=list)
 
 
@@ -135,8 +142,9 @@ class Provider(ABC):
         """The instance type's vCPUs, architectures and GPUs."""
 
     @abstractmethod
-    def check_quota(self, itype: InstanceType, spot: bool) -> QuotaCheck:
-        """Read the applicable vCPU quota; raise QuotaError when it is below what the launch needs."""
+    def check_quota(self, itype: InstanceType, spot: bool, count: int = 1) -> QuotaCheck:
+        """Read the applicable vCPU quota; raise QuotaError when it is below what the launch of count
+        instances needs (with what already runs)."""
 
     @abstractmethod
     def find_instances(self, lab: str | None, live_only: bool = True) -> list[Instance]:
@@ -147,13 +155,20 @@ class Provider(ABC):
         """Create the lab's key pair (ed25519); returns the private key (OpenSSH format)."""
 
     @abstractmethod
-    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created) -> str:
-        """The lab's security group with TCP 22 from ssh_cidr only; returns its id."""
+    def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created,
+                              members: bool = False) -> str:
+        """The lab's security group with TCP 22 from ssh_cidr only (and, with members, every port from the
+        group's own members: the nodes of a lab of several); returns its id."""
+
+    @abstractmethod
+    def ensure_placement_group(self, lab: str, created: Created) -> str:
+        """The lab's cluster placement group (its nodes close together on the network); returns its name."""
 
     @abstractmethod
     def launch(self, spec: LaunchSpec, image: Image, security_group: str, key_name: str, created: Created,
-               progress: Progress) -> Instance:
-        """Launch the instance, trying the region's other zones when one has no capacity."""
+               progress: Progress, placement_group: str | None = None) -> list[Instance]:
+        """Launch the lab's spec.nodes instances together in one zone (all or none), trying the region's
+        other zones when one has no capacity for them all; tag each with its node index."""
 
     @abstractmethod
     def start(self, instance_id: str) -> None:

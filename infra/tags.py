@@ -7,6 +7,7 @@ from infra.limits import TAG_KEY, TAG_VALUE, fit, require
 LAB_TAG = "tflab:lab"
 MANAGED_TAG = "tflab:managed-by"
 MANAGED_VALUE = "tflab"
+NODE_TAG = "tflab:node"  # a lab's instances: each one's index (0 is the chief)
 
 
 def lab_tags(lab: str) -> list[dict]:
@@ -29,6 +30,14 @@ def lab_filter(lab: str | None) -> list[dict]:
     if lab is None:
         return [{"Name": "tag-key", "Values": [LAB_TAG]}]
     return [{"Name": f"tag:{LAB_TAG}", "Values": [lab]}]
+
+
+def node_of(tags: list[dict] | None) -> int | None:
+    """The node index from an instance's tags (None: not a node of a lab of several)."""
+    for tag in tags or []:
+        if tag.get("Key") == NODE_TAG and str(tag.get("Value", "")).isdigit():
+            return int(tag["Value"])
+    return None
 
 
 def lab_of(tags: list[dict] | None) -> str | None:

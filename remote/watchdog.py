@@ -23,6 +23,14 @@ Activity (each a named source in the view; any one active keeps the lab):
     gpu          an NVIDIA GPU busier than --gpu-percent (nvidia-smi)
     step         a lab step running (remote/steps.py)
     keep         a keep-alive the user set (`tflab autostop --keep 2h`)
+    peers        another node of the same lab active on its own (a lab of several instances: it stops
+                 as one, once none of its nodes has been active for the idle time)
+
+A lab of several instances (`tflab up --nodes N`) lists its other nodes in W/autostop/peers.json
+(["10.0.0.6", ...], or "address:port"). Each node's watchdog then answers on --peer-port (reachable only
+by the lab's own nodes: their security group) with the sources active on its own at its last check, and
+asks the others for theirs; a peer's "peers" source is never passed on, so two idle nodes cannot keep
+each other up.
 
 Actions: `shutdown` powers the machine off (a lab made by `tflab up`: the instance's own
 InstanceInitiatedShutdownBehavior makes that a stop or a terminate, so the host needs no AWS
@@ -43,10 +51,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 DEFAULT_POLICY = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": None, "keep_until": None}
+PEER_PORT = 23450  # a lab's nodes ask each other's watchdogs here (TF_CONFIG's ports start at 23456)
 
 
 def now() -> float:
@@ -62,7 +72,22 @@ def paths(workdir: str) -> dict:
     except OSError:
         lab = workdir
     return {"folder": folder, "policy": os.path.join(folder, "policy.json"), "view": os.path.join(folder, "view.json"),
-            "lab": lab, "services": os.path.join(lab, "services")}
+            "peers": os.path.join(folder, "peers.json"), "lab": lab, "services": os.path.join(lab, "services")}
+
+
+def ask_peer(peer: str, default_port: int, timeout: float = 2.0) -> list:
+    """The sources a peer's watchdog found active on its own at its last check."""
+    host, _, port = peer.rpartition(":") if peer.count(":") == 1 else (peer, "", "")
+    with socket.create_connection((host, int(port) if port else default_port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        data = b""
+        while len(data) < 65536:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    active = json.loads(data.decode()).get("active", [])
+    return [a for a in active if isinstance(a, str) and a != "peers"] if isinstance(active, list) else []
 
 
 def read_json(path: str, default):
@@ -206,6 +231,48 @@ class Watcher:
         self.checks = 0
         self.acted = False
         self.warned = False
+        self.own_active: list = []  # what this node found active on its own at the last check (told to peers)
+        self.listener: socket.socket | None = None
+
+    def answer_peers(self) -> None:
+        """Answer the lab's other nodes on --peer-port, from a thread, once peers.json exists."""
+        if self.listener is not None:
+            return
+        listener = socket.socket(socket.AF_INET6 if ":" in self.args.peer_bind else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.args.peer_bind, self.args.peer_port))
+        listener.listen(16)
+        self.listener = listener
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    try:
+                        conn.settimeout(2)
+                        conn.sendall(json.dumps({"active": self.own_active, "host": socket.gethostname()}).encode())
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, name="peers", daemon=True).start()
+
+    def peers_active(self, peers: list) -> tuple[bool, str]:
+        answers, unreachable = [], []
+        for peer in peers:
+            try:
+                found = ask_peer(peer, self.args.peer_port)
+            except (OSError, ValueError) as exc:  # a stopped node is not activity
+                unreachable.append(f"{peer} ({type(exc).__name__})")
+                continue
+            if found:
+                answers.append(f"{peer}: {', '.join(found)}")
+        detail = "; ".join(answers) or f"{len(peers) - len(unreachable)} node(s) idle"
+        if unreachable:
+            detail += f"; not answering: {', '.join(unreachable)}"
+        return bool(answers), detail
 
     def sources(self, policy: dict, lab_ports: dict) -> dict:
         """name -> {"active": bool, "detail": str}"""
@@ -261,6 +328,15 @@ class Watcher:
         keep = policy.get("keep_until")
         found["keep"] = {"active": bool(keep and keep > t),
                          "detail": f"until {time.strftime('%H:%M:%S', time.localtime(keep))}" if keep else "none"}
+        self.own_active = sorted(name for name, s in found.items() if s["active"])
+        peers = [p for p in read_json(paths(args.workdir)["peers"], []) if isinstance(p, str) and p]
+        if peers:
+            try:
+                self.answer_peers()
+            except OSError as exc:  # the others then see this node as idle: never a reason not to act
+                print(f"cannot answer the other nodes on port {args.peer_port}: {exc}", flush=True)
+            active, detail = guarded(self.peers_active, peers)
+            found["peers"] = {"active": active, "detail": detail}
         return found
 
     def check(self) -> dict:
@@ -430,6 +506,8 @@ def parse_args(argv=None):
     r.add_argument("--tensorboard-bytes", type=int, default=65536,
                    help="bytes TensorBoard must serve per check (an open tab's own reloads are less)")
     r.add_argument("--warn", type=float, default=300.0, help="seconds before shutting down to warn users")
+    r.add_argument("--peer-port", type=int, default=PEER_PORT, help="where a lab's nodes ask each other")
+    r.add_argument("--peer-bind", default="0.0.0.0", help="the address to answer the other nodes on")
     s = sub.add_parser("set")
     s.add_argument("--workdir", required=True)
     s.add_argument("--idle", type=float)

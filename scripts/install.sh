@@ -44,4 +44,10 @@ extras=""
 if [ "$want_test" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; }; then
   apt_install openssh-server openssh-client
 fi
+# tests/users.py gives the test users (two loopback "machines") a system Python of the venv's version:
+# another user cannot enter a pyenv or a venv base under /root.
+if [ "$want_test" = 1 ]; then
+  ver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  [ -x "/usr/bin/python$ver" ] || [ -x "/usr/local/bin/python$ver" ] || apt_install "python$ver" || true
+fi
 echo "tflab installed in $(pwd)/.venv (run: .venv/bin/tflab --help)" >&2

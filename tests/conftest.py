@@ -25,8 +25,18 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 for _var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL"):
     os.environ.pop(_var, None)
 
+from tests import moto_placement  # noqa: E402  (after the settings above: it imports moto)
+
+moto_placement.install()  # moto has no placement groups: tests/moto_placement.py adds them
+
 if str(REMOTE) not in sys.path:  # the remote/ scripts import as plain modules, as on a lab host
     sys.path.insert(0, str(REMOTE))
+
+
+@pytest.fixture(autouse=True)
+def no_placement_groups_yet():
+    """Each test's moto account starts without placement groups, as it starts without anything else."""
+    moto_placement.reset()
 
 
 @pytest.fixture(autouse=True, scope="session")

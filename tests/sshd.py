@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,15 +32,25 @@ def fingerprint_of(public_key: Path) -> tuple[str, str]:
 class Sshd:
     """One sshd process; start() and stop() may be called again (same port, same or new host key)."""
 
-    def __init__(self, root: Path, port: int, allow_forwarding: bool = True, sftp: bool = True):
+    def __init__(self, root: Path, port: int, allow_forwarding: bool = True, sftp: bool = True,
+                 user: str | None = None, user_key: Path | None = None):
         self.root = root
         self.port = port
         self.allow_forwarding = allow_forwarding  # False: as a hardened host (AllowTcpForwarding no)
         self.sftp = sftp  # False: no `Subsystem sftp`, as on hardened servers and minimal containers
         root.mkdir(parents=True, exist_ok=True)
-        self.user = getpass.getuser()
-        self.user_key = keygen(root / "user_key")
-        (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+        self.user = user or getpass.getuser()
+        self.user_key = user_key or keygen(root / "user_key")  # another server's: one key logs in to both
+        public = Path(str(self.user_key) + ".pub").read_text()
+        if user is None:  # this process's user
+            self.authorized_keys = root / "authorized_keys"
+            self.authorized_keys.write_text(public)
+        else:  # another user (tests/users.py): sshd reads the file as that user, so it lives in its home
+            self.authorized_keys = Path(os.path.expanduser(f"~{user}")) / ".ssh" / "authorized_keys"
+            self.authorized_keys.parent.mkdir(mode=0o700, exist_ok=True)
+            self.authorized_keys.write_text(public)
+            for path in (self.authorized_keys.parent, self.authorized_keys):
+                shutil.chown(path, user, user)
         self.host_key = keygen(root / "host_key")
         self.proc: subprocess.Popen | None = None
 
@@ -57,7 +68,7 @@ class Sshd:
         path = self.root / "sshd_config"
         path.write_text("\n".join([
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            f"AuthorizedKeysFile {self.root / 'authorized_keys'}", f"PidFile {self.root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.authorized_keys}", f"PidFile {self.root / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
             f"AllowTcpForwarding {'yes' if self.allow_forwarding else 'no'}",

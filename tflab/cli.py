@@ -73,6 +73,9 @@ def run_lab(
     local: bool = typer.Option(False, "--local", help="Run the whole lab on this machine: no cloud, no SSH."),
     name: LabName = "lab",
     host: SshHostSpec = None,
+    hosts: Optional[str] = typer.Option(None, "--hosts",
+                                        help="Train across several machines: user@a,user@b,... (each as --host takes "
+                                             "it); the first is the chief, which also serves. One worker on each."),
     identity: Identity = None,
     known_hosts: KnownHosts = None,
     accept_new_host_key: AcceptNewHostKey = False,
@@ -99,7 +102,8 @@ def run_lab(
                                         help="Use tflab's stand-in server even where tensorflow_model_server exists."),
     workers: int = typer.Option(1, "--workers", min=1, max=16,
                                 help="Train across this many TensorFlow processes on the host "
-                                     "(MultiWorkerMirroredStrategy); the same seed gives the same weights as one."),
+                                     "(MultiWorkerMirroredStrategy); the same seed gives the same weights as one "
+                                     "[default: 1; with --hosts, one per host]."),
     keep_running: bool = typer.Option(False, "--keep-running",
                                       help="--local: keep TensorBoard and the model server up until Ctrl-C."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
@@ -116,6 +120,7 @@ def run_lab(
 
     console = _console(json_out)
     wanted = {"serving": port, "rest": rest_port, "tensorboard": tensorboard_port} if local else dict(HOST_PORTS)
+    nodes = _hosts_option(hosts, local=local, host=host) if hosts is not None else None
     if workers > 1 and seed is None:  # every worker makes the same points from one seed
         import secrets
 
@@ -124,7 +129,7 @@ def run_lab(
                          ports=wanted, prefer_builtin_server=builtin_server, workers=workers)
     with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
                   accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
-                  out=out) as run:
+                  out=out, hosts=nodes) as run:
         report = run.execute()
         console.result(report.to_json(), render(report))
         if not run.host.keeps_services:  # this machine: the services end with the command
@@ -133,7 +138,8 @@ def run_lab(
                              "(Ctrl-C to stop)")
                 wait_for_interrupt()
             return
-        again = f"`tflab tunnel {'--name ' + name if host is None else '--host ' + host}`"
+        chief = nodes[0] if nodes else host
+        again = f"`tflab tunnel {'--name ' + name if chief is None else '--host ' + chief}`"
         if not detach and sys.stdin.isatty() and sys.stdout.isatty():
             console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in report.urls.items() if v)
                          + "   (Ctrl-C to close them; the services keep running on the host)")
@@ -142,6 +148,30 @@ def run_lab(
                              f"{again} forwards them again")
         else:
             console.info(f"services keep running on the host; {again} reaches them again")
+
+
+def _hosts_option(value: str, *, local: bool, host: str | None) -> list[str]:
+    """--hosts as a list of host specs (2 to 16, each checked as --host checks it, none twice)."""
+    from tflab.ssh import parse_host
+
+    if local or host is not None:
+        raise InputError("--hosts cannot be combined with --local or --host",
+                         hint="--hosts user@a,user@b runs across those machines; --local --workers N runs N "
+                              "workers here")
+    specs = [part.strip() for part in value.split(",")]
+    if len(specs) < 2 or not all(specs):
+        raise InputError(f"--hosts {value!r} does not name at least two machines",
+                         hint="e.g. --hosts ubuntu@10.0.0.5,ubuntu@10.0.0.6 (for one machine, --host)")
+    if len(specs) > 16:
+        raise InputError(f"--hosts names {len(specs)} machines; at most 16", hint="name fewer machines")
+    seen: dict[tuple, str] = {}
+    for spec in specs:
+        where = parse_host(spec)  # a malformed one: InputError naming it
+        if where in seen:
+            raise InputError(f"--hosts names {spec!r} twice (as {seen[where]!r})",
+                             hint="name each machine (user, address and port) once")
+        seen[where] = spec
+    return specs
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -268,6 +298,9 @@ def _status_text(doc: dict) -> str:
              f"  instance   {doc['instance_id']} {doc['instance_type']}{' (spot)' if doc.get('spot') else ''} "
              f"in {doc.get('zone')}",
              f"  address    {doc.get('public_ip') or '-'}"]
+    for node in doc.get("nodes", []):
+        lines.append(f"  node {node['index']}     {node['instance_id']} {node['state']} {node.get('public_ip') or '-'} "
+                     f"(private {node.get('private_ip') or '-'}){' - the chief' if node['index'] == 0 else ''}")
     if doc.get("uptime_hours") is not None:
         lines.append(f"  uptime     {doc['uptime_hours']:.2f} h")
     if cost:
@@ -294,6 +327,12 @@ def up(
     profile: Profile = None,
     instance_type: str = typer.Option("g4dn.xlarge", "--instance-type", help="EC2 instance type (g4dn.xlarge: 1 NVIDIA T4)."),
     spot: bool = typer.Option(False, "--spot", help="A one-time spot instance (cheaper; AWS may reclaim it)."),
+    nodes: int = typer.Option(1, "--nodes", min=1, max=16,
+                              help="Instances in the lab, for training across machines (`run-lab` uses them all): "
+                                   "one zone, a security group that lets them reach each other, node 0 the chief."),
+    placement: str = typer.Option("cluster", "--placement", click_type=click.Choice(["cluster", "none"]),
+                                  help="With --nodes: a cluster placement group (low latency between the nodes, "
+                                       "where the type allows one), or none."),
     disk_gb: int = typer.Option(100, "--disk-gb", min=20, max=16384, help="Root volume size (gp3), GiB."),
     ami: Optional[str] = typer.Option(None, "--ami", help="An image id instead of the current Deep Learning AMI."),
     ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
@@ -325,7 +364,8 @@ def up(
 ) -> None:
     """Launch a GPU instance from the current Deep Learning AMI, wait until SSH answers with its verified
     host key (the host's bootstrap starts at boot), and remember it as a lab. An idle watchdog on the
-    instance stops it after an hour without activity, and after 12 hours in any case (`tflab autostop`)."""
+    instance stops it after an hour without activity, and after 12 hours in any case (`tflab autostop`).
+    With --nodes N, N instances in one zone for training across machines (`tflab run-lab` uses them all)."""
     from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
     from tflab.cloud import UpSettings, check_launch_options, ssh_cidr as resolve_cidr, up as run_up
     from tflab.state import StateStore, check_name
@@ -363,7 +403,8 @@ def up(
                      "(`tflab autostop` changes it)")
     spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
                       spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
-                      user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior)
+                      user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior,
+                      nodes=nodes, placement=placement)
     settings = UpSettings(profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
                           host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure, ssh_host=ssh_host,
                           ssh_port=ssh_port, ssh_user=ssh_user, ssh_timeout=ssh_timeout,
@@ -374,7 +415,9 @@ def up(
     address = state.ssh_host or state.public_ip
     text = (f"lab '{name}' {action}: {state.instance_id} ({state.instance_type}) in {state.region}, "
             f"address {address or 'not yet known'}\n"
-            f"next: tflab run-lab --name {name}   ...   tflab down --name {name}")
+            + "".join(f"  node {n['index']}: {n['instance_id']} {n.get('public_ip') or '-'} "
+                      f"(private {n.get('private_ip') or '-'})\n" for n in state.nodes)
+            + f"next: tflab run-lab --name {name}   ...   tflab down --name {name}")
     console.result(doc, text)
 
 
@@ -413,7 +456,11 @@ def list_(
         total = (row.get("cost_usd_estimate") or {}).get("total")
         return f"${total:.2f}" if total is not None else "-"
 
-    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {r.get('instance_type', '-'):<14} "
+    def kind(row: dict) -> str:
+        count = len(row.get("nodes", [])) or 1
+        return (f"{count} x " if count > 1 else "") + row.get("instance_type", "-")
+
+    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {kind(r):<14} "
                      f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
     if text:
         text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<14} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import re
 import shlex
+import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,9 +35,6 @@ class Cancelled(TflabError):
     exit_code = ExitCode.INTERRUPTED
 
 
-BOOTSTRAP_EOF = "TFLAB_BOOTSTRAP_EOF"
-
-
 WATCHDOG_UNIT = "tflab-watchdog.service"
 WATCHDOG_DIR = "~/tflab"  # where `up`'s boot script puts the watchdog (run-lab's --workdir may differ)
 
@@ -46,21 +44,16 @@ def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
     stay well within the 16 KB of user data) with the lab's policy, as a systemd unit that starts now
     and at every boot (a detached process where there is no systemd). It acts by the instance's own
     shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate."""
-    import base64
-    import gzip
     import json
 
-    from tflab.paths import remote_dir
-
     q = shlex.quote
-    code = base64.b64encode(gzip.compress((remote_dir() / "watchdog.py").read_bytes(), mtime=0)).decode()
     watchdog = f"{folder}/remote/watchdog.py"
     run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown"])
     unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
             f"ExecStart={run}\nRestart=on-failure\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
     return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
             f"mkdir -p {q(folder + '/autostop')}\n"
-            f"echo {q(code)} | base64 -d | gunzip > {q(watchdog)}\n"
+            f"{embedded('watchdog.py', watchdog)}\n"
             f"[ -f {q(folder + '/autostop/policy.json')} ] || printf %s {q(json.dumps(policy))} > "
             f"{q(folder + '/autostop/policy.json')}\n"
             f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
@@ -70,29 +63,34 @@ def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
             f"else\n  nohup {run} >/var/log/tflab-watchdog.log 2>&1 &\nfi\n")
 
 
+def embedded(name: str, path: str) -> str:
+    """Shell that writes remote/<name> to path on the host, carried gzip + base64 in the user data (EC2
+    takes at most 16 KB of it, in raw form)."""
+    import base64
+    import gzip
+
+    from tflab.paths import remote_dir
+
+    code = base64.b64encode(gzip.compress((remote_dir() / name).read_bytes(), mtime=0)).decode()
+    return f"echo {shlex.quote(code)} | base64 -d | gunzip > {shlex.quote(path)}"
+
+
 def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None = None) -> str:
     """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it),
     and installs the idle watchdog with the policy autostop (remote/watchdog.py's policy keys).
 
     It runs as root at boot: the user is checked (check_ssh_user) and every value is shell-quoted.
     """
-    from tflab.paths import remote_dir
-
     check_ssh_user(ssh_user)
     if not workdir or workdir.startswith("/") or "\0" in workdir or "\n" in workdir:
         raise InputError(f"{workdir!r} is not a folder name under the lab user's home", hint="e.g. tflab")
-    script = (remote_dir() / "bootstrap.sh").read_text()
-    if not script.endswith("\n"):
-        script += "\n"
-    if BOOTSTRAP_EOF in script:  # the here-document would end early
-        raise InputError(f"remote/bootstrap.sh contains {BOOTSTRAP_EOF}", hint="rename that word in the script")
     home = "/root" if ssh_user == "root" else f"/home/{ssh_user}"
     folder = f"{home}/{workdir}"
     q = shlex.quote
     bootstrap = f"{folder}/remote/bootstrap.sh"
     return (f"#!/bin/bash\n# tflab: prepare the lab while the instance boots (remote/bootstrap.sh, as run-lab runs it)\n"
-            f"mkdir -p {q(folder + '/remote')}\ncat > {q(bootstrap)} <<'{BOOTSTRAP_EOF}'\n{script}"
-            f"{BOOTSTRAP_EOF}\nchown -R {q(ssh_user + ':')} {q(folder)}\n"
+            f"mkdir -p {q(folder + '/remote')}\n{embedded('bootstrap.sh', bootstrap)}\n"
+            f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
             f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n"
             + (watchdog_boot_script(folder, ssh_user, autostop) if autostop else ""))
 
@@ -188,20 +186,21 @@ def refresh_fingerprints(store: StateStore, state: LabState) -> LabState:
         return state
     if not found:
         return state
-    updated = LabState.from_dict(state.to_dict() | {"host_key_fingerprints": found})
+    nodes = [dict(n, host_key_fingerprints=found) if n["index"] == 0 else n for n in state.nodes]
+    updated = LabState.from_dict(state.to_dict() | {"host_key_fingerprints": found, "nodes": nodes})
     store.save(updated)
     return updated
 
 
 def lab_target(*, name: str | None, host: str | None = None, identity: str | None = None,
                known_hosts: str | None = None, accept_new: bool = False,
-               store: StateStore | None = None) -> SshTarget:
+               store: StateStore | None = None, node: int = 0) -> SshTarget:
     """tflab.targets.resolve_target for a command line: a lab's missing fingerprints are read from
     its console output once more (refresh_fingerprints)."""
     from tflab.targets import resolve_target
 
     return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
-                          store=store, refresh=refresh_fingerprints)
+                          store=store, refresh=refresh_fingerprints, node=node)
 
 
 def ssh_cidr(given: str | None) -> str:
@@ -234,8 +233,27 @@ def _age_hours(launched: str | None) -> float | None:
     return max(0.0, (datetime.now(timezone.utc) - start).total_seconds() / 3600)
 
 
+def _node_entries(instances: list, fingerprints: list[dict], previous: LabState | None) -> list[dict]:
+    """The state's nodes of a lab of several instances (none for one), by their tflab:node index."""
+    if len(instances) < 2:
+        return []
+    old = {n["instance_id"]: n for n in (previous.nodes if previous else [])}
+    entries = []
+    for index, (inst, prints) in enumerate(zip(instances, fingerprints)):
+        entries.append({**old.get(inst.id, {}), "index": index, "instance_id": inst.id, "public_ip": inst.public_ip,
+                        "private_ip": inst.private_ip, "zone": inst.zone,
+                        "host_key_fingerprints": prints or old.get(inst.id, {}).get("host_key_fingerprints") or {}})
+    return entries
+
+
+def by_node(instances: list) -> list:
+    """A lab's instances in node order (the chief first); a lab of one is its one instance."""
+    return sorted(instances, key=lambda i: (i.node is None, i.node or 0, i.launch_time or "", i.id))
+
+
 def _state_from(name: str, provider, inst, previous: LabState | None, store: StateStore, profile: str | None,
-                fingerprints: dict | None = None, **overrides) -> LabState:
+                fingerprints: dict | None = None, nodes: list | None = None, node_prints: list[dict] | None = None,
+                **overrides) -> LabState:
     from infra.pricing import hourly
 
     key = store.key_path(name)
@@ -247,6 +265,9 @@ def _state_from(name: str, provider, inst, previous: LabState | None, store: Sta
                 hourly_usd=hourly(inst.instance_type), launched_at=inst.launch_time)
     if fingerprints:
         base["host_key_fingerprints"] = fingerprints
+    if nodes is not None:
+        prints = node_prints or [fingerprints or {}] + [{}] * (len(nodes) - 1)
+        base["nodes"] = _node_entries(nodes, prints, previous)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return LabState.from_dict(base)
 
@@ -292,26 +313,37 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             existing = provider.find_instances(name)
         previous = store.load(name)
         if existing:
-            inst = sorted(existing, key=lambda i: i.state != "running")[0]
+            nodes = by_node(existing)
+            if len(nodes) > 1 and any(i.node is None for i in nodes):  # not one lab of nodes: two `up`s raced
+                raise InputError(f"lab '{name}' has {len(nodes)} instances that are not its nodes "
+                                 f"({', '.join(i.id for i in nodes)})",
+                                 hint=f"`tflab down --name {name}` removes them all; then `tflab up` again")
+            if spec.nodes != len(nodes):
+                console.note(f"lab '{name}' exists with {len(nodes)} node(s); --nodes {spec.nodes} is not applied "
+                             f"(`tflab down --name {name}` first to change it)")
             action = "reused"
-            if inst.state in ("stopped", "stopping"):
-                console.info(f"lab '{name}' exists ({inst.id}, {inst.state}); starting it")
+            for inst in nodes:
                 if inst.state == "stopping":
                     raise InputError(f"lab '{name}' ({inst.id}) is stopping", hint="wait a minute, then `tflab up` again")
+            stopped = [i for i in nodes if i.state == "stopped"]
+            for inst in stopped:
+                console.info(f"lab '{name}' exists ({inst.id}, {inst.state}); starting it")
                 provider.start(inst.id)
                 action = "started"
-            else:
-                console.info(f"lab '{name}' exists already ({inst.id}, {inst.state}); reusing it")
+            if not stopped:
+                console.info(f"lab '{name}' exists already ({', '.join(f'{i.id} {i.state}' for i in nodes)}); "
+                             "reusing it")
             if wait or action == "started":
-                with console.waiting(f"waiting for {inst.id} to run") as update:
-                    inst = provider.wait_running(inst.id, wait_timeout, update)
+                with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run") as update:
+                    nodes = [provider.wait_running(i.id, wait_timeout, update) for i in nodes]
             if not store.key_path(name).exists():
                 console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "
                              "SSH to it needs that key")
-            state = _state_from(name, provider, inst, previous, store, profile, **overrides)
+            state = _state_from(name, provider, nodes[0], previous, store, profile, nodes=nodes, **overrides)
             store.save(state)
             if wait and ssh_wait:
-                wait_ssh(store, state, console, ssh_timeout, accept_new_host_key)
+                for index in range(max(1, len(state.nodes))):
+                    wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
             return state, action
 
         with console.waiting("checking the image, the instance type and the vCPU quota") as update:
@@ -322,19 +354,24 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 raise AmiError(f"the image {image.id} is {image.architecture}, but {itype.name} runs "
                                f"{'/'.join(itype.architectures)}",
                                hint="choose a matching --instance-type or another --ami / --ami-parameter")
-            quota = provider.check_quota(itype, spec.spot)
+            quota = provider.check_quota(itype, spec.spot, spec.nodes)
         console.info(f"image: {image.id} {image.name} ({image.source})")
-        console.info(f"instance: {itype.name}, {itype.vcpus} vCPUs, GPUs: {itype.gpus or 'none'}")
+        many = f"{spec.nodes} x " if spec.nodes > 1 else ""
+        console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs, GPUs: {itype.gpus or 'none'}")
         if quota.value is None:
             console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
         else:
             console.info(f"quota: {quota.name} = {quota.value:g} vCPUs, this lab needs {quota.needed}")
-        price = hourly(itype.name)
+        price = hourly(itype.name) * spec.nodes if hourly(itype.name) else None
         cost = f"about ${price:.3f}/hour on demand ({PRICE_SOURCE})" if price else "unknown (not in the bundled table)"
         if spec.spot:
             cost += "; spot usually costs less, and AWS may reclaim the instance"
         console.info(f"estimated cost: {cost}, until `tflab down --name {name}`")
-        if not confirm(f"Launch {itype.name} for lab '{name}' in {provider.region}?"):
+        placement = spec.nodes > 1 and spec.placement == "cluster" and "cluster" in itype.placement_strategies
+        if spec.nodes > 1 and spec.placement == "cluster" and not placement:
+            console.note(f"{itype.name} cannot join a cluster placement group: the nodes are launched in one zone "
+                         "without one")
+        if not confirm(f"Launch {many}{itype.name} for lab '{name}' in {provider.region}?"):
             raise Cancelled("cancelled; nothing was created")
 
         created = Created()
@@ -342,18 +379,29 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             with console.waiting(f"creating the key pair, security group and instance of lab '{name}'") as update:
                 store.write_key(name, provider.create_key_pair(name, created))
                 update(f"key pair {created.key_pair} (private key in {store.key_path(name)})")
-                group = provider.ensure_security_group(name, spec.ssh_cidr, spec.subnet_id, created)
-                update(f"security group {group}: SSH from {spec.ssh_cidr} only")
-                inst = provider.launch(spec, image, group, created.key_pair, created, update)
-            store.save(_state_from(name, provider, inst, previous, store, profile, **overrides))
-            console.info(f"launched {inst.id} in {inst.zone}")
-            fingerprints: dict = {}
+                members = spec.nodes > 1
+                group = provider.ensure_security_group(name, spec.ssh_cidr, spec.subnet_id, created, members=members)
+                update(f"security group {group}: SSH from {spec.ssh_cidr} only"
+                       + ("; every port between the lab's nodes" if members else ""))
+                group_name = provider.ensure_placement_group(name, created) if placement else None
+                if group_name:
+                    update(f"placement group {group_name} (cluster: the nodes close together)")
+                nodes = provider.launch(spec, image, group, created.key_pair, created, update, group_name)
+            inst = nodes[0]
+            store.save(_state_from(name, provider, inst, previous, store, profile, nodes=nodes,
+                                   placement_group=group_name, **overrides))
+            console.info(f"launched {', '.join(i.id for i in nodes)} in {inst.zone}")
+            prints: list[dict] = [{} for _ in nodes]
             if wait:
-                with console.waiting(f"waiting for {inst.id} to run with a public address") as update:
-                    inst = provider.wait_running(inst.id, wait_timeout, update)
+                with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run with a public address") \
+                        as update:
+                    nodes = [provider.wait_running(i.id, wait_timeout, update) for i in nodes]
+                inst = nodes[0]
                 with console.waiting("reading the SSH host key fingerprints from the console output") as update:
-                    fingerprints = provider.host_key_fingerprints(inst.id, host_key_timeout, update)
-                if not fingerprints:
+                    deadline = time.monotonic() + host_key_timeout  # one wait for them all
+                    prints = [provider.host_key_fingerprints(i.id, max(0.0, deadline - time.monotonic()), update)
+                              for i in nodes]
+                if not all(prints):
                     console.note("the host key fingerprints are not in the console output yet; "
                                  "they are read again when tflab first connects")
         except KeyboardInterrupt:
@@ -371,18 +419,45 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 except (InfraError, OSError) as cleanup_error:
                     console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
             raise
-        state = _state_from(name, provider, inst, previous, store, profile, fingerprints, **overrides)
+        state = _state_from(name, provider, inst, previous, store, profile, prints[0], nodes=nodes, node_prints=prints,
+                            placement_group=group_name, **overrides)
         store.save(state)
         if wait and ssh_wait:
-            wait_ssh(store, state, console, ssh_timeout, accept_new_host_key)
+            for index in range(max(1, len(state.nodes))):
+                wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
+            tell_peers(store, state, console)
         return state, "created"
 
 
-def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool) -> None:
-    """Wait until the lab answers SSH with its pinned (or, if asked, first-seen) host key."""
+def peers_command(state: LabState, index: int) -> str:
+    """Shell that tells node index's idle watchdog the other nodes' private addresses (remote/watchdog.py
+    peers.json), so that the lab stops as one."""
+    import json
+
+    others = [n["private_ip"] for n in state.nodes if n["index"] != index and n.get("private_ip")]
+    folder = f"{WATCHDOG_DIR}/autostop"
+    return f"mkdir -p {folder} && printf %s {shlex.quote(json.dumps(others))} > {folder}/peers.json"
+
+
+def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
+    """Each node's watchdog learns the others (best effort: run-lab tells them again)."""
+    from tflab.ssh import Connection
+
+    for node in state.nodes:
+        try:
+            with Connection(lab_target(name=state.name, store=store, node=node["index"]), connect_timeout=10) as c:
+                c.run(peers_command(state, node["index"]), step="autostop peers")
+        except (TflabError, OSError) as exc:
+            console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
+                         "run-lab does it")
+
+
+def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool,
+             node: int = 0) -> None:
+    """Wait until the lab (its node `node`) answers SSH with its pinned (or, if asked, first-seen) host key."""
     from tflab.ssh import wait_for_ssh
 
-    target = lab_target(name=state.name, accept_new=accept_new, store=store)
+    target = lab_target(name=state.name, accept_new=accept_new, store=store, node=node)
     if not target.pinned and not accept_new and not __import__("os").path.exists(target.known_hosts):
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
@@ -405,15 +480,19 @@ def describe(state: LabState | None, instances: list, name: str) -> dict:
     """The status document of a lab: its state, address, uptime, cost so far and ports."""
     from infra.pricing import hourly
 
-    inst = sorted(instances, key=lambda i: i.state != "running")[0] if instances else None
+    ordered = lab_instances(instances)
+    inst = ordered[0] if ordered else None  # the chief of a lab of several
     doc: dict = {"name": name, "region": state.region if state else None, "exists": inst is not None}
     if inst is not None:
         hours = _age_hours(inst.launch_time) if inst.state == "running" else None
-        price = hourly(inst.instance_type)
+        price = hourly(inst.instance_type) * len(ordered) if hourly(inst.instance_type) else None
         doc.update(instance_id=inst.id, state=inst.state, instance_type=inst.instance_type, spot=inst.spot,
                    public_ip=inst.public_ip, zone=inst.zone, launched_at=inst.launch_time,
                    uptime_hours=round(hours, 3) if hours is not None else None, hourly_usd_estimate=price,
                    cost_so_far_usd_estimate=round(hours * price, 2) if hours is not None and price else None)
+        if len(ordered) > 1:
+            doc["nodes"] = [{"index": i.node, "instance_id": i.id, "state": i.state, "public_ip": i.public_ip,
+                             "private_ip": i.private_ip, "zone": i.zone} for i in ordered]
     if state is not None:
         doc.update(ssh_user=state.ssh_user, ssh_address=f"{state.ssh_host or state.public_ip}:{state.ssh_port}",
                    key_path=state.key_path, host_key_fingerprints=state.host_key_fingerprints)
@@ -421,16 +500,27 @@ def describe(state: LabState | None, instances: list, name: str) -> dict:
     return doc
 
 
-def costs(provider, inst, lab: str) -> dict:
-    """What the lab costs: the price charged now (the spot price in its zone for a spot lab, else the
-    bundled on-demand estimate), its volumes, and the cost since the instance last started."""
+def lab_instances(instances: list) -> list:
+    """A lab's instances, the one that speaks for it first: by node for a lab of several, else running first."""
+    if len(instances) > 1 and all(i.node is not None for i in instances):
+        return by_node(instances)
+    return sorted(instances, key=lambda i: i.state != "running")
+
+
+def costs(provider, instances: list, lab: str) -> dict:
+    """What the lab costs: the price charged now for its instances (the spot price in their zone for a
+    spot lab, else the bundled on-demand estimate), its volumes, and the cost since they last started."""
     from infra.pricing import GP3_USD_PER_GB_HOUR, PRICE_SOURCE, hourly
 
+    inst = lab_instances(instances)[0]
     spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
-    price = spot if spot is not None else hourly(inst.instance_type)
+    each = spot if spot is not None else hourly(inst.instance_type)
+    running = [i for i in instances if i.state == "running"]
+    price = each * len(instances) if each is not None else None
     gb = provider.volume_gb(lab)
     hours = _age_hours(inst.launch_time) or 0.0
-    instance_cost = hours * price if inst.state == "running" and price is not None else None
+    instance_cost = sum((_age_hours(i.launch_time) or 0.0) * each for i in running) \
+        if running and each is not None else None
     disk_cost = hours * gb * GP3_USD_PER_GB_HOUR
     return {"hourly_usd": price, "price_source": f"spot price in {inst.zone} now" if spot is not None else PRICE_SOURCE,
             "volume_gb": gb, "disk_hourly_usd": round(gb * GP3_USD_PER_GB_HOUR, 4),
@@ -478,7 +568,7 @@ def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dic
     doc["region"] = provider.region
     if doc["exists"]:
         inst = next(i for i in instances if i.id == doc["instance_id"])
-        doc |= costs(provider, inst, name)
+        doc |= costs(provider, instances, name)
         doc["stopped_why"] = stopped_why(inst)
         if ask_host and inst.state == "running" and state is not None:
             doc["watchdog"] = watchdog_view(store, name, state)
@@ -498,8 +588,7 @@ def list_labs(provider, store: StateStore) -> list[dict]:
             log.info("no local state for lab %s: %s", name, exc)
             state = None
         row = describe(state, instances, name) | {"region": provider.region, "local_state": state is not None}
-        inst = next(i for i in instances if i.id == row["instance_id"])
-        rows.append(row | costs(provider, inst, name))
+        rows.append(row | costs(provider, instances, name))
     return rows
 
 

@@ -78,3 +78,25 @@ class Console:
         else:
             self.out.write(text.rstrip("\n") + "\n")
         self.out.flush()
+
+
+class NodeConsole(Console):
+    """The console of one node of a run prepared in parallel with others (from its own thread): each
+    line says which node it is about, and waits are plain lines (no live status line to share)."""
+
+    def __init__(self, parent: Console, node: str):
+        super().__init__(json_mode=parent.json_mode, out=parent.out, err=parent.err)
+        self.live = False
+        self.node = node
+
+    def info(self, text: str) -> None:
+        super().info(f"[{self.node}] {text}")
+
+    def note(self, text: str) -> None:
+        super().note(f"[{self.node}] {text}")
+
+    def warn(self, text: str) -> None:
+        super().warn(f"[{self.node}] {text}")
+
+    def stream(self, source: str, line: str) -> None:
+        super().stream(f"{self.node} {source}", line)

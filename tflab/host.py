@@ -80,9 +80,15 @@ class Host(ABC):
         """Make the host ready to run the lab (connect, push remote/, bootstrap)."""
 
     @abstractmethod
-    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
-        """The ports its services listen on, by name: the wanted ones where free there, others where
-        not (said on console); a port of one of its own services still running is kept."""
+    def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
+        """The ports its services listen on, by name: the wanted ones where free there (and not in
+        avoid: ports other hosts of the run chose), others where not (said on console); a port of one
+        of its own services still running is kept."""
+
+    @property
+    def peer_address(self) -> str:
+        """The address the run's other hosts reach this one at (TF_CONFIG's cluster)."""
+        return "127.0.0.1"
 
     @abstractmethod
     def forward(self, ports: dict[str, int], wanted_local: dict[str, int], console) -> None:
@@ -178,12 +184,12 @@ class LocalHost(Host):
             raise InputError(f"cannot use {self._workdir} for the results: {exc.strerror}",
                              hint="choose another --out") from exc
 
-    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
+    def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
         from tflab import ports
 
         chosen: dict[str, int] = {}
         for name, port in wanted.items():
-            chosen[name] = ports.pick(port, taken=set(chosen.values())) if port else 0
+            chosen[name] = ports.pick(port, taken=set(chosen.values()) | set(avoid)) if port else 0
             if port and chosen[name] != port:
                 console.note(f"port {port} ({PORT_NAMES.get(name, name)}) is in use; using {chosen[name]} instead")
         return chosen

@@ -121,8 +121,9 @@ class LabRun:
     the services can still be reached from here (the tunnels)."""
 
     def __init__(self, host: Host, options: LabOptions, console: Console, out: Path,
-                 on_prepared: Callable[[Host], None] = lambda host: None):
-        self.host = host
+                 on_prepared: Callable[[Host], None] = lambda host: None, others: list[Host] | tuple = ()):
+        self.host = host  # the chief: it runs the steps, trains as worker 0 and serves
+        self.others = list(others)  # the other nodes of a run across machines: each trains as one worker
         self.options = options
         self.console = console
         self.out = Path(out)
@@ -140,20 +141,67 @@ class LabRun:
     def alive(self) -> bool:
         return self.host.forwarding_alive
 
+    @property
+    def hosts(self) -> list[Host]:
+        return [self.host, *self.others]
+
     def close(self) -> None:
-        """Stop the services unless the host keeps them, then end the host's connection and tunnels."""
+        """Stop the services unless the host keeps them, then end every node's connection and tunnels."""
         try:
             if not self.host.keeps_services:
                 stop_services(self.host, self.services)
         finally:
+            for other in self.others:
+                try:
+                    other.close()
+                except Exception as exc:  # closing the chief matters more
+                    log.warning("could not close %s: %s", other.name, exc)
             self.host.close()
+
+    def _prepare(self) -> None:
+        """Prepare the chief, and the other nodes in parallel with it (each from its own thread, its
+        lines marked with its node); the first node that fails ends the run, its error naming it."""
+        if not self.others:
+            self.host.prepare(self.console)
+            return
+        import threading
+
+        from tflab.console import NodeConsole
+        from tflab.errors import TflabError
+
+        failures: dict[int, BaseException] = {}
+
+        def prepare(index: int, host: Host) -> None:
+            try:
+                host.prepare(NodeConsole(self.console, f"node-{index}"))
+            except BaseException as exc:  # reported by the main thread
+                failures[index] = exc
+
+        threads = [threading.Thread(target=prepare, args=(i, h), name=f"prepare-node-{i}", daemon=True)
+                   for i, h in enumerate(self.others, start=1)]
+        for thread in threads:
+            thread.start()
+        try:
+            self.host.prepare(self.console)
+        except TflabError as exc:
+            failures[0] = exc
+        for thread in threads:  # each prepare's waits are bounded; joined in slices so Ctrl-C gets through
+            while thread.is_alive():
+                thread.join(0.2)
+        if failures:
+            index = min(failures)
+            exc = failures[index]
+            if isinstance(exc, TflabError):
+                exc.message = f"node-{index} ({self.hosts[index].name}): {exc.message}"
+                exc.args = (exc.message,)
+            raise exc
 
     def execute(self) -> Report:
         """Run every step; serve, predict, check TensorBoard and Jupyter from here; return the report.
         Raises LabStepError, UnreachableError, and the host's errors."""
         host, console = self.host, self.console
         started = time.monotonic()
-        host.prepare(console)
+        self._prepare()
         self.on_prepared(host)
         prepared = time.monotonic()
         wanted = dict(self.options.ports)
@@ -294,56 +342,79 @@ class LabRun:
 
 
     def _distributed_steps(self, env: dict, report_path: str, on_line, t0: float) -> dict:
-        """The steps with the training across N TensorFlow processes on the host, each with its TF_CONFIG
-        (loopback ports the host chose); worker 0, the chief, does the other steps. They run as the
-        host's detached processes, watched together: one that ends without its report ends the run,
-        naming it, and the others are stopped. Returns the chief's report with every worker in it."""
-        host, options, console = self.host, self.options, self.console
+        """The steps with the training across N TensorFlow processes, each with its TF_CONFIG: all on the
+        host (loopback ports it chose), or one on each node of a run across machines (the address the
+        others reach it at, a port it chose); worker 0, the chief, does the other steps. They run as
+        their hosts' processes, watched together: one that ends without its report, or whose node cannot
+        be reached, ends the run, naming it, and the others are stopped. Returns the chief's report with
+        every worker in it."""
+        options, console = self.options, self.console
         count = options.workers
-        ports = host.choose_ports({f"worker-{i}": WORKER_PORT + i for i in range(count)}, console)
-        cluster = {"worker": [f"127.0.0.1:{ports[f'worker-{i}']}" for i in range(count)]}
-        folder = posixpath.join(host.workdir, "workers")
-        workers: list[tuple[Service, str]] = []
-        console.info(f"training across {count} TensorFlow processes (MultiWorkerMirroredStrategy): "
-                     + ", ".join(cluster["worker"]))
+        placement = self.hosts if self.others else [self.host] * count
+        taken: set[int] = set()  # nodes may share a network (two users of one machine): no port twice
+        cluster: list[str] = []
+        for i, node in enumerate(placement):
+            port = node.choose_ports({f"worker-{i}": WORKER_PORT + i}, console, avoid=frozenset(taken))[f"worker-{i}"]
+            taken.add(port)
+            address = node.peer_address
+            cluster.append(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+        where = "nodes" if self.others else "TensorFlow processes"
+        console.info(f"training across {count} {where} (MultiWorkerMirroredStrategy): " + ", ".join(cluster))
+        workers: list[tuple[str, Host, Service, str]] = []  # (name, node, process, report path)
+        results: dict[int, dict] = {}
         try:
-            for i in range(count):
+            for i, node in enumerate(placement):
+                folder = posixpath.join(node.workdir, "workers")
                 path = report_path if i == 0 else posixpath.join(folder, f"worker-{i}.json")
-                host.run(["rm", "-f", path], step="workers", timeout=30)
-                argv = steps_command(host, options, path) + ["--workers", str(count), "--worker-index", str(i)]
-                tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-                service = host.start_service(f"worker-{i}", argv, log_path=posixpath.join(folder, f"worker-{i}.log"),
+                node.run(["rm", "-f", path], step="workers", timeout=30)
+                argv = steps_command(node, options, path) + ["--workers", str(count), "--worker-index", str(i)]
+                tf_config = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": i}})
+                name = f"worker-{i}" + (f" on {node.name}" if self.others else "")
+                service = node.start_service(f"worker-{i}", argv, log_path=posixpath.join(folder, f"worker-{i}.log"),
                                              env={**env, "TF_CONFIG": tf_config})
-                workers.append((service, path))
+                workers.append((name, node, service, path))
             deadline = time.monotonic() + options.step_timeout
-            running = list(workers)
-            while running:
-                for service, path in list(running):
-                    if not host.service_alive(service):
+            while len(results) < count:
+                for i, (name, node, service, path) in enumerate(workers):
+                    if i not in results and not self._worker_running(name, node, service):
                         try:
-                            report = json.loads(host.read_text(path))
+                            results[i] = json.loads(node.read_text(path))
                         except (OSError, ValueError):
-                            raise LabStepError(service.name, "ended without finishing its training",
-                                               tail=host.read_log(service, 30),
+                            raise LabStepError(name, "ended without finishing its training",
+                                               tail=node.read_log(service, 30),
                                                hint=f"its log is {service.log_path}; the other workers were stopped")
-                        running.remove((service, path))
-                        workers[workers.index((service, path))] = (service, report)
-                if running and time.monotonic() > deadline:
+                if len(results) < count and time.monotonic() > deadline:
                     raise LabStepError("lab steps", f"the workers did not finish within {options.step_timeout:.0f} s")
-                time.sleep(0.2)
+                time.sleep(0.2 if not self.others else 0.5)
         finally:
-            for service, _ in workers:  # ended already, or stopped now: none outlives the step
-                host.stop_service(service)
-        chief_log = host.read_log(workers[0][0], 200)
+            for name, node, service, _ in workers:  # ended already, or stopped now: none outlives the step
+                try:
+                    node.stop_service(service)
+                except Exception as exc:  # a node that cannot be reached: stop the others still
+                    log.warning("could not stop %s: %s", name, exc)
+        chief_log = self.host.read_log(workers[0][2], 200)
         for line in chief_log.splitlines():
             if line.startswith("["):
                 on_line("out", line)
         self._steps_seconds = time.monotonic() - t0
-        steps = workers[0][1]
-        steps["training"]["workers"] = sorted([steps["training"]["workers"][0]] +
-                                              [report["worker"] for _, report in workers[1:]],
-                                              key=lambda w: w["index"])
+        steps = results[0]
+        entries = [steps["training"]["workers"][0]] + [results[i]["worker"] for i in range(1, count)]
+        if self.others:
+            for entry, node, address in zip(entries, placement, cluster):
+                entry.update(host=node.name, address=address)
+        steps["training"]["workers"] = sorted(entries, key=lambda w: w["index"])
         return steps
+
+    @staticmethod
+    def _worker_running(name: str, node: Host, service: Service) -> bool:
+        """Whether a worker's process still runs; a LabStepError naming it when its node cannot be asked."""
+        from tflab.errors import TflabError
+
+        try:
+            return node.service_alive(service)
+        except (TflabError, OSError, EOFError) as exc:
+            raise LabStepError(name, f"cannot be reached: {exc}",
+                               hint=f"check that {node.name} is up; the other workers were stopped") from exc
 
 
 def stop_services(host: Host, services: list[Service]) -> None:
@@ -359,8 +430,9 @@ def stop_services(host: Host, services: list[Service]) -> None:
 def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
              host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
              accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
-             ssh_timeout: float | None = None, out: Path | None = None) -> LabRun:
-    """The run on this machine (local), on any SSH machine (host), or on the lab `name` made by `up`.
+             ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None) -> LabRun:
+    """The run on this machine (local), on any SSH machine (host), on several (hosts: the first is the
+    chief, and each trains as one worker), or on the lab `name` made by `up`.
 
     Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
     still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
@@ -373,13 +445,15 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     if local:
         results = (out or Path.cwd() / "tflab-results" / "local").resolve()
         return LabRun(LocalHost(workdir=results), options, console, results)
-    from tflab.cloud import WATCHDOG_DIR, lab_target
+    from tflab.cloud import WATCHDOG_DIR, lab_target, peers_command
     from tflab.errors import NotFoundError
     from tflab.ssh import Connection
     from tflab.sshhost import SshHost
     from tflab.state import LabState, StateStore
 
     store = StateStore()
+    if hosts:
+        host = hosts[0]
     if host is None and store.load(name) is None:
         raise NotFoundError(f"no lab named '{name}' on this machine",
                             hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
@@ -390,10 +464,13 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     results = (out or Path.cwd() / "tflab-results" / label).resolve()
     if ssh_timeout is None:
         ssh_timeout = 600.0 if host is None else 0.0
+    state = store.load(name) if host is None else None
+    lab_nodes = state.nodes if state is not None else []  # a lab of several instances: private addresses
     # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
     # `up` has its own, started at boot, that powers the instance off.
     ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                       watchdog="stop-services" if host is not None else None)
+                       watchdog="stop-services" if host is not None else None,
+                       peer=lab_nodes[0].get("private_ip") if lab_nodes else None)
 
     def remember_workdir(prepared: Host) -> None:
         """`down` stops the services it finds there; the lab's watchdog (in ~/tflab, from the boot
@@ -404,6 +481,35 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         folder = shlex.quote(ssh_host.connection.absolute(WATCHDOG_DIR) + "/autostop")
         ssh_host.connection.run(f"mkdir -p {folder} && printf %s {shlex.quote(prepared.workdir)} > {folder}/lab-dir",
                                 step="autostop")
+        if state is not None and state.nodes:  # a lab of several stops as one: each watchdog knows the others
+            for index, node in enumerate([ssh_host, *others]):
+                node.connection.run(peers_command(state, index), step="autostop")
 
+    others = []
+    for spec in (hosts or [])[1:]:  # the other nodes: they train; the chief serves and has the watchdog
+        node = lab_target(name=name, host=spec, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                          store=store)
+        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout))
+    for entry in lab_nodes[1:]:
+        node = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new, store=store,
+                          node=entry["index"])
+        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
+                              peer=entry.get("private_ip")))
+    if others:
+        options = across(options, len(others) + 1)
     return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
-                  (lambda prepared: None))
+                  (lambda prepared: None), others=others)
+
+
+def across(options: LabOptions, count: int) -> LabOptions:
+    """The options of a run across count machines: one worker each, and one seed for all (every worker
+    makes the same points from it)."""
+    import secrets
+
+    from tflab.errors import InputError
+
+    if options.workers not in (1, count):
+        raise InputError(f"--workers {options.workers} with {count} machines: across machines, each runs one worker",
+                         hint=f"leave --workers out (or give --workers {count})")
+    seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
+    return dataclasses.replace(options, workers=count, seed=seed)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # still runs is kept; else the wanted port when it is free there; else a free one. Also says which
 # kernel and network namespace it runs in, so that a host that is this machine is recognised.
 _CHOOSE_PORTS = """import json, os, socket, sys
-wanted, folder = json.loads(sys.argv[1]), sys.argv[2]
+wanted, folder, avoid = json.loads(sys.argv[1]), sys.argv[2], set(json.loads(sys.argv[3]))
 owners = {"serving": "model-server", "rest": "model-server"}
 def alive(service):
     try:
@@ -66,15 +66,16 @@ for name, port in wanted.items():
     old = previous.get(name) if isinstance(previous, dict) else None
     if not port:  # not wanted (REST off)
         chosen[name] = 0
-    elif isinstance(old, int) and old and old not in chosen.values() and alive(owners.get(name, name)):
+    elif isinstance(old, int) and old and old not in chosen.values() and old not in avoid and \
+            alive(owners.get(name, name)):
         chosen[name] = old
-    elif port and port not in chosen.values() and free(port):
+    elif port and port not in chosen.values() and port not in avoid and free(port):
         chosen[name] = port
     else:
-        chosen[name] = any_free(set(chosen.values()))
+        chosen[name] = any_free(set(chosen.values()) | avoid)
 os.makedirs(folder, exist_ok=True)
-with open(os.path.join(folder, "ports.json.tmp"), "w") as f:
-    json.dump(chosen, f)
+with open(os.path.join(folder, "ports.json.tmp"), "w") as f:  # the other names' ports stay recorded
+    json.dump({**(previous if isinstance(previous, dict) else {}), **chosen}, f)
 os.replace(os.path.join(folder, "ports.json.tmp"), os.path.join(folder, "ports.json"))
 print(json.dumps({"ports": chosen, "network": network()}))
 """
@@ -111,8 +112,10 @@ class SshHost(Host):
     keeps_services = True
 
     def __init__(self, connection: Connection, *, workdir: str = "~/tflab", python: str | None = None,
-                 ssh_timeout: float = 600.0, bootstrap_timeout: float = 3600.0, watchdog: str | None = None):
+                 ssh_timeout: float = 600.0, bootstrap_timeout: float = 3600.0, watchdog: str | None = None,
+                 peer: str | None = None):
         self.connection = connection
+        self._peer = peer  # the address the run's other hosts reach it at (a lab node's private address)
         self.watchdog = watchdog  # run-lab starts the idle watchdog with this action (remote/watchdog.py)
         self.name = connection.target.display
         self._want_python = python  # an interpreter that has everything; None: the bootstrap makes a venv
@@ -133,6 +136,15 @@ class SshHost(Host):
     @property
     def workdir(self) -> str:
         return self._workdir
+
+    @property
+    def peer_address(self) -> str:
+        """The node's given address (a lab node's private one), else the address its sshd was reached
+        at, as the host sees it ($SSH_CONNECTION): the one the other hosts of a --hosts run share."""
+        if self._peer is None:
+            seen = self.connection.output('echo "$SSH_CONNECTION"').split()
+            self._peer = seen[2] if len(seen) == 4 else self.connection.target.host
+        return self._peer
 
     @property
     def remote_dir(self) -> str:
@@ -184,11 +196,12 @@ class SshHost(Host):
             console.info(f"started the idle watchdog ({action} after an hour without activity; "
                          "`tflab autostop` shows and changes it)")
 
-    def choose_ports(self, wanted: dict[str, int], console) -> dict[str, int]:
+    def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
         script = _NETWORK + _CHOOSE_PORTS
         answer = json.loads(self.connection.output(
             f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(wanted))} "
-            f"{shlex.quote(posixpath.join(self._workdir, 'services'))}").strip().splitlines()[-1])
+            f"{shlex.quote(posixpath.join(self._workdir, 'services'))} {shlex.quote(json.dumps(sorted(avoid)))}"
+        ).strip().splitlines()[-1])
         self.ports = {name: int(port) for name, port in answer["ports"].items()}
         self._same_network = bool(answer["network"]) and answer["network"] == this_network()
         for name, port in wanted.items():

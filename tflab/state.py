@@ -72,6 +72,10 @@ class LabState:
     hourly_usd: float | None = None
     launched_at: str | None = None
     workdir: str | None = None  # where run-lab put the lab on the host (its services' pid files are there)
+    # A lab of several instances (`up --nodes N`): each node's index, instance_id, public_ip, private_ip, zone
+    # and host_key_fingerprints, the chief (0) first; the fields above are the chief's. Empty for one instance.
+    nodes: list = field(default_factory=list)
+    placement_group: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,7 +89,7 @@ class LabState:
         """The state itself, if each field has its type (and the name, user and port are valid); a
         TypeError or ValueError saying which is not (a state file edited by hand, or damaged)."""
         kinds = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "dict": (dict,),
-                 "None": (type(None),)}
+                 "list": (list,), "None": (type(None),)}
         for f in dataclasses.fields(self):
             parts = [part.strip() for part in str(f.type).split("|")]
             if not all(part in kinds for part in parts):  # a type this check does not know: not checked
@@ -98,7 +102,19 @@ class LabState:
         check_ssh_user(self.ssh_user)
         if not 1 <= self.ssh_port <= 65535:
             raise ValueError(f"ssh_port is {self.ssh_port}, not 1-65535")
+        for i, node in enumerate(self.nodes):
+            if not isinstance(node, dict) or node.get("index") != i or not isinstance(node.get("instance_id"), str):
+                raise ValueError(f"nodes[{i}] is not node {i} of the lab")
         return self
+
+    def node(self, index: int) -> dict:
+        """Node index of a lab of several instances (0 is the chief; a lab of one has only node 0)."""
+        if index == 0 and not self.nodes:
+            return {"index": 0, "instance_id": self.instance_id, "public_ip": self.public_ip, "private_ip": None,
+                    "zone": self.zone, "host_key_fingerprints": self.host_key_fingerprints}
+        if not 0 <= index < len(self.nodes):
+            raise IndexError(index)
+        return self.nodes[index]
 
 
 class StateStore:

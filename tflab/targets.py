@@ -18,8 +18,9 @@ Refresh = Callable[[StateStore, LabState], LabState]
 
 def resolve_target(*, name: str | None, host: str | None, identity: str | None = None,
                    known_hosts: str | None = None, accept_new: bool = False,
-                   store: StateStore | None = None, refresh: Refresh | None = None) -> SshTarget:
-    """The target of --host user@address[:port], else of the lab --name (default 'lab').
+                   store: StateStore | None = None, refresh: Refresh | None = None, node: int = 0) -> SshTarget:
+    """The target of --host user@address[:port], else of the lab --name (default 'lab'): its chief, or
+    its node `node` for a lab of several instances (`up --nodes N`).
 
     refresh(store, state) is called for a lab with no host key fingerprints and no known_hosts yet
     (tflab.cloud.refresh_fingerprints reads them from the console output once more)."""
@@ -41,16 +42,25 @@ def resolve_target(*, name: str | None, host: str | None, identity: str | None =
     if state is None:
         raise NotFoundError(f"no lab named '{name}' on this machine",
                             hint="make one with `tflab up`, or reach any machine with --host user@address")
-    address = state.ssh_host or state.public_ip
+    try:
+        entry = state.node(node)
+    except IndexError:
+        raise NotFoundError(f"lab '{name}' has no node {node}", hint=f"`tflab status --name {name}` lists its nodes")
+    # The chief may be reached at another address (--ssh-host); each node's own may be given the same way.
+    address = entry.get("ssh_host") or (state.ssh_host if node == 0 else None) or entry.get("public_ip")
+    port = entry.get("ssh_port") or state.ssh_port
     if not address:
         raise InputError(f"lab '{name}' has no address yet", hint=f"`tflab status --name {name}` shows where it is")
     known = known_hosts or str(store.known_hosts_path(name))
-    if refresh is not None and not state.host_key_fingerprints and not Path(known).exists():
+    if refresh is not None and node == 0 and not state.host_key_fingerprints and not Path(known).exists():
         state = refresh(store, state)
+        entry = state.node(0)
     key = identity or state.key_path
     if not key or not Path(key).expanduser().exists():
         raise InputError(f"the private key of lab '{name}' is not on this machine ({key or 'none recorded'})",
                          hint="pass --identity KEY, or `tflab down` and `tflab up` to make a new key pair")
-    return SshTarget(host=address, user=state.ssh_user, port=state.ssh_port, identity=str(Path(key).expanduser()),
-                     known_hosts=known, pinned=dict(state.host_key_fingerprints), accept_new=accept_new,
-                     label=f"lab '{name}' ({state.ssh_user}@{address})")
+    user = entry.get("ssh_user") or state.ssh_user
+    which = f"lab '{name}'" + (f" node {node}" if state.nodes else "")
+    return SshTarget(host=address, user=user, port=port, identity=str(Path(key).expanduser()),
+                     known_hosts=known, pinned=dict(entry.get("host_key_fingerprints") or {}), accept_new=accept_new,
+                     label=f"{which} ({user}@{address})")

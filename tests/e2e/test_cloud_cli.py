@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import re
 from unittest import mock
 
 import boto3
@@ -11,7 +13,7 @@ import pytest
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend
 
-from tests.conftest import moto_server as moto_endpoint, tflab
+from tests.conftest import REMOTE, moto_server as moto_endpoint, tflab
 from tflab import ports
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,9 @@ def test_up_status_list_down_with_the_cli(cli):
     user_data = cli.ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute="userData")
     script = base64.b64decode(user_data["UserData"]["Value"]).decode()
     assert script.startswith("#!/bin/bash") and "/home/ubuntu/tflab/remote/bootstrap.sh" in script
-    assert "sudo -u ubuntu -H nohup bash" in script and "flock" in script
+    assert "sudo -u ubuntu -H nohup bash" in script
+    carried = re.search(r"echo (\S+) \| base64 -d \| gunzip > /home/ubuntu/tflab/remote/bootstrap.sh", script).group(1)
+    assert gzip.decompress(base64.b64decode(carried)) == (REMOTE / "bootstrap.sh").read_bytes()  # byte for byte
     assert made["instances"] == [state["instance_id"]] and made["groups"] and made["keys"] == ["tflab-cli1"]
 
     status = cli("status", "--name", "cli1", "--json")

@@ -48,7 +48,8 @@ def all_tags(params: dict) -> list[dict]:
 def test_the_longest_lab_name_gives_requests_within_aws_limits(aws):
     assert cloud.check_name(LONGEST) == LONGEST and len(LONGEST) == 31
     requests = Requests(aws.session)
-    state, action = up_lab(aws, lab=LONGEST, user_data=cloud.boot_user_data("ubuntu"))
+    policy = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": 43200, "keep_until": None}
+    state, action = up_lab(aws, lab=LONGEST, user_data=cloud.boot_user_data("ubuntu", autostop=policy))  # as `up`
     assert action == "created"
 
     (run,) = requests.of("RunInstances")

@@ -38,7 +38,7 @@ class Lab:
     """A lab folder on the host with one service (a sleeper) and its watchdog running."""
 
     def __init__(self, sshd: Sshd, root: Path, lab_ports: dict | None = None, action: str = "stop-services",
-                 env: dict | None = None):
+                 env: dict | None = None, extra: tuple[str, ...] = ()):
         self.sshd, self.workdir = sshd, root / "lab"
         shutil.copytree(REMOTE, self.workdir / "remote", ignore=shutil.ignore_patterns("__pycache__"))
         services = self.workdir / "services"
@@ -49,7 +49,7 @@ class Lab:
         self.cli("set", "--idle", str(IDLE))
         self.proc = subprocess.Popen([sys.executable, str(self.workdir / "remote" / "watchdog.py"), "run",
                                       "--workdir", str(self.workdir), "--action", action, "--ssh-port",
-                                      str(sshd.port), "--interval", "0.5", "--min-age", "2", "--warn", "2"],
+                                      str(sshd.port), "--interval", "0.5", "--min-age", "2", "--warn", "2", *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env={**os.environ, **(env or {})})
         wait_until(lambda: self.view().get("checked_at"), 20, what="the watchdog's first check")
@@ -288,3 +288,23 @@ def _answers(call) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_nodes_of_a_lab_of_several_stop_as_one(sshd, tmp_path):
+    """`up --nodes N`: each node's watchdog asks the others (autostop/peers.json); a node idle on its own
+    is kept while another is active, and once none is, both act (idle nodes do not keep each other up)."""
+    listen = {name: ports.free_port() for name in "ab"}
+    nodes = {name: Lab(sshd, tmp_path / name, extra=("--peer-port", str(listen[name]), "--peer-bind", "127.0.0.1"))
+             for name in "ab"}
+    try:
+        for name, other in (("a", "b"), ("b", "a")):
+            (nodes[name].workdir / "autostop" / "peers.json").write_text(json.dumps([f"127.0.0.1:{listen[other]}"]))
+        nodes["a"].cli("set", "--keep", str(IDLE * 2.5))  # node a is active on its own
+        nodes["b"].stays_alive_while(lambda: time.sleep(0.2), IDLE * 2, "peers")
+        assert "127.0.0.1:%d: keep" % listen["a"] in nodes["b"].view()["sources"]["peers"]["detail"]
+        assert "peers" not in nodes["a"].view()["active"]  # b, idle on its own, does not keep a
+        for node in nodes.values():  # a's keep-alive ends: neither keeps the other
+            node.acts()
+    finally:
+        for node in nodes.values():
+            node.close()

@@ -123,11 +123,12 @@ def test_the_boot_script_quotes_every_value(tmp_path):
     (tmp_path / "ud.sh").write_text(script)
     checked = subprocess.run(["bash", "-n", str(tmp_path / "ud.sh")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
-    tail = script.split(f"{cloud.BOOTSTRAP_EOF}\n")[-1].splitlines()
+    lines = script.splitlines()
     folder = "/home/_lab-user1/lab dir; touch x"
-    assert shlex.split(tail[0]) == ["chown", "-R", "_lab-user1:", folder]
-    assert shlex.split(tail[1])[:8] == ["sudo", "-u", "_lab-user1", "-H", "nohup", "bash",
-                                       f"{folder}/remote/bootstrap.sh", folder]
+    assert shlex.split(lines[3])[-1] == f"{folder}/remote/bootstrap.sh"  # echo ... | gunzip > (quoted) path
+    assert shlex.split(lines[4]) == ["chown", "-R", "_lab-user1:", folder]
+    assert shlex.split(lines[5])[:8] == ["sudo", "-u", "_lab-user1", "-H", "nohup", "bash",
+                                        f"{folder}/remote/bootstrap.sh", folder]
     assert shlex.split(script.splitlines()[2]) == ["mkdir", "-p", f"{folder}/remote"]
     with pytest.raises(InputError, match="not a valid user name"):
         cloud.boot_user_data("ubuntu; reboot")
@@ -335,3 +336,20 @@ def test_an_unusable_state_home_is_one_line_before_any_aws_call(no_aws, tmp_path
 @pytest.mark.parametrize("command", [["ssh-config"], ["ssh", "--", "true"], ["tunnel"]])
 def test_an_empty_name_is_refused_not_taken_for_the_default(no_aws, command):
     assert_refused(no_aws(command[0], "--name", "", *command[1:]), 3, "'' is not a valid lab name")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--hosts", "ubuntu@10.0.0.5"], "does not name at least two machines"),
+    (["--hosts", "ubuntu@10.0.0.5,"], "does not name at least two machines"),
+    (["--hosts", "ubuntu@10.0.0.5,ubuntu@10.0.0.5:22"], "names 'ubuntu@10.0.0.5:22' twice"),
+    (["--hosts", "ubuntu@10.0.0.5,-oProxyCommand=x@10.0.0.6"], "is not a user name"),
+    (["--hosts", "ubuntu@10.0.0.5,ubuntu@a b"], "is not a host name or IP address"),
+    (["--hosts", ",".join(f"u@10.0.0.{i}" for i in range(17))], "names 17 machines; at most 16"),
+    (["--hosts", "a@10.0.0.5,b@10.0.0.6", "--local"], "--hosts cannot be combined with --local or --host"),
+    (["--hosts", "a@10.0.0.5,b@10.0.0.6", "--host", "c@10.0.0.7"], "--hosts cannot be combined"),
+    (["--hosts", "a@10.0.0.5,b@10.0.0.6", "--workers", "3"], "--workers 3 with 2 machines"),
+])
+def test_bad_hosts_are_refused_before_any_connection(args, fragment, tmp_path):
+    proc = tflab("run-lab", *args, "--out", str(tmp_path / "out"), timeout=60)
+    assert_refused(proc, 3, fragment)
+    assert not (tmp_path / "out").exists()
