@@ -8,14 +8,15 @@ those it does not implement are a one-line warning) and answers as TensorFlow Se
 written for either works against both:
 
 - PredictionService: Predict (answers in the typed fields, float_val..., as predict_util.cc does),
-  GetModelMetadata; Classify, Regress and MultiInference check the signature as TF Serving does and
-  answer UNIMPLEMENTED for classify/regress signatures, which this server does not run;
+  GetModelMetadata; Classify, Regress and MultiInference over tf.Example inputs, run and checked as
+  classifier.cc, regressor.cc and multi_inference.cc do;
 - ModelService: GetModelStatus, HandleReloadConfigRequest (a new model_config_list);
-- the REST API (g3doc/api_rest.md): status, metadata, predict in the row and columnar formats, with
-  versions and labels in the path; classify/regress as for gRPC;
-- --model_config_file (several models, version policies latest/all/specific, version labels),
-  --monitoring_config_file (Prometheus metrics over REST), --grpc_socket_path, --saved_model_tags,
-  --enable_model_warmup, --tensorflow_*_parallelism.
+- the REST API (g3doc/api_rest.md): status, metadata, predict in the row and columnar formats,
+  classify and regress, with versions and labels in the path;
+- --model_config_file (several models, version policies latest/all/specific, version labels) and
+  --model_config_file_poll_wait_seconds, --monitoring_config_file (Prometheus metrics over REST),
+  --enable_batching (allowed_batch_sizes and padding included), --grpc_socket_path, --saved_model_tags,
+  --enable_signature_method_name_check, --enable_model_warmup, --tensorflow_*_parallelism.
 
 Each version runs, as in TF Serving, in a TensorFlow session over the SavedModel's graph, fed and
 fetched by the tensor names of its SignatureDefs. As TF Serving does, it watches each model's base path
@@ -91,6 +92,16 @@ DEFAULT_REST_THREADS = 4 * (os.cpu_count() or 1)
 LINGER_SECONDS = 2.0
 # Characters an error message may have: it never quotes more than a short prefix of a request.
 MAX_ERROR_CHARS = 300
+# Bytes the serialized tf.Examples of one Classify, Regress or MultiInference may make once each is joined
+# to the shared context (util.cc InputToSerializedExampleTensor copies the context into every example, so a
+# 4 MiB message could otherwise ask for 100,000 copies of a 4 MiB context). Our choice: four full messages.
+MAX_EXAMPLE_BYTES_PER_REQUEST = 4 * MAX_GRPC_MESSAGE_BYTES
+
+# --enable_signature_method_name_check (model_servers/main.cc, off by default): whether a signature's
+# method_name must match the API (servables/tensorflow/util.cc GetSignatureMethodNameCheckFeature, a
+# process-wide switch there too). Off, Classify and Regress take any signature shaped as they need, which is
+# how TF2 SavedModels (whose signatures all say tensorflow/serving/predict) are classified and regressed.
+method_name_check = False
 
 # The repeated field holding each dtype's values, and values per element (tensor.proto; as
 # tf.make_ndarray reads them). Other dtypes (resource, variant...) are refused in a request.
@@ -142,8 +153,8 @@ class LoadedVersion:
         self.specs: dict = {}
 
     def spec(self, tf, signature_name: str) -> tuple:
-        """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings, dims or None)} and its
-        sorted output keys, read once from its SignatureDef."""
+        """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings, dims or None, the known
+        dimensions as ((index, size), ...))} and its sorted output keys, read once from its SignatureDef."""
         found = self.specs.get(signature_name)
         if found is None:
             sig = self.signature_defs[signature_name]
@@ -151,7 +162,8 @@ class LoadedVersion:
             for key, info in sig.inputs.items():
                 want = tf.as_dtype(info.dtype)
                 dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-                inputs[key] = (want, None if want == tf.string else np.dtype(want.as_numpy_dtype), dims)
+                known = tuple((i, d) for i, d in enumerate(dims or ()) if d >= 0)
+                inputs[key] = (want, None if want == tf.string else np.dtype(want.as_numpy_dtype), dims, known)
             found = self.specs[signature_name] = (inputs, tuple(sorted(sig.outputs)))
         return found
 
@@ -167,6 +179,22 @@ class LoadedVersion:
             options.feed.extend(sig.inputs[k].name for k in input_keys)
             options.fetch.extend(sig.outputs[k].name for k in output_keys)
             with self.lock:  # TF_SessionMakeCallable: ten times less Python per call than Session.run
+                fn = self.session._make_callable_from_options(options)
+                if len(self.callables) < 256:
+                    self.callables[key] = fn
+        return fn
+
+    def tensor_runner(self, feeds: tuple, fetches: tuple):
+        """A session callable feeding and fetching tensors by name (Classify, Regress, MultiInference) (cached)."""
+        key = ("tensors", feeds, fetches)
+        fn = self.callables.get(key)
+        if fn is None:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions()
+            options.feed.extend(feeds)
+            options.fetch.extend(fetches)
+            with self.lock:
                 fn = self.session._make_callable_from_options(options)
                 if len(self.callables) < 256:
                     self.callables[key] = fn
@@ -197,6 +225,16 @@ class BatchingParameters:
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
     num_batch_threads: int = os.cpu_count() or 1
+    allowed_batch_sizes: tuple = ()  # a batch is padded up to the first of these that holds it
+    pad_variable_length_inputs: bool = False  # tasks whose inner dimensions differ are padded to the largest
+
+    def padded_size(self, size: int) -> int:
+        """The size a batch of size rows runs at (batching_util.cc RoundToLowestAllowedBatchSize): the first
+        allowed size that holds it, or itself when there are none (or none is large enough)."""
+        for allowed in self.allowed_batch_sizes:
+            if allowed >= size:
+                return allowed
+        return size
 
 
 def read_batching_parameters(path: str | None) -> BatchingParameters:
@@ -207,13 +245,23 @@ def read_batching_parameters(path: str | None) -> BatchingParameters:
         return BatchingParameters()
     with open(path) as f:
         text = f.read()
+    text = re.sub(r"#[^\n]*", "", text)  # text-format comments
     values = {}
     for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
         found = re.search(rf"\b{name}\s*:?\s*\{{\s*value\s*:\s*(\d+)\s*\}}", text)
         if found:
             values[name] = int(found.group(1))
-    for name in ("allowed_batch_sizes", "pad_variable_length_inputs", "enable_large_batch_splitting",
-                 "max_execution_batch_size", "thread_pool_name"):
+    # repeated int64 allowed_batch_sizes: one "allowed_batch_sizes: N" per entry, or the list form "[N, M]".
+    sizes = []
+    for one, many in re.findall(r"\ballowed_batch_sizes\s*:\s*(?:(-?\d+)|\[([-\d,\s]*)\])", text):
+        sizes.extend(int(v) for v in ([one] if one else re.findall(r"-?\d+", many)))
+    if sizes:
+        values["allowed_batch_sizes"] = tuple(sizes)
+    found = re.search(r"\bpad_variable_length_inputs\s*:\s*(\w+)", text)
+    if found:
+        values["pad_variable_length_inputs"] = found.group(1).lower() in ("true", "t", "1")
+    for name in ("enable_large_batch_splitting", "max_execution_batch_size", "thread_pool_name",
+                 "mixed_priority_batching_policy", "batch_padding_policy"):
         if re.search(rf"\b{name}\b", text):
             print(f"model_server: warning: {name} in the batching parameters is not implemented here; ignored",
                   file=sys.stderr, flush=True)
@@ -221,13 +269,51 @@ def read_batching_parameters(path: str | None) -> BatchingParameters:
     if min(params.max_batch_size, params.max_enqueued_batches, params.num_batch_threads) < 1:
         raise ServingError("INVALID_ARGUMENT", "max_batch_size, max_enqueued_batches and num_batch_threads must be "
                                                "at least 1")
+    if params.allowed_batch_sizes and params.allowed_batch_sizes[-1] != params.max_batch_size:
+        # servables/tensorflow/bundle_factory_util.cc WrapSessionForBatching (TF Serving's only check on them)
+        raise ServingError("INVALID_ARGUMENT", "Last entry in allowed_batch_sizes must match max_batch_size; last "
+                                               f"entry was {params.allowed_batch_sizes[-1]}; expected "
+                                               f"{params.max_batch_size}")
     return params
+
+
+def pad_inner(array, dims: tuple):
+    """array padded after its last element along dimensions 1.. up to dims, with its first element
+    (batching_util.cc AddPadding / PadTensor: "using existing values in padding")."""
+    if tuple(array.shape[1:]) == tuple(dims):
+        return array
+    if array.size == 0:
+        raise ServingError("INVALID_ARGUMENT", "Got empty tensor in batch of non-empty tensors.")
+    padded = np.full((array.shape[0],) + tuple(dims), array.flat[0], dtype=array.dtype)
+    padded[tuple(slice(0, n) for n in array.shape)] = array
+    return padded
+
+
+def merge_batch(parts_per_task: list, params: "BatchingParameters") -> tuple:
+    """The inputs of a batch's tasks as one array per input (batching_session.cc MergeInputTensors): with
+    pad_variable_length_inputs each task's tensor padded to the largest inner dimensions among the tasks,
+    then, when allowed_batch_sizes asks for more rows, copies of the last task's first row appended.
+    Returns (arrays, rows including the padding)."""
+    size = sum(part[0].shape[0] for part in parts_per_task)
+    target = params.padded_size(size)
+    merged = []
+    for parts in zip(*parts_per_task):
+        parts = list(parts)
+        if params.pad_variable_length_inputs and len(parts) > 1:
+            dims = tuple(max(sizes) for sizes in zip(*(p.shape[1:] for p in parts)))
+            parts = [pad_inner(p, dims) for p in parts]
+        if target > size:
+            parts.append(np.repeat(parts[-1][:1], target - size, axis=0))
+        merged.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    return merged, target
 
 
 class Batcher:
     """Requests to one signature merged into one session run along their first dimension (TF Serving's
     BatchingSession over a BasicBatchScheduler): a batch runs when it holds max_batch_size rows, or when its
-    first request has waited batch_timeout_micros, on one of num_batch_threads threads."""
+    first request has waited batch_timeout_micros, on one of num_batch_threads threads. With
+    allowed_batch_sizes, the batch is padded up to the next allowed size and the padding rows dropped from
+    the outputs."""
 
     def __init__(self, fn, params: BatchingParameters):
         import queue
@@ -279,15 +365,15 @@ class Batcher:
                 batch.append(task)
                 size += task["rows"]
             try:
-                if len(batch) == 1:
+                if len(batch) == 1 and self.params.padded_size(size) == size:
                     batch[0]["values"] = self.fn(*batch[0]["arrays"])
                 else:
-                    merged = [np.concatenate(parts) for parts in zip(*(t["arrays"] for t in batch))]
+                    merged, rows = merge_batch([t["arrays"] for t in batch], self.params)
                     values = self.fn(*merged)
                     start = 0
                     for t in batch:
                         end = start + t["rows"]
-                        t["values"] = [v[start:end] if v.ndim and v.shape[0] == size else v for v in values]
+                        t["values"] = [v[start:end] if v.ndim and v.shape[0] == rows else v for v in values]
                         start = end
             except Exception as exc:  # every request of the batch gets the error
                 for t in batch:
@@ -337,6 +423,7 @@ class Models:
         self.batching: BatchingParameters | None = None  # --enable_batching
         self.by_name: dict[str, ModelState] = {}
         self.lock = threading.Lock()
+        self.poll_lock = threading.Lock()  # one poll or reload at a time: a version is loaded once
 
     def configure(self, entries: list[tuple]) -> None:
         """Serve exactly these (name, base_path, policy, labels) entries (TF Serving's ReloadConfig)."""
@@ -426,7 +513,7 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
         except Exception as exc:  # a broken export must not stop the server
             log.error("could not load %s version %d: %s", model.name, version, exc)
             with model.lock:
-                model.states[version] = ("END", clip(f"could not load: {exc}"))
+                model.states[version] = ("END", clip(f"could not load: {exc}"), load_error_code(tf, exc))
             continue
         with model.lock:
             model.loaded = {**model.loaded, version: loaded}
@@ -442,6 +529,17 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
                 model.states[v] = ("END", "")
         for v in stale:
             log.info("unloaded %s version %d", model.name, v)
+
+
+def load_error_code(tf, exc) -> int:
+    """The status code GetModelStatus gives a version that failed to load: TensorFlow's own for its errors,
+    NOT_FOUND when the SavedModel has no MetaGraphDef with the --saved_model_tags (as TF's C++ loader says,
+    loader.cc "Could not find meta graph def matching supplied tags"), else FAILED_PRECONDITION."""
+    if isinstance(exc, tf.errors.OpError) and exc.error_code:
+        return exc.error_code
+    if "MetaGraphDef associated with tags" in str(exc):
+        return 5  # NOT_FOUND
+    return 9  # FAILED_PRECONDITION
 
 
 def warm_default(tf, loaded: LoadedVersion) -> None:
@@ -460,10 +558,27 @@ def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
     while not stop.is_set():
         for model in models.all():
             try:
-                poll_once(tf, model, models)
+                with models.poll_lock:
+                    poll_once(tf, model, models)
             except Exception:  # keep watching whatever happens
                 log.exception("polling %s failed", model.base_path)
         stop.wait(interval)
+
+
+def watch_config(path: str, interval: float, reload, stop: threading.Event) -> None:
+    """--model_config_file_poll_wait_seconds (model_servers/server.cc PollFilesystemAndReloadConfig): re-read the
+    model config file every interval and apply it as a config reload; a file that cannot be read or applied is
+    logged and the models served stay as they are."""
+    while not stop.wait(interval):
+        try:
+            entries = read_model_config(path)
+        except Exception as exc:  # noqa: BLE001 (a half-written or broken file: try again next time)
+            log.error("Failed to read ModelServerConfig file: %s", clip(getattr(exc, "message", exc)))
+            continue
+        try:
+            reload(entries)
+        except Exception as exc:  # noqa: BLE001
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", clip(getattr(exc, "message", exc)))
 
 
 # --------------------------------------------------------------------------- request handling
@@ -472,24 +587,26 @@ def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
 def select_version(models: Models, spec) -> tuple[ModelState, LoadedVersion]:
     """The model and loaded version a ModelSpec names, or TF Serving's error (server_core.cc, basic_manager.cc)."""
     name = spec.name
+    if not name:  # server_core.cc ServableRequestFromModelSpec
+        raise ServingError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
     which = spec.WhichOneof("version_choice")
-    version = spec.version.value if which == "version" else None
-    model = models.get(name)
+    model = models.by_name.get(name)
+    if which is None:  # the latest version
+        loaded = model.loaded if model is not None else None
+        if loaded:
+            return model, loaded[max(loaded)] if len(loaded) > 1 else next(iter(loaded.values()))
+        raise ServingError("NOT_FOUND" if model is None else "UNAVAILABLE",
+                           f"Servable not found for request: Latest({clip(name, 60)})")
     if which == "version_label":
         label = spec.version_label
         if model is None or label not in model.labels:
             raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {clip(label, 60)}")
         version = model.labels[label]
-    request = f"Specific({clip(name, 60)}, {version})" if version is not None else f"Latest({clip(name, 60)})"
-    if model is None:
-        raise ServingError("NOT_FOUND", f"Servable not found for request: {request}")
-    loaded = model.loaded
-    if version is None:
-        if not loaded:
-            raise ServingError("UNAVAILABLE", f"Servable not found for request: {request}")
-        return model, loaded[max(loaded)]
+    else:
+        version = spec.version.value
+    loaded = model.loaded if model is not None else {}
     if version not in loaded:
-        raise ServingError("NOT_FOUND", f"Servable not found for request: {request}")
+        raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({clip(name, 60)}, {version})")
     return model, loaded[version]
 
 
@@ -600,13 +717,20 @@ def check_inputs(tf, specs: dict, inputs: dict) -> None:
     if inputs.keys() != specs.keys():
         check_input_names(set(specs), set(inputs))
     for key, value in inputs.items():
-        want, np_dtype, dims = specs[key]
+        want, np_dtype, dims, known = specs[key]
         if (value.dtype.kind not in "OSU") if np_dtype is None else (value.dtype != np_dtype):
             raise ServingError("INVALID_ARGUMENT",
                                f"Expects arg[{clip(key, 60)}] to be {dtype_name(want)} but "
                                f"{dtype_name(tf.as_dtype(value.dtype))} is provided")
         if dims is not None:
-            if len(dims) != value.ndim or any(d >= 0 and d != n for d, n in zip(dims, value.shape)):
+            shape = value.shape
+            fits = len(dims) == len(shape)
+            if fits:
+                for i, d in known:
+                    if shape[i] != d:
+                        fits = False
+                        break
+            if not fits:
                 shown = [None if d < 0 else d for d in dims]
                 raise ServingError("INVALID_ARGUMENT",
                                    f"input '{clip(key, 60)}' has shape {list(value.shape)}, "
@@ -643,31 +767,44 @@ def output_keys(sig, output_filter, default: tuple | None = None) -> tuple:
     return tuple(seen) if seen else tuple(sorted(sig.outputs))
 
 
+def session_error(exc) -> ServingError:
+    """A TensorFlow runtime error (tf.errors.OpError) as the status TF Serving passes on."""
+    import grpc
+
+    name = next((c.name for c in grpc.StatusCode if c.value[0] == exc.error_code), "INVALID_ARGUMENT")
+    if name in ("OK", "UNKNOWN", "INTERNAL"):
+        name = "INVALID_ARGUMENT"  # bad data in a request, most likely
+    return ServingError(name, clip(((exc.message or str(exc)).strip().splitlines() or ["error"])[0]))
+
+
+def call_batched(loaded: LoadedVersion, key: tuple, fn, arrays: list):
+    """fn(*arrays), through the version's batch queue for key when --enable_batching is on and the arrays
+    share a first dimension (the batch); directly otherwise."""
+    if loaded.batching is not None and all(a.ndim for a in arrays) and len({a.shape[0] for a in arrays}) == 1:
+        if loaded.batching.pad_variable_length_inputs:  # tasks of any inner shape share the queue
+            kinds = tuple((a.dtype.str, a.ndim) for a in arrays)
+        else:
+            kinds = tuple((a.dtype.str, a.shape[1:]) for a in arrays)
+        return loaded.batcher(key + (kinds,), fn).submit(arrays, arrays[0].shape[0])
+    return fn(*arrays)
+
+
 def run(tf, loaded: LoadedVersion, signature_name: str, sig, inputs: dict, outputs: tuple) -> dict:
     """Run a signature on checked inputs; returns alias -> numpy array."""
     keys = tuple(sorted(inputs))
     fn = loaded.runner(signature_name, keys, outputs)
     arrays = [inputs[k] for k in keys]
     try:
-        if loaded.batching is not None and all(a.ndim for a in arrays) and len({a.shape[0] for a in arrays}) == 1:
-            kinds = tuple((a.dtype.str, a.shape[1:]) for a in arrays)
-            values = loaded.batcher((signature_name, keys, outputs, kinds), fn).submit(arrays, arrays[0].shape[0])
-        else:
-            values = fn(*arrays)
+        values = call_batched(loaded, (signature_name, keys, outputs), fn, arrays)
     except tf.errors.OpError as exc:  # TensorFlow's own status, passed on as TF Serving does
-        import grpc
-
-        name = next((c.name for c in grpc.StatusCode if c.value[0] == exc.error_code), "INVALID_ARGUMENT")
-        if name in ("OK", "UNKNOWN", "INTERNAL"):
-            name = "INVALID_ARGUMENT"  # bad data in a request, most likely
-        raise ServingError(name, clip((exc.message or str(exc)).strip().splitlines()[0])) from exc
+        raise session_error(exc) from exc
     return dict(zip(outputs, values))
 
 
 def predict(tf, loaded: LoadedVersion, request) -> dict:
     """Predict on a loaded version: check, convert, run. Returns (signature name, alias -> array)."""
     name, sig = signature_for(loaded, request.model_spec)
-    if sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+    if method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
         raise ServingError("INTERNAL", f"Expected prediction signature method_name to be one of "
                                        f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
                                        f"Was: {clip(sig.method_name, 60)}")
@@ -682,37 +819,291 @@ def predict(tf, loaded: LoadedVersion, request) -> dict:
     return name, run(tf, loaded, name, sig, inputs, outputs)
 
 
-# An output's numpy dtype -> (its DataType, the TensorProto field it fills, the view that field takes).
+# --------------------------------------------------------------------------- Classify, Regress, MultiInference
+# servables/tensorflow/classifier.cc, regressor.cc, multi_inference.cc and util.cc: the request's tf.Examples,
+# serialized, are fed as one string vector to the signature's single input "inputs"; the outputs "classes"
+# and "scores" (classify) or "outputs" (regress) become a ClassificationResult or a RegressionResult.
+
+METHOD_KINDS = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
+
+
+def signature_text(sig) -> str:
+    """A SignatureDef as its DebugString (protobuf text format), which TF Serving's messages quote."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(sig)
+
+
+def check_method_name(sig, method: str) -> None:
+    if sig.method_name != method:
+        raise ServingError("INVALID_ARGUMENT", f"Expected {METHOD_KINDS[method]} signature method_name to be "
+                                               f"{method}. Was: {clip(sig.method_name, 60)}")
+
+
+def preprocess_inference(sig, method: str) -> tuple:
+    """A classify or regress signature checked as PreProcessClassification / PreProcessRegression check it;
+    returns (its input tensor's name, the names of the output tensors to fetch)."""
+    if method_name_check:
+        check_method_name(sig, method)
+    if len(sig.inputs) != 1:
+        raise ServingError("INVALID_ARGUMENT", "Expected one input Tensor.")
+    if method == CLASSIFY_METHOD:
+        if len(sig.outputs) not in (1, 2):
+            raise ServingError("INVALID_ARGUMENT", f"Expected one or two output Tensors, found {len(sig.outputs)}")
+        if "inputs" not in sig.inputs:
+            raise ServingError("INVALID_ARGUMENT", clip(f"No classification inputs found in SignatureDef: "
+                                                        f"{signature_text(sig)}"))
+        names = [sig.outputs[k].name for k in ("classes", "scores") if k in sig.outputs]
+        if not names:
+            raise ServingError("INVALID_ARGUMENT", clip(
+                'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+                f"Signature was: {signature_text(sig)}"))
+        return sig.inputs["inputs"].name, names
+    if len(sig.outputs) != 1:
+        raise ServingError("INVALID_ARGUMENT", "Expected one output Tensor.")
+    if "inputs" not in sig.inputs:
+        raise ServingError("INVALID_ARGUMENT", clip(f"No regression inputs found in SignatureDef: {signature_text(sig)}"))
+    if "outputs" not in sig.outputs:
+        raise ServingError("INVALID_ARGUMENT", clip(f"No regression outputs found in SignatureDef: "
+                                                    f"{signature_text(sig)}"))
+    return sig.inputs["inputs"].name, [sig.outputs["outputs"].name]
+
+
+def inference_signature(loaded: LoadedVersion, spec, method: str) -> tuple:
+    """GetClassificationSignatureDef / GetRegressionSignatureDef: the signature a ModelSpec names, with its
+    method_name checked (--enable_signature_method_name_check) or else its inputs and outputs."""
+    name = spec.signature_name or DEFAULT_SIGNATURE
+    sig = loaded.signature_defs.get(name)
+    if sig is None:
+        raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {clip(name, 80)}")
+    if method_name_check:
+        check_method_name(sig, method)
+    else:
+        preprocess_inference(sig, method)
+    return name, sig
+
+
+def input_examples(input_proto) -> tuple:
+    """(examples, context or None) of an Input (apis/input.proto: example_list or example_list_with_context)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        return input_proto.example_list.examples, None
+    if kind == "example_list_with_context":
+        return input_proto.example_list_with_context.examples, input_proto.example_list_with_context.context
+    return (), None
+
+
+def check_example_limits(input_proto) -> None:
+    """Refuse more than MAX_ROWS_PER_REQUEST examples, and examples that joined to their context would make
+    more than MAX_EXAMPLE_BYTES_PER_REQUEST bytes; counted on the proto, before anything is copied."""
+    examples, context = input_examples(input_proto)
+    check_rows("examples", len(examples))
+    if context is not None:
+        total = input_proto.ByteSize() + len(examples) * context.ByteSize()
+        if total > MAX_EXAMPLE_BYTES_PER_REQUEST:
+            raise ServingError("INVALID_ARGUMENT", f"the {len(examples)} examples joined to their context make "
+                                                   f"about {total} bytes; this server takes at most "
+                                                   f"{MAX_EXAMPLE_BYTES_PER_REQUEST} per request")
+
+
+def serialized_examples(input_proto):
+    """util.cc InputToSerializedExampleTensor: one serialized tf.Example per example, the context's bytes in
+    front of each (a serialized message followed by another parses as the two merged, the example's
+    features winning); "Input is empty." when there are none."""
+    examples, context = input_examples(input_proto)
+    if not examples:
+        raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+    if context is None:
+        return np.array([e.SerializeToString() for e in examples], dtype=object)
+    head = context.SerializeToString()
+    return np.array([head + e.SerializeToString() for e in examples], dtype=object)
+
+
+def tensor_shape_text(value) -> str:
+    """A tensor's shape as TensorShape::DebugString writes it: [2,3]."""
+    return "[" + ",".join(str(d) for d in value.shape) + "]"
+
+
+def data_type_name(tf, value) -> str:
+    """A numpy array's dtype as TensorFlow's DataType_Name: DT_FLOAT, DT_STRING..."""
+    from tensorflow.core.framework import types_pb2
+
+    if value.dtype.kind in "OSU":
+        return "DT_STRING"
+    return types_pb2.DataType.Name(tf.as_dtype(value.dtype).as_datatype_enum)
+
+
+def classification_result(tf, sig, num_examples: int, names: tuple, values: list, result) -> None:
+    """classifier.cc PostProcessClassificationResult: checks the classes and scores tensors, then fills result."""
+    classes_name = sig.outputs["classes"].name if "classes" in sig.outputs else None
+    scores_name = sig.outputs["scores"].name if "scores" in sig.outputs else None
+    classes = scores = None
+    for name, value in zip(names, values):
+        if name == classes_name:
+            classes = value
+        elif name == scores_name:
+            scores = value
+    for what, value, want in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
+        if value is None:
+            continue
+        if value.ndim != 2:
+            raise ServingError("INVALID_ARGUMENT", f"Expected Tensor shape: [batch_size num_classes] but got "
+                                                   f"{tensor_shape_text(value)}")
+        got = data_type_name(tf, value)
+        if got != want:
+            raise ServingError("INVALID_ARGUMENT", f"Expected {what} Tensor of {want}. Got: {got}")
+        if value.shape[0] != num_examples:
+            raise ServingError("INVALID_ARGUMENT", f"Expected {what} output batch size of {num_examples}. "
+                                                   f"Got: {value.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise ServingError("INVALID_ARGUMENT", f"Tensors class and score should match in dim_size(1). Got "
+                                               f"{classes.shape[1]} vs. {scores.shape[1]}")
+    num_classes = (classes if classes is not None else scores).shape[1]
+    labels = classes.tolist() if classes is not None else None
+    score_rows = scores.tolist() if scores is not None else None
+    for i in range(num_examples):
+        entries = result.classifications.add().classes
+        for c in range(num_classes):
+            entry = entries.add()
+            if labels is not None:
+                label = labels[i][c]
+                entry.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if score_rows is not None:
+                entry.score = score_rows[i][c]
+
+
+def regression_result(tf, sig, num_examples: int, names: tuple, values: list, result) -> None:
+    """regressor.cc PostProcessRegressionResult: checks the outputs tensor, then fills result."""
+    wanted = sig.outputs["outputs"].name
+    value = next((v for n, v in zip(names, values) if n == wanted), None)
+    if value is None:
+        raise ServingError("INVALID_ARGUMENT", f"Could not find output tensor '{clip(wanted, 80)}'")
+    if not (value.ndim == 1 or (value.ndim == 2 and value.shape[1] == 1)):
+        raise ServingError("INVALID_ARGUMENT", "Expected output Tensor shape to be either [batch_size] or "
+                                               f"[batch_size, 1] but got {tensor_shape_text(value)}")
+    if value.shape[0] != num_examples:
+        raise ServingError("INVALID_ARGUMENT", f"Input batch size did not match output batch size: {num_examples} "
+                                               f"vs. {value.shape[0]}")
+    got = data_type_name(tf, value)
+    if got != "DT_FLOAT":
+        raise ServingError("INVALID_ARGUMENT", f"Expected output Tensor of DT_FLOAT.  Got: {got}")
+    if value.size != num_examples:
+        raise ServingError("INVALID_ARGUMENT", f"Expected output batch size to be {num_examples}.  Got: "
+                                               f"{value.size}")
+    regressions = result.regressions
+    for v in value.ravel().tolist():
+        regressions.add().value = v
+
+
+def fill_model_spec(spec, name: str, signature_name: str, version: int) -> None:
+    """util.cc MakeModelSpec: the answer's ModelSpec, an empty signature name as serving_default."""
+    spec.name = name
+    spec.signature_name = signature_name or DEFAULT_SIGNATURE
+    spec.version.value = version
+
+
+def classify_or_regress(tf, loaded: LoadedVersion, spec, input_proto, method: str, result) -> str:
+    """RunClassify / RunRegress on a loaded version: fills result (a ClassificationResult or a
+    RegressionResult); returns the signature's name. Runs through the batch queue with --enable_batching, as
+    TF Serving's BatchingSession batches a run that feeds and fetches a whole signature."""
+    check_example_limits(input_proto)
+    name, sig = inference_signature(loaded, spec, method)
+    input_name, output_names = preprocess_inference(sig, method)
+    examples = serialized_examples(input_proto)
+    fetches = tuple(dict.fromkeys(output_names))
+    fn = loaded.tensor_runner((input_name,), fetches)
+    try:
+        values = call_batched(loaded, ("tensors", (input_name,), fetches), fn, [examples])
+    except tf.errors.OpError as exc:
+        raise session_error(exc) from exc
+    by_name = dict(zip(fetches, values))
+    outputs = [by_name[n] for n in output_names]
+    fill = classification_result if method == CLASSIFY_METHOD else regression_result
+    fill(tf, sig, len(examples), output_names, outputs, result)
+    return name
+
+
+def multi_inference(tf, models: Models, request):
+    """multi_inference.cc TensorFlowMultiInferenceRunner::Infer (through multi_inference_helper.cc, which
+    takes the version the first task names): several classify/regress signatures of one model over the same
+    examples, in one session run."""
+    from tensorflow_serving.apis import inference_pb2, model_pb2
+
+    first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+    _, loaded = select_version(models, first)
+    check_example_limits(request.input)
+    model_name, seen, feeds, fetches, plan = "", set(), {}, {}, []
+    for task in request.tasks:
+        if not task.model_spec.name:
+            raise ServingError("INVALID_ARGUMENT", "Found ModelSpec with an empty model name.")
+        if not model_name:
+            model_name = task.model_spec.name
+        elif task.model_spec.name != model_name:
+            raise ServingError("INVALID_ARGUMENT",
+                               "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if name in seen:
+            raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {clip(name, 80)}")
+        seen.add(name)
+        sig = loaded.signature_defs.get(name)
+        if sig is None:
+            raise ServingError("INVALID_ARGUMENT", f"Requested signature not found in model graph: {clip(name, 80)}")
+        if task.method_name not in METHOD_KINDS:
+            raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {clip(task.method_name, 60)}")
+        input_name, output_names = preprocess_inference(sig, task.method_name)
+        feeds[input_name] = None
+        fetches.update(dict.fromkeys(output_names))
+        plan.append((task, name, sig))
+    examples = serialized_examples(request.input)
+    feed_names, fetch_names = tuple(sorted(feeds)), tuple(sorted(fetches))
+    fn = loaded.tensor_runner(feed_names, fetch_names)
+    try:
+        values = fn(*([examples] * len(feed_names)))
+    except tf.errors.OpError as exc:
+        raise session_error(exc) from exc
+    response = inference_pb2.MultiInferenceResponse()
+    for task, name, sig in plan:
+        result = response.results.add()
+        if task.method_name == CLASSIFY_METHOD:
+            classification_result(tf, sig, len(examples), fetch_names, values, result.classification_result)
+        else:
+            regression_result(tf, sig, len(examples), fetch_names, values, result.regression_result)
+        fill_model_spec(result.model_spec, task.model_spec.name, task.model_spec.signature_name, loaded.version)
+    return response
+
+
+# An output's numpy dtype -> (its DataType's number in tensorflow/core/framework/types.proto, the TensorProto
+# field it fills, the view that field takes).
 OUTPUT_FIELDS = {
-    np.dtype(np.float32): ("DT_FLOAT", "float_val", None), np.dtype(np.float64): ("DT_DOUBLE", "double_val", None),
-    np.dtype(np.int64): ("DT_INT64", "int64_val", None), np.dtype(np.int32): ("DT_INT32", "int_val", None),
-    np.dtype(np.int16): ("DT_INT16", "int_val", None), np.dtype(np.int8): ("DT_INT8", "int_val", None),
-    np.dtype(np.uint8): ("DT_UINT8", "int_val", None), np.dtype(np.uint16): ("DT_UINT16", "int_val", None),
-    np.dtype(np.uint32): ("DT_UINT32", "uint32_val", None), np.dtype(np.uint64): ("DT_UINT64", "uint64_val", None),
-    np.dtype(np.bool_): ("DT_BOOL", "bool_val", None), np.dtype(np.float16): ("DT_HALF", "half_val", np.uint16),
-    np.dtype(np.complex64): ("DT_COMPLEX64", "scomplex_val", np.float32),
-    np.dtype(np.complex128): ("DT_COMPLEX128", "dcomplex_val", np.float64),
+    np.dtype(np.float32): (1, "float_val", None), np.dtype(np.float64): (2, "double_val", None),  # DT_FLOAT, DOUBLE
+    np.dtype(np.int64): (9, "int64_val", None), np.dtype(np.int32): (3, "int_val", None),  # DT_INT64, DT_INT32
+    np.dtype(np.int16): (5, "int_val", None), np.dtype(np.int8): (6, "int_val", None),  # DT_INT16, DT_INT8
+    np.dtype(np.uint8): (4, "int_val", None), np.dtype(np.uint16): (17, "int_val", None),  # DT_UINT8, DT_UINT16
+    np.dtype(np.uint32): (22, "uint32_val", None), np.dtype(np.uint64): (23, "uint64_val", None),  # DT_UINT32, 64
+    np.dtype(np.bool_): (10, "bool_val", None), np.dtype(np.float16): (19, "half_val", np.uint16),  # DT_BOOL, HALF
+    np.dtype(np.complex64): (8, "scomplex_val", np.float32),  # DT_COMPLEX64
+    np.dtype(np.complex128): (18, "dcomplex_val", np.float64),  # DT_COMPLEX128
 }
+DT_STRING = 7
 
 
 def fill_tensor_proto(proto, value) -> None:
     """An output array into a TensorProto's typed field, as TensorFlow's Tensor::AsProtoField fills it
     (every element written out, no tensor_content), which is what TF Serving answers (predict_util.cc)."""
-    from tensorflow.core.framework import types_pb2
-
-    value = np.asarray(value)
+    if type(value) is not np.ndarray:
+        value = np.asarray(value)
     dims = proto.tensor_shape.dim
     for d in value.shape:
         dims.add().size = d
-    flat = value.ravel()
     known = OUTPUT_FIELDS.get(value.dtype)
     if known is not None:
         dtype, field, view = known
-        proto.dtype = types_pb2.DataType.Value(dtype)
+        proto.dtype = dtype
+        flat = value.ravel()
         getattr(proto, field).extend((flat.view(view) if view is not None else flat).tolist())
     elif value.dtype.kind in "OSU":
-        proto.dtype = types_pb2.DT_STRING
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
+        proto.dtype = DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in value.ravel().tolist())
     else:  # bfloat16 and the rest: TensorFlow's own conversion
         import tensorflow as tf
 
@@ -791,9 +1182,8 @@ class Metrics:
 def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reload=None):
     """The PredictionService and ModelService servicers over the models."""
     import grpc
-    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                         inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                         prediction_service_pb2_grpc, regression_pb2)
+    from tensorflow_serving.apis import (classification_pb2, model_management_pb2, model_service_pb2_grpc,
+                                         predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
     local = threading.local()
 
@@ -802,8 +1192,17 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
         context.abort(getattr(grpc.StatusCode, err.code_name), clip(err.message))
 
     def recorded(api: str):
-        """Metrics for Predict, Classify and Regress, as prediction_service_impl.cc records them."""
+        """Metrics for Predict, Classify and Regress, as prediction_service_impl.cc records them (and the
+        watchdog's activity stamp, which is all that is left without metrics)."""
         def wrap(method):
+            if metrics is None:
+                def stamped(self, request, context):
+                    try:
+                        return method(self, request, context)
+                    finally:
+                        stamp_activity()
+                return stamped
+
             def call(self, request, context):
                 started = time.perf_counter()
                 local.code = "UNKNOWN"
@@ -813,9 +1212,8 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
                     return answer
                 finally:
                     stamp_activity()
-                    if metrics is not None:
-                        metrics.record(request.model_spec.name, api, "GRPC", local.code,
-                                       (time.perf_counter() - started) * 1e6)
+                    metrics.record(request.model_spec.name, api, "GRPC", local.code,
+                                   (time.perf_counter() - started) * 1e6)
             return call
         return wrap
 
@@ -823,17 +1221,9 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
         if not request.HasField("model_spec"):
             raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
 
-    def refuse_predict_signature(kind: str, method_name: str, loaded: LoadedVersion, spec) -> None:
-        """Classify/Regress on a signature of another kind, refused as classifier.cc / regressor.cc do."""
-        name = spec.signature_name or DEFAULT_SIGNATURE
-        sig = loaded.signature_defs.get(name)
-        if sig is None:
-            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {clip(name, 80)}")
-        if sig.method_name != method_name:
-            raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be {method_name}. "
-                                                   f"Was: {clip(sig.method_name, 60)}")
-        raise ServingError("UNIMPLEMENTED", f"{kind} signatures are not served by tflab's stand-in server "
-                                            "(only predict signatures are)")
+    def runtime_error(exc) -> ServingError:
+        """An unexpected error while running a request (a TensorFlow error on bad data) as INVALID_ARGUMENT."""
+        return ServingError("INVALID_ARGUMENT", (str(exc).strip().splitlines() or ["error"])[0])
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         @recorded("Predict")
@@ -845,7 +1235,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:  # a TensorFlow runtime error on bad data
-                return abort(context, ServingError("INVALID_ARGUMENT", (str(exc).strip().splitlines() or ["error"])[0]))
+                return abort(context, runtime_error(exc))
             response = predict_pb2.PredictResponse()
             spec = response.model_spec
             spec.name = request.model_spec.name
@@ -857,57 +1247,46 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
 
         @recorded("Classify")
         def Classify(self, request, context):
+            """classification_service.cc, then classifier.cc RunClassify."""
+            response = classification_pb2.ClassificationResponse()
             try:
                 need_spec(request)
                 _, loaded = select_version(models, request.model_spec)
-                refuse_predict_signature("classification", CLASSIFY_METHOD, loaded, request.model_spec)
+                classify_or_regress(tf, loaded, request.model_spec, request.input, CLASSIFY_METHOD, response.result)
             except ServingError as err:
                 return abort(context, err)
-            return classification_pb2.ClassificationResponse()
+            except Exception as exc:
+                return abort(context, runtime_error(exc))
+            fill_model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
+                            loaded.version)
+            return response
 
         @recorded("Regress")
         def Regress(self, request, context):
+            """regression_service.cc, then regressor.cc RunRegress."""
+            response = regression_pb2.RegressionResponse()
             try:
                 need_spec(request)
                 _, loaded = select_version(models, request.model_spec)
-                refuse_predict_signature("regression", REGRESS_METHOD, loaded, request.model_spec)
+                classify_or_regress(tf, loaded, request.model_spec, request.input, REGRESS_METHOD, response.result)
             except ServingError as err:
                 return abort(context, err)
-            return regression_pb2.RegressionResponse()
+            except Exception as exc:
+                return abort(context, runtime_error(exc))
+            fill_model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
+                            loaded.version)
+            return response
 
         def MultiInference(self, request, context):
-            try:  # multi_inference.cc / multi_inference_helper.cc checks, in their order
-                if not request.tasks:
-                    raise ServingError("INVALID_ARGUMENT", "Found no tasks in MultiInferenceRequest.")
-                names = {t.model_spec.name for t in request.tasks}
-                if "" in names:
-                    raise ServingError("INVALID_ARGUMENT", "Found ModelSpec with an empty model name.")
-                if len(names) > 1:
-                    raise ServingError("INVALID_ARGUMENT",
-                                       "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-                _, loaded = select_version(models, request.tasks[0].model_spec)
-                seen = set()
-                for task in request.tasks:
-                    name = task.model_spec.signature_name or DEFAULT_SIGNATURE
-                    if name in seen:
-                        raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {clip(name, 80)}")
-                    seen.add(name)
-                    sig = loaded.signature_defs.get(name)
-                    if sig is None:
-                        raise ServingError("INVALID_ARGUMENT",
-                                           f"Requested signature not found in model graph: {clip(name, 80)}")
-                    if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-                        raise ServingError("UNIMPLEMENTED",
-                                           f"Unsupported signature method_name: {clip(task.method_name, 60)}")
-                    if sig.method_name != task.method_name:  # PreProcessClassification / PreProcessRegression
-                        kind = "classification" if task.method_name == CLASSIFY_METHOD else "regression"
-                        raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be "
-                                                               f"{task.method_name}. Was: {clip(sig.method_name, 60)}")
-                raise ServingError("UNIMPLEMENTED", "classification and regression signatures are not served by "
-                                                    "tflab's stand-in server (only predict signatures are)")
+            """multi_inference_helper.cc RunMultiInferenceWithServerCore (not counted in the metrics, as there)."""
+            try:
+                response = multi_inference(tf, models, request)
             except ServingError as err:
                 return abort(context, err)
-            return inference_pb2.MultiInferenceResponse()
+            except Exception as exc:
+                return abort(context, runtime_error(exc))
+            stamp_activity()
+            return response
 
         def GetModelMetadata(self, request, context):
             try:
@@ -987,13 +1366,13 @@ def model_status(models: Models, request):
     for v in sorted(states):
         if version is not None and v != version:
             continue
-        state, message = states[v]
+        state, message = states[v][:2]
         item = response.model_version_status.add()
         item.version = v
         item.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
         item.status.SetInParent()  # always present, as ToStatusProto sets it
         if message:
-            item.status.error_code = 9  # FAILED_PRECONDITION
+            item.status.error_code = states[v][2] if len(states[v]) > 2 else 9  # else FAILED_PRECONDITION
             item.status.error_message = message
     return response
 
@@ -1160,6 +1539,108 @@ def json_to_array(tf, value, info, name: str):
                                                    f"{dtype_name(dtype)} is expected")
         array = probe.astype(dtype.as_numpy_dtype)
     return array
+
+
+def json_type(value) -> str:
+    """A JSON value's type as json_tensor.cc JsonTypeString names it."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    return "String" if isinstance(value, str) else "Number"
+
+
+def feature_value(name: str, value) -> tuple:
+    """One JSON value of a feature as (kind, value) (json_tensor.cc AddValueToFeature): a whole number (or a
+    boolean, as 0/1) is int64, a decimal float, a string or {"b64": ...} bytes; anything else is refused."""
+    import base64
+
+    if isinstance(value, bool):
+        return "int64_list", int(value)
+    if isinstance(value, int):
+        if -2 ** 63 <= value < 2 ** 63:
+            return "int64_list", value
+        if 0 <= value < 2 ** 64:
+            raise ServingError("INVALID_ARGUMENT", f"Feature: {clip(name, 60)} has uint64_t element. Only int64_t "
+                                                   "is supported.")
+        try:  # beyond 64 bits rapidjson reads a number as a double
+            return "float_list", float(value)
+        except OverflowError:
+            raise ServingError("INVALID_ARGUMENT", "JSON Parse error: Number too big to be stored in double.") from None
+    if isinstance(value, float):
+        return "float_list", value
+    if isinstance(value, str):
+        return "bytes_list", value.encode("utf-8", "surrogatepass")
+    if isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str):
+        try:
+            return "bytes_list", base64.b64decode(value["b64"], validate=True)
+        except ValueError:
+            raise ServingError("INVALID_ARGUMENT", "Unable to base64 decode") from None
+    raise ServingError("INVALID_ARGUMENT", f"Feature: {clip(name, 60)} has element with unexpected JSON type: "
+                                           f"{json_type(value)}")
+
+
+def example_from_json(value, example) -> None:
+    """A JSON object as a tf.Example, one feature per key (json_tensor.cc MakeExampleFromJsonObject)."""
+    if not isinstance(value, dict):
+        raise ServingError("INVALID_ARGUMENT", f"Example must be JSON object but got JSON {json_type(value)}")
+    kinds = {"int64_list": "int64", "float_list": "float", "bytes_list": "bytes"}
+    features = example.features.feature
+    for name, content in value.items():
+        kind, values = None, []
+        for item in content if isinstance(content, list) else [content]:
+            item_kind, item_value = feature_value(name, item)
+            if kind is not None and item_kind != kind:
+                raise ServingError("INVALID_ARGUMENT", f"Unexpected element type in feature: {clip(name, 60)} "
+                                                       f"expecting type: {kinds[kind]}")
+            kind = item_kind
+            values.append(item_value)
+        feature = features[name]
+        feature.Clear()
+        if kind is not None:
+            getattr(feature, kind).value.extend(values)
+
+
+def examples_from_json(body: dict, doc, input_proto) -> None:
+    """A classify/regress request body's "context" and "examples" into an Input
+    (json_tensor.cc FillClassifyRegressRequestFromJson; its messages, "When method is classify" included)."""
+    has_context = "context" in body
+    if has_context:
+        context = input_proto.example_list_with_context.context
+        context.SetInParent()
+        example_from_json(body["context"], context)
+    if "examples" not in body:
+        raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} When method is classify, key 'examples' is "
+                                               "expected and was not found")
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise ServingError("INVALID_ARGUMENT", f"JSON Value: {doc()} 'examples' value is an empty array")
+    check_rows("examples", len(examples))
+    target = (input_proto.example_list_with_context if has_context else input_proto.example_list).examples
+    for item in examples:
+        example_from_json(item, target.add())
+
+
+def classification_json(result) -> str:
+    """json_tensor.cc MakeJsonFromClassificationResult: {"results": [[[label, score], ...], ...]}."""
+    if not result.classifications:
+        raise ServingError("INVALID_ARGUMENT", "Cannot convert empty ClassificationResults to JSON")
+    rows = ("[" + ", ".join(f"[{json.dumps(c.label)}, {json_float(c.score, True)}]" for c in item.classes) + "]"
+            for item in result.classifications)
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
+def regression_json(result) -> str:
+    """json_tensor.cc MakeJsonFromRegressionResult: {"results": [value, ...]}."""
+    if not result.regressions:
+        raise ServingError("INVALID_ARGUMENT", "Cannot convert empty RegressionResults to JSON")
+    return '{"results": [' + ", ".join(json_float(r.value, True) for r in result.regressions) + "]}"
 
 
 def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAULT_REST_TIMEOUT_MS / 1000,
@@ -1351,19 +1832,23 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
             return body
 
         def classify_or_regress(self, spec, verb: str, raw: bytes) -> str:
+            """http_rest_api_handler.cc ProcessClassifyRequest / ProcessRegressRequest: the JSON examples into an
+            Input (json_tensor.cc FillClassifyRegressRequestFromJson), Classify or Regress, the result as JSON
+            (MakeJsonFromClassificationResult / MakeJsonFromRegressionResult)."""
+            from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
+
             body = self.parse(raw)
             spec.signature_name = body.get("signature_name", "")
+            input_proto = input_pb2.Input()
+            examples_from_json(body, lambda: clip(raw.decode("utf-8", "replace"), 60), input_proto)
             _, loaded = select_version(models, spec)
-            kind, method = (("classification", CLASSIFY_METHOD) if verb == "classify"
-                            else ("regression", REGRESS_METHOD))
-            name = spec.signature_name or DEFAULT_SIGNATURE
-            sig = loaded.signature_defs.get(name)
-            if sig is None:
-                raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {clip(name, 80)}")
-            if sig.method_name != method:
-                raise ServingError("INVALID_ARGUMENT", f"Expected {kind} signature method_name to be {method}. "
-                                                       f"Was: {clip(sig.method_name, 60)}")
-            raise ServingError("UNIMPLEMENTED", f"{kind} signatures are not served by tflab's stand-in server")
+            if verb == "classify":
+                result = classification_pb2.ClassificationResult()
+                classify_or_regress(tf, loaded, spec, input_proto, CLASSIFY_METHOD, result)
+                return classification_json(result)
+            result = regression_pb2.RegressionResult()
+            classify_or_regress(tf, loaded, spec, input_proto, REGRESS_METHOD, result)
+            return regression_json(result)
 
         def predict(self, spec, raw: bytes) -> str:
             """json_tensor.cc FillPredictRequestFromJson, then Predict, then MakeJsonFromTensors."""
@@ -1470,12 +1955,12 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
 # each is named in a one-line warning when given.
 UNIMPLEMENTED_FLAGS = {
     "rest_api_enable_cors_support", "enable_per_model_batching_params",
-    "model_config_file_poll_wait_seconds", "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "num_load_threads", "num_unload_threads", "max_num_load_retries",
     "load_retry_interval_micros", "flush_filesystem_caches", "use_alts_credentials",
     "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
     "enable_grpc_healthcheck_service", "allow_version_labels_for_unavailable_models",
-    "enable_signature_method_name_check", "xla_cpu_compilation_enabled", "enable_cors_support",
+    "xla_cpu_compilation_enabled", "enable_cors_support",
     "remove_unused_fields_from_bundle_metagraph", "response_tensor_serialization_option",
 }
 
@@ -1489,12 +1974,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model_base_path", default="", help="folder holding numeric version folders")
     p.add_argument("--model_config_file", default="", help="a ModelServerConfig text proto: several models, "
                    "version policies, version labels")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+                   help="re-read --model_config_file every this many seconds (0: read once, at start)")
     p.add_argument("--monitoring_config_file", default="", help="a MonitoringConfig text proto: prometheus_config "
                    "{enable: true, path: ...} serves metrics over REST")
     p.add_argument("--enable_batching", nargs="?", const="true", default="false",
                    help="merge concurrent Predicts into batches (TF Serving's batching)")
     p.add_argument("--batching_parameters_file", default="", help="a BatchingParameters text proto")
     p.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load")
+    p.add_argument("--enable_signature_method_name_check", nargs="?", const="true", default="false",
+                   help="a signature's method_name must match the API (off: Classify and Regress take any "
+                        "signature with their inputs and outputs, as TF2 SavedModels need)")
     p.add_argument("--enable_model_warmup", nargs="?", const="true", default="true",
                    help="replay assets.extra/tf_serving_warmup_requests when a version loads")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -1570,6 +2060,8 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     import tensorflow as tf
 
     tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice
+    global method_name_check
+    method_name_check = str(args.enable_signature_method_name_check).lower() in ("true", "1", "yes")
     tags = [t.strip() for t in args.saved_model_tags.split(",") if t.strip()] or ["serve"]
     models = Models(tf, tags, warmup=str(args.enable_model_warmup).lower() in ("true", "1", "yes"))
     try:
@@ -1597,9 +2089,10 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     metrics = Metrics() if metrics_path else None  # collected only where they are exported
 
     def reload(new_entries):
-        models.configure(new_entries)
-        for model in models.all():
-            poll_once(tf, model, models)
+        with models.poll_lock:
+            models.configure(new_entries)
+            for model in models.all():
+                poll_once(tf, model, models)
 
     prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
@@ -1639,6 +2132,9 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     watcher = threading.Thread(target=watch, args=(tf, models, args.file_system_poll_wait_seconds, stop),
                                name="watch", daemon=True)
     watcher.start()
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+        threading.Thread(target=watch_config, args=(args.model_config_file, args.model_config_file_poll_wait_seconds,
+                                                    reload, stop), name="watch-config", daemon=True).start()
     stop.wait()
     server.stop(grace=0.5).wait(2)
     if rest is not None:

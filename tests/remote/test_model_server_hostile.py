@@ -193,6 +193,56 @@ def test_a_batch_over_the_row_limit_is_refused_over_grpc_and_rest_and_the_limit_
     assert_still_serving(server)
 
 
+def test_classify_examples_are_bounded_in_number_and_in_bytes_once_joined_to_their_context(server):
+    """servables/tensorflow/util.cc InputToSerializedExampleTensor copies the context into every example: a 1 MiB
+    context with 200 empty examples fits in a 4 MiB message but would make 200 MiB. Classify, Regress,
+    MultiInference and REST :classify/:regress refuse more than MAX_ROWS_PER_REQUEST examples, and more than
+    MAX_EXAMPLE_BYTES_PER_REQUEST bytes once joined, before copying anything (and before looking at the signature)."""
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    stub = serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
+    limit, cap = model_server.MAX_ROWS_PER_REQUEST, model_server.MAX_EXAMPLE_BYTES_PER_REQUEST
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "nn"
+    examples = request.input.example_list.examples
+    for _ in range(limit + 1):
+        examples.add()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"examples has {limit + 1} rows; this server takes at most {limit} rows per request" in info.value.details()
+
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "nn"
+    joined = request.input.example_list_with_context
+    joined.context.features.feature["blob"].bytes_list.value.append(b"A" * MB)
+    for _ in range(200):
+        joined.examples.add()
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.input.CopyFrom(request.input)
+    task = multi.tasks.add()
+    task.model_spec.name, task.method_name = "nn", "tensorflow/serving/regress"
+    for call, message in ((stub.Regress, request), (stub.MultiInference, multi)):
+        with PeakMemory(server["proc"].pid) as memory:
+            with pytest.raises(grpc.RpcError) as info:
+                call(message, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "joined to their context" in info.value.details() and str(cap) in info.value.details()
+        assert "AAAA" not in info.value.details()
+        assert memory.growth_mb < 100
+
+    body = json.dumps({"context": {"blob": "A" * MB}, "examples": [{}] * 200}).encode()
+    with PeakMemory(server["proc"].pid) as memory:
+        status, _, answer = http(server, post_bytes(body, path="/v1/models/nn:regress"))
+    error = json_error(answer)
+    assert status == 400 and "joined to their context" in error and "AAAA" not in error
+    assert memory.growth_mb < 100
+    body = json.dumps({"examples": [{}] * (limit + 1)}).encode()
+    status, _, answer = http(server, post_bytes(body, path="/v1/models/nn:classify"))
+    assert status == 400 and f"at most {limit} rows per request" in json_error(answer)
+    assert_still_serving(server)
+
+
 def test_a_message_over_the_grpc_size_cap_gets_resource_exhausted(server):
     """The cap is explicit now (model_server.MAX_GRPC_MESSAGE_BYTES); grpcio's own default was the same 4 MiB."""
     cap = model_server.MAX_GRPC_MESSAGE_BYTES

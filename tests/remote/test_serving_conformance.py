@@ -2,8 +2,11 @@
 
 Each test names the upstream file (github.com/tensorflow/serving, tensorflow_serving/...) whose behaviour
 it checks. One server process serves the whole module, from a --model_config_file: the lab's model
-("nn", versions 1 and 2 with the labels stable and canary) and a model with two inputs and three
-outputs of different dtypes ("multi"). Real requests over 127.0.0.1; every wait is bounded.
+("nn", versions 1 and 2 with the labels stable and canary), a model with two inputs and three
+outputs of different dtypes ("multi"), a model with classify and regress signatures over tf.Examples
+("census", tests/remote/serving_models.py) and the same saved under the tags serve,tflab ("tagged"),
+which a server with the default --saved_model_tags cannot load. Real requests over 127.0.0.1; every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 import model_server
 from tests.conftest import REMOTE, wait_until
+from tests.remote.serving_models import example, export_census, fill_input, run_directly
 from tflab import ports
 from tflab.client import ServingClient, column_tensor, serving_apis
 
@@ -34,6 +38,16 @@ model_config_list {{
     model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
     version_labels {{ key: "stable" value: 1 }}
     version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "census"
+    base_path: "{census}"
+    model_platform: "tensorflow"
+  }}
+  config {{
+    name: "tagged"
+    base_path: "{tagged}"
+    model_platform: "tensorflow"
   }}
   config {{
     name: "multi"
@@ -83,9 +97,12 @@ def server(lab_steps_run, tf, tmp_path_factory):
     for version in (1, 2):
         shutil.copytree(workdir / "models" / "nn" / "1", root / "nn" / str(version))
     export_multi(tf, str(root / "multi" / "1"))
+    export_census(tf, str(root / "census" / "1"))
+    export_census(tf, str(root / "tagged" / "1"), tags=("serve", "tflab"))
     write_warmup(tf, root / "nn" / "2" / "assets.extra" / "tf_serving_warmup_requests", count=3)
     config = root / "models.config"
-    config.write_text(MODEL_CONFIG.format(nn=root / "nn", multi=root / "multi"))
+    config.write_text(MODEL_CONFIG.format(nn=root / "nn", multi=root / "multi", census=root / "census",
+                                          tagged=root / "tagged"))
     monitoring = root / "monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)
     batching = root / "batching.config"
@@ -105,6 +122,7 @@ def server(lab_steps_run, tf, tmp_path_factory):
     try:
         client.wait_available("nn", version=2, timeout=120)
         client.wait_available("multi", timeout=60)
+        client.wait_available("census", timeout=60)
         t = report["training"]
         yield {"port": port, "rest": rest, "client": client, "proc": proc, "log": log_path, "sock": sock,
                "root": root, "config": config, "expect": lambda x: x * t["slope"] + t["intercept"]}
@@ -259,9 +277,11 @@ def test_versions_and_labels_from_the_model_config(server):
 
 
 def test_classify_regress_and_multi_inference_refuse_a_predict_signature(server):
-    """servables/tensorflow/classifier.cc and regressor.cc (GetClassificationSignatureDef /
-    GetRegressionSignatureDef), multi_inference.cc (PreProcessClassification): a predict signature is
-    INVALID_ARGUMENT "Expected classification signature method_name to be tensorflow/serving/classify"."""
+    """servables/tensorflow/classifier.cc and regressor.cc (GetClassificationSignatureDef,
+    PreProcessClassification, PreProcessRegression) with --enable_signature_method_name_check off, TF Serving's
+    default (model_servers/server.h): a signature is checked by its inputs and outputs, so the lab's predict
+    signature (input "input") is INVALID_ARGUMENT "No classification inputs found in SignatureDef: ...";
+    multi_inference.cc: a task's method must be classify or regress (UNIMPLEMENTED otherwise)."""
     from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
     for method, kind, name in ((stub(server).Classify, "classification", "classify"),
@@ -272,21 +292,318 @@ def test_classify_regress_and_multi_inference_refuse_a_predict_signature(server)
         request.input.example_list.examples.add()
         error = refusal(method, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error.details() == (f"Expected {kind} signature method_name to be tensorflow/serving/{name}. "
-                                   "Was: tensorflow/serving/predict")
+        assert error.details().startswith(f"No {kind} inputs found in SignatureDef: inputs {{\n  key: \"input\"")
+        assert len(error.details()) <= model_server.MAX_ERROR_CHARS
         request.model_spec.signature_name = "nope"
         assert refusal(method, request).details() == "No signature was found with the name: nope"
     request = inference_pb2.MultiInferenceRequest()
+    request.input.example_list.examples.add()
     task = request.tasks.add()
     task.model_spec.name, task.model_spec.signature_name = "nn", "prediction"
     task.method_name = "tensorflow/serving/classify"
     error = refusal(stub(server).MultiInference, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Expected classification signature method_name" in error.details()
+    assert error.details().startswith("No classification inputs found in SignatureDef: ")
     task.method_name = "tensorflow/serving/predict"
     error = refusal(stub(server).MultiInference, request)
     assert (error.code(), error.details()) == (grpc.StatusCode.UNIMPLEMENTED,
                                                "Unsupported signature method_name: tensorflow/serving/predict")
+
+
+# --------------------------------------------------------------------------- Classify, Regress, MultiInference
+
+
+def census_request(kind: str, xs=(0.5, 2.0, -1.0), signature: str = "", context=None, shifts=None, name="census"):
+    """A ClassificationRequest or RegressionRequest with one tf.Example per x."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = (classification_pb2.ClassificationRequest if kind == "classify" else regression_pb2.RegressionRequest)()
+    request.model_spec.name, request.model_spec.signature_name = name, signature
+    fill_input(request.input, xs, context, shifts)
+    return request
+
+
+def serialized_examples(input_proto) -> list:
+    """What util.cc InputToSerializedExampleTensor feeds: each example's bytes, after the context's when there
+    is one."""
+    if input_proto.WhichOneof("kind") == "example_list_with_context":
+        head = input_proto.example_list_with_context.context.SerializeToString()
+        return [head + e.SerializeToString() for e in input_proto.example_list_with_context.examples]
+    return [e.SerializeToString() for e in input_proto.example_list.examples]
+
+
+def classifications(result) -> list:
+    return [[(c.label, c.score) for c in item.classes] for item in result.classifications]
+
+
+def test_classify_answers_the_classes_and_scores_the_model_computes(server, tf):
+    """servables/tensorflow/classifier.cc: the examples go serialized to the signature's input "inputs"
+    (util.cc PerformOneShotTensorComputation), and PostProcessClassificationResult answers one Classifications
+    per example with a Class per column, its label from "classes" and its score from "scores" (a label is ""
+    without "classes", a score 0 without "scores"); util.cc MakeModelSpec names the model, version and
+    signature (serving_default for an empty name). model_servers/tensorflow_model_server_test.py testClassify."""
+    path = str(server["root"] / "census" / "1")
+    request = census_request("classify")
+    response = stub(server).Classify(request, timeout=10)
+    direct = run_directly(tf, path, "serving_default", serialized_examples(request.input))
+    want = [[(label.decode(), score) for label, score in zip(labels, scores)]
+            for labels, scores in zip(direct["classes"].tolist(), direct["scores"].tolist())]
+    got = classifications(response.result)
+    assert [[label for label, _ in row] for row in got] == [[label for label, _ in row] for row in want]
+    assert [score for row in got for _, score in row] == pytest.approx([score for row in want for _, score in row],
+                                                                      abs=1e-6)
+    assert len(got) == 3 and all(len(row) == 3 for row in got)
+    assert (response.model_spec.name, response.model_spec.version.value,
+            response.model_spec.signature_name) == ("census", 1, "serving_default")
+    scores_only = stub(server).Classify(census_request("classify", signature="scores_only"), timeout=10)
+    assert [[label for label, _ in row] for row in classifications(scores_only.result)] == [[""] * 3] * 3
+    assert [[s for _, s in row] for row in classifications(scores_only.result)] == [[s for _, s in row] for row in got]
+    classes_only = stub(server).Classify(census_request("classify", signature="classes_only"), timeout=10)
+    assert classifications(classes_only.result) == [[(label, 0.0) for label, _ in row] for row in got]
+
+
+def test_regress_with_a_context_answers_the_values_the_model_computes(server, tf):
+    """servables/tensorflow/regressor.cc PostProcessRegressionResult: one Regression per example, from the
+    output "outputs" ([batch] or [batch, 1], float); util.cc InputToSerializedExampleTensor: with
+    example_list_with_context each example is fed as the context's bytes followed by its own, so an example's
+    feature wins over the context's. model_servers/tensorflow_model_server_test.py testRegress, and
+    testRegressTf2: a TF2 signature (method_name predict) shaped as a regression one is served too."""
+    path = str(server["root"] / "census" / "1")
+    request = census_request("regress", signature="regress", context={"shift": 1.0}, shifts=(None, 0.0, None))
+    response = stub(server).Regress(request, timeout=10)
+    values = [r.value for r in response.result.regressions]
+    assert values == [4.0, 5.0, 1.0]  # 2 (x + shift) + 1, the second example's shift 0 winning over the context
+    direct = run_directly(tf, path, "regress", serialized_examples(request.input))["outputs"]
+    assert values == direct.ravel().tolist()
+    assert (response.model_spec.name, response.model_spec.version.value,
+            response.model_spec.signature_name) == ("census", 1, "regress")
+    request.model_spec.signature_name = "tf2_regress"
+    assert [r.value for r in stub(server).Regress(request, timeout=10).result.regressions] == values
+
+
+@pytest.mark.parametrize("kind, signature, message", [
+    # classifier.cc / regressor.cc GetClassificationSignatureDef, PreProcessClassification, PreProcessRegression
+    ("classify", "nope", "No signature was found with the name: nope"),
+    ("classify", "two_inputs", "Expected one input Tensor."),
+    ("regress", "serving_default", "Expected one output Tensor."),
+    ("regress", "misnamed_input", "No regression inputs found in SignatureDef: inputs {\n  key: \"examples\""),
+    ("classify", "no_class_outputs",
+     'Expected classification signature outputs to contain at least one of "classes" or "scores". Signature was: '),
+    ("classify", "regress", 'Expected classification signature outputs to contain at least one of "classes" or '),
+    # classifier.cc PostProcessClassificationResult
+    ("classify", "scores_1d", "Expected Tensor shape: [batch_size num_classes] but got [3]"),
+    ("classify", "scores_double", "Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE"),
+    ("classify", "classes_int", "Expected classes Tensor of DT_STRING. Got: DT_INT64"),
+    ("classify", "classes_scores_differ", "Tensors class and score should match in dim_size(1). Got 3 vs. 2"),
+    ("classify", "scores_extra_row", "Expected scores output batch size of 3. Got: 4"),
+    # regressor.cc PostProcessRegressionResult
+    ("regress", "regress_wide", "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got [3,2]"),
+    ("regress", "regress_double", "Expected output Tensor of DT_FLOAT.  Got: DT_DOUBLE"),
+    ("regress", "regress_extra_row", "Input batch size did not match output batch size: 3 vs. 4"),
+])
+def test_classify_and_regress_check_signatures_and_outputs_as_tf_serving_does(server, kind, signature, message):
+    """servables/tensorflow/classifier.cc and regressor.cc: each malformed signature of the census model
+    (tests/remote/serving_models.py) gets INVALID_ARGUMENT with the message of the check it fails."""
+    call = stub(server).Classify if kind == "classify" else stub(server).Regress
+    error = refusal(call, census_request(kind, signature=signature))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(message), error.details()
+
+
+def test_classify_refuses_an_empty_input_and_passes_on_the_models_parse_errors(server):
+    """servables/tensorflow/util.cc InputToSerializedExampleTensor: no examples is INVALID_ARGUMENT
+    "Input is empty."; classification_service.cc: no model_spec is "Missing ModelSpec"; an example the
+    model's parsing op refuses gets that op's status, passed on from Session::Run."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "census"
+    error = refusal(stub(server).Classify, request)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+    request.input.example_list_with_context.context.features.feature["shift"].float_list.value.append(1.0)
+    assert refusal(stub(server).Classify, request).details() == "Input is empty."
+    request = regression_pb2.RegressionRequest()
+    fill_input(request.input, [1.0])
+    error = refusal(stub(server).Regress, request)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    request.model_spec.name, request.model_spec.signature_name = "census", "regress"
+    request.input.example_list.examples.add()  # no "x", which the model requires
+    error = refusal(stub(server).Regress, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "x" in error.details()
+    request.model_spec.name = "nope"
+    assert refusal(stub(server).Regress, request).code() == grpc.StatusCode.NOT_FOUND
+    assert server["proc"].poll() is None
+
+
+def test_multi_inference_runs_classify_and_regress_over_the_same_examples(server):
+    """servables/tensorflow/multi_inference.cc: the tasks' signatures run in one session call over the same
+    examples (every signature's input fed the same serialized examples), each result post-processed as
+    Classify or Regress does, with its own ModelSpec. tensorflow_model_server_test.py testMultiInference."""
+    from tensorflow_serving.apis import inference_pb2
+
+    request = inference_pb2.MultiInferenceRequest()
+    fill_input(request.input, (0.5, 2.0, -1.0), context={"shift": 1.0}, shifts=(None, 0.0, None))
+    for signature, method in (("regress", "tensorflow/serving/regress"), ("", "tensorflow/serving/classify"),
+                              ("regress_other_input", "tensorflow/serving/regress")):
+        task = request.tasks.add()
+        task.model_spec.name, task.model_spec.signature_name, task.method_name = "census", signature, method
+    response = stub(server).MultiInference(request, timeout=10)
+    assert [(r.model_spec.name, r.model_spec.signature_name, r.model_spec.version.value) for r in response.results] \
+        == [("census", "regress", 1), ("census", "serving_default", 1), ("census", "regress_other_input", 1)]
+    regress = census_request("regress", signature="regress")
+    regress.input.CopyFrom(request.input)
+    assert response.results[0].regression_result == stub(server).Regress(regress, timeout=10).result
+    classify = census_request("classify")
+    classify.input.CopyFrom(request.input)
+    assert response.results[1].classification_result == stub(server).Classify(classify, timeout=10).result
+    lengths = [r.value for r in response.results[2].regression_result.regressions]
+    assert lengths == [float(len(e)) for e in serialized_examples(request.input)]
+
+
+def test_multi_inference_refuses_as_multi_inference_cc_does(server):
+    """servables/tensorflow/multi_inference.cc Infer, in its order, after multi_inference_helper.cc has taken
+    the version the first task names (server_core.cc: an empty name is "ModelSpec has no name specified.")."""
+    from tensorflow_serving.apis import inference_pb2
+
+    def multi(*tasks, examples=1):
+        request = inference_pb2.MultiInferenceRequest()
+        fill_input(request.input, [1.0] * examples)
+        for name, signature, method in tasks:
+            task = request.tasks.add()
+            task.model_spec.name, task.model_spec.signature_name, task.method_name = name, signature, method
+        return refusal(stub(server).MultiInference, request)
+
+    classify, regress = "tensorflow/serving/classify", "tensorflow/serving/regress"
+    cases = [
+        ((), "INVALID_ARGUMENT", "ModelSpec has no name specified."),
+        ((("census", "regress", regress), ("", "", classify)), "INVALID_ARGUMENT",
+         "Found ModelSpec with an empty model name."),
+        ((("census", "regress", regress), ("nn", "", classify)), "INVALID_ARGUMENT",
+         "All ModelSpecs in a MultiInferenceRequest must access the same model name."),
+        ((("census", "regress", regress), ("census", "regress", regress)), "INVALID_ARGUMENT",
+         "Duplicate evaluation of signature: regress"),
+        ((("census", "nope", regress),), "INVALID_ARGUMENT", "Requested signature not found in model graph: nope"),
+        ((("census", "predict", "tensorflow/serving/predict"),), "UNIMPLEMENTED",
+         "Unsupported signature method_name: tensorflow/serving/predict"),
+        ((("census", "regress", classify),), "INVALID_ARGUMENT",
+         'Expected classification signature outputs to contain at least one of "classes" or "scores".'),
+        ((("nope", "", classify),), "NOT_FOUND", "Servable not found for request: Latest(nope)"),
+    ]
+    for tasks, code, message in cases:
+        error = multi(*tasks)
+        assert (error.code().name, error.details()[:len(message)]) == (code, message), tasks
+    error = multi(("census", "regress", regress), examples=0)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+
+
+def test_predict_runs_a_signature_of_any_method_name_by_default(server):
+    """servables/tensorflow/predict_util.cc VerifySignature: the method_name is checked only with
+    --enable_signature_method_name_check; by default Predict runs a classify signature (fed its "inputs"
+    tensor directly) and one whose method_name no API has."""
+    apis = serving_apis()
+    request = apis.predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "census", "custom_method"
+    column_tensor([1.0, 2.0], request.inputs["x"])
+    response = stub(server).Predict(request, timeout=10)
+    assert list(response.outputs["value"].float_val) == [3.0, 5.0]
+    request = apis.predict_pb2.PredictRequest()
+    request.model_spec.name = "census"
+    examples = request.inputs["inputs"]
+    examples.dtype = 7  # DT_STRING
+    examples.tensor_shape.dim.add().size = 1
+    examples.string_val.append(example(x=2.0).SerializeToString())
+    response = stub(server).Predict(request, timeout=10)
+    assert list(response.outputs["classes"].string_val) == [b"low", b"mid", b"high"]
+    assert sorted(response.outputs) == ["classes", "scores"]
+
+
+# --------------------------------------------------------------------------- REST classify and regress
+
+
+def rest_classify(server, path: str, body) -> tuple:
+    status, answer, _ = http(server, "POST", path, body)
+    return status, answer
+
+
+def test_rest_classify_and_regress_answer_as_the_grpc_apis_do(server):
+    """g3doc/api_rest.md "Classify and Regress API" and util/json_tensor.cc: "examples" (and an optional
+    "context") become tf.Examples (FillClassifyRegressRequestFromJson: a decimal is a float feature, a string
+    or {"b64": ...} bytes, a whole number int64), the answer is {"results": [[[label, score], ...], ...]} or
+    {"results": [value, ...]} (MakeJsonFromClassificationResult / MakeJsonFromRegressionResult), floats
+    printed as float32. tensorflow_model_server_test.py testClassifyREST ([["", 3.0]] for a scores-only
+    signature) and testRegressREST."""
+    import numpy as np
+
+    status, body = rest_classify(server, "/v1/models/census:classify", {"examples": [{"x": 0.5}, {"x": 2.0}]})
+    assert status == 200 and list(body) == ["results"]
+    grpc_answer = classifications(stub(server).Classify(census_request("classify", xs=(0.5, 2.0)), timeout=10).result)
+    assert [[label for label, _ in row] for row in body["results"]] == [[label for label, _ in row]
+                                                                        for row in grpc_answer]
+    assert [[np.float32(s) for _, s in row] for row in body["results"]] == [[np.float32(s) for _, s in row]
+                                                                            for row in grpc_answer]
+    status, body = rest_classify(server, "/v1/models/census/versions/1:classify",
+                                 {"signature_name": "scores_only", "examples": [{"x": 0.5}]})
+    assert status == 200 and [label for label, _ in body["results"][0]] == ["", "", ""]
+    status, body = rest_classify(server, "/v1/models/census:regress",
+                                 {"signature_name": "regress", "context": {"shift": 1.0},
+                                  "examples": [{"x": 0.5}, {"x": 2.0, "shift": [0.0]}, {"x": -1.0}]})
+    assert (status, body) == (200, {"results": [4.0, 5.0, 1.0]})
+    status, _, raw = http(server, "POST", "/v1/models/census:regress",
+                          {"signature_name": "regress", "examples": [{"x": 0.1}]})
+    assert status == 200 and raw == '{"results": [1.2]}'  # 2 * 0.1f + 1 as float32, shortest form
+    # A whole number is an int64 feature: the model's float feature "x" refuses it, as in TF Serving.
+    status, body = rest_classify(server, "/v1/models/census:regress", {"signature_name": "regress",
+                                                                      "examples": [{"x": 2}]})
+    assert status == 400 and "x" in body["error"]
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("census:classify", {}, "When method is classify, key 'examples' is expected and was not found"),
+    ("census:regress", {"signature_name": "regress"},
+     "When method is classify, key 'examples' is expected and was not found"),
+    ("census:classify", {"examples": {}}, "Expecting 'examples' value to be an list/array"),
+    ("census:classify", {"examples": []}, "'examples' value is an empty array"),
+    ("census:classify", {"examples": [[1.0]]}, "Example must be JSON object but got JSON Array"),
+    ("census:classify", {"context": 1, "examples": [{"x": 1.0}]}, "Example must be JSON object but got JSON Number"),
+    ("census:classify", {"examples": [{"x": [1.0, "a"]}]}, "Unexpected element type in feature: x expecting type: float"),
+    ("census:classify", {"examples": [{"x": ["a", 1]}]}, "Unexpected element type in feature: x expecting type: bytes"),
+    ("census:classify", {"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+    ("census:classify", {"examples": [{"x": [[1.0]]}]}, "Feature: x has element with unexpected JSON type: Array"),
+    ("census:classify", {"examples": [{"x": {"a": 1}}]}, "Feature: x has element with unexpected JSON type: Object"),
+    ("census:classify", {"examples": [{"x": 18446744073709551615}]},
+     "Feature: x has uint64_t element. Only int64_t is supported."),
+    ("census:classify", {"examples": [{"x": {"b64": "!!"}}]}, "Unable to base64 decode"),
+    ("census:classify", {"signature_name": 1, "examples": [{"x": 1.0}]}, "'signature_name' key must be a string value"),
+    ("nn:classify", {"signature_name": "prediction", "examples": [{"x": 1.0}]},
+     "No classification inputs found in SignatureDef: "),
+    ("census:regress", {"examples": [{"x": 1.0}]}, "Expected one output Tensor."),
+])
+def test_rest_classify_and_regress_refusals_get_json_tensors_messages(server, path, body, message):
+    """util/json_tensor.cc FillClassifyRegressRequestFromJson, MakeExampleFromJsonObject, AddValueToFeature (their
+    messages, "When method is classify" for regress too), then classifier.cc / regressor.cc; INVALID_ARGUMENT is
+    HTTP 400 (http_server.cc)."""
+    status, answer = rest_classify(server, f"/v1/models/{path}", body)
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_a_model_saved_under_other_tags_is_not_loaded_and_says_why(server):
+    """--saved_model_tags (model_servers/main.cc: the tag set of the MetaGraphDef to load, "serve" by
+    default): "tagged", whose only MetaGraphDef is tagged serve,tflab, does not load under the default; its
+    version ends with the loader's NOT_FOUND naming the tags asked for and those available
+    (tensorflow/cc/saved_model/loader.cc). (TF Serving then refuses to start; the stand-in serves the rest.)"""
+    statuses = wait_until(lambda: [s for s in server["client"].status("tagged") if s.state == "END"], 30,
+                          what="tagged to end")
+    (status,) = statuses
+    assert status.version == 1 and "MetaGraphDef associated with tags" in status.error, status
+    assert "serve" in status.error and "tflab" in status.error
+    apis = serving_apis()
+    models = apis.model_service_pb2_grpc.ModelServiceStub(server["client"]._channel)
+    request = apis.get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tagged"
+    (version,) = models.GetModelStatus(request, timeout=10).model_version_status
+    assert version.status.error_code == 5  # NOT_FOUND
+    error = refusal(stub(server).Predict, nn_request(name="tagged", signature_name="predict"))
+    assert error.details() == "Servable not found for request: Latest(tagged)"
 
 
 def test_metadata_for_a_label_and_a_version(server):

@@ -1,0 +1,311 @@
+"""The stand-in model server under TensorFlow Serving flags that change how it serves.
+
+One server process serves the module with --saved_model_tags=serve,tflab, --enable_signature_method_name_check,
+--model_config_file_poll_wait_seconds=1 and batching with allowed_batch_sizes and pad_variable_length_inputs;
+its models ("census" and "rows", tests/remote/serving_models.py) are saved under the tags serve,tflab. Each
+test names the upstream file (github.com/tensorflow/serving, tensorflow_serving/...) it follows. Real
+requests over 127.0.0.1; every wait is bounded; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+import model_server
+from tests.conftest import REMOTE, wait_until
+from tests.remote.serving_models import export_census, export_rows, fill_input, run_directly
+from tflab import ports
+from tflab.client import DT_FLOAT, ServingClient, column_tensor, serving_apis
+from tflab.errors import NotFoundError
+
+pytestmark = pytest.mark.slow
+
+TAGS = ("serve", "tflab")
+CONFIG_ENTRY = """  config {{
+    name: "{name}"
+    base_path: "{path}"
+    model_platform: "tensorflow"
+  }}
+"""
+BATCHING_PARAMETERS = """
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 1000 }
+num_batch_threads { value: 1 }
+allowed_batch_sizes: 2
+allowed_batch_sizes: 4
+allowed_batch_sizes: 8
+pad_variable_length_inputs: true
+"""
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
+
+
+def model_config(root, names) -> str:
+    return "model_config_list {\n" + "".join(CONFIG_ENTRY.format(name=n, path=root / n) for n in names) + "}\n"
+
+
+def write_atomically(path, text: str) -> None:
+    """Replace a file in one step, so that the server's poll never reads half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def server(tf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flags")
+    export_census(tf, str(root / "census" / "1"), tags=TAGS)
+    export_rows(tf, str(root / "rows" / "1"), tags=TAGS)
+    config = root / "models.config"
+    config.write_text(model_config(root, ["census", "rows"]))
+    batching = root / "batching.config"
+    batching.write_text(BATCHING_PARAMETERS)
+    port, rest = ports.free_port(), ports.free_port()
+    log_path = root / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}",
+                             f"--rest_api_port={rest}", f"--model_config_file={config}",
+                             "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=0.2",
+                             f"--saved_model_tags={','.join(TAGS)}", "--enable_signature_method_name_check",
+                             "--enable_batching=true", f"--batching_parameters_file={batching}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    client = ServingClient(f"127.0.0.1:{port}", timeout=10)
+    try:
+        client.wait_available("census", timeout=120)
+        client.wait_available("rows", timeout=60)
+        yield {"port": port, "rest": rest, "client": client, "proc": proc, "log": log_path, "root": root,
+               "config": config}
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def stub(server):
+    return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
+
+
+def refusal(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=10)
+    return info.value
+
+
+def classify_request(name="census", signature="", xs=(0.5, 2.0, -1.0)):
+    from tensorflow_serving.apis import classification_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = name, signature
+    fill_input(request.input, xs)
+    return request
+
+
+def rows_request(matrix):
+    """A Predict on the rows model with x = matrix (float32, rows x width)."""
+    request = serving_apis().predict_pb2.PredictRequest()
+    request.model_spec.name = "rows"
+    x = request.inputs["x"]
+    x.dtype = DT_FLOAT
+    for size in np.shape(matrix):
+        x.tensor_shape.dim.add().size = size
+    x.float_val.extend(np.asarray(matrix, np.float32).ravel().tolist())
+    return request
+
+
+# --------------------------------------------------------------------------- --saved_model_tags
+
+
+def test_saved_model_tags_name_the_meta_graph_that_is_served(server, tf):
+    """--saved_model_tags (model_servers/main.cc, server.cc: the comma-separated tag set of the MetaGraphDef to
+    load): census, saved under serve,tflab only, is served when the flag names that set, and classifies as the
+    SavedModel itself computes. (The default set refusing it: test_serving_conformance.py
+    test_a_model_saved_under_other_tags_is_not_loaded_and_says_why.)"""
+    assert [(s.version, s.state) for s in server["client"].status("census")] == [(1, "AVAILABLE")]
+    request = classify_request()
+    response = stub(server).Classify(request, timeout=10)
+    examples = [e.SerializeToString() for e in request.input.example_list.examples]
+    direct = run_directly(tf, str(server["root"] / "census" / "1"), "serving_default", examples)
+    got = [c.score for item in response.result.classifications for c in item.classes]
+    assert got == pytest.approx(direct["scores"].ravel().tolist(), abs=1e-6)
+    assert [c.label for c in response.result.classifications[0].classes] == ["low", "mid", "high"]
+
+
+# --------------------------------------------------------------------------- --enable_signature_method_name_check
+
+
+def test_the_method_name_check_refuses_a_signature_of_another_method(server):
+    """--enable_signature_method_name_check (model_servers/main.cc; servables/tensorflow/util.cc
+    GetSignatureMethodNameCheckFeature): classifier.cc / regressor.cc GetClassificationSignatureDef /
+    GetRegressionSignatureDef refuse a signature whose method_name is not theirs (INVALID_ARGUMENT
+    "Expected classification signature method_name to be ..."), multi_inference.cc through
+    PreProcessClassification, predict_util.cc VerifySignature one whose method_name no API has (INTERNAL).
+    A TF2-style regression signature (method_name predict), which Regress runs without the check, is refused."""
+    from tensorflow_serving.apis import inference_pb2, regression_pb2
+
+    error = refusal(stub(server).Classify, classify_request(signature="regress"))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Expected classification signature method_name to be "
+        "tensorflow/serving/classify. Was: tensorflow/serving/regress")
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = "census", "tf2_regress"
+    fill_input(request.input, [1.0])
+    error = refusal(stub(server).Regress, request)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Expected regression signature method_name to be "
+        "tensorflow/serving/regress. Was: tensorflow/serving/predict")
+    request.model_spec.signature_name = "regress"
+    assert [r.value for r in stub(server).Regress(request, timeout=10).result.regressions] == [3.0]
+    multi = inference_pb2.MultiInferenceRequest()
+    fill_input(multi.input, [1.0])
+    task = multi.tasks.add()
+    task.model_spec.name, task.model_spec.signature_name, task.method_name = "census", "regress", CLASSIFY
+    error = refusal(stub(server).MultiInference, multi)
+    assert error.details() == ("Expected classification signature method_name to be tensorflow/serving/classify. "
+                               "Was: tensorflow/serving/regress")
+    predict = serving_apis().predict_pb2.PredictRequest()
+    predict.model_spec.name, predict.model_spec.signature_name = "census", "custom_method"
+    column_tensor([1.0], predict.inputs["x"])
+    error = refusal(stub(server).Predict, predict)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INTERNAL, "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
+        "tensorflow/serving/classify, tensorflow/serving/regress}. Was: tflab/custom")
+
+
+# --------------------------------------------------------------------------- allowed_batch_sizes and padding
+
+
+def test_a_batch_is_padded_to_the_next_allowed_size_and_answered_without_the_padding(server, tf):
+    """batching/README.md (allowed_batch_sizes: "padding invalid-size batches with dummy data to round up to the
+    next valid size"), batching_session.cc MergeInputTensors / SplitOutputTensors and batching_util.cc
+    RoundToLowestAllowedBatchSize: with sizes 2, 4, 8 a request of 1 row runs in a batch of 2, 3 rows in 4, 5 in 8
+    (the rows model answers the batch's size), each answered with its own rows only; more than max_batch_size is
+    refused (batch_scheduler.h). Classify batches its serialized examples the same way."""
+    for count, padded in ((1, 2), (3, 4), (5, 8), (8, 8)):
+        matrix = np.arange(count * 2, dtype=np.float32).reshape(count, 2)
+        response = stub(server).Predict(rows_request(matrix), timeout=30)
+        assert list(response.outputs["rows"].int_val) == [padded] * count
+        assert list(response.outputs["width"].int_val) == [2] * count
+        assert list(response.outputs["sum"].float_val) == matrix.sum(1).tolist()
+        assert [d.size for d in response.outputs["sum"].tensor_shape.dim] == [count]
+    error = refusal(stub(server).Predict, rows_request(np.zeros((9, 1))))
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "Task size 9 is larger than maximum input batch size 8")
+    request = classify_request(xs=(0.5, 2.0, -1.0))  # 3 examples, run as 4
+    response = stub(server).Classify(request, timeout=30)
+    examples = [e.SerializeToString() for e in request.input.example_list.examples]
+    direct = run_directly(tf, str(server["root"] / "census" / "1"), "serving_default", examples)
+    assert len(response.result.classifications) == 3
+    got = [c.score for item in response.result.classifications for c in item.classes]
+    assert got == pytest.approx(direct["scores"].ravel().tolist(), abs=1e-6)
+
+
+def test_tasks_of_different_widths_are_padded_to_the_widest_when_pad_variable_length_inputs_is_set():
+    """batching_session.cc MergeInputTensors with pad_variable_length_inputs and batching_util.cc AddPadding:
+    each task's tensor is padded along its inner dimensions to the largest in the batch, with its own first
+    element; then allowed_batch_sizes pads the batch with copies of the last task's first row. The batch runs
+    as soon as it holds max_batch_size rows, so the two tasks here always share one."""
+    params = model_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=60_000_000,
+                                             max_enqueued_batches=4, num_batch_threads=1,
+                                             allowed_batch_sizes=(4, 8), pad_variable_length_inputs=True)
+    narrow = np.array([[1, 2], [3, 4], [5, 6]], np.float32)  # 3 rows, width 2
+    wide = np.arange(10, 25, dtype=np.float32).reshape(5, 3)  # 5 rows, width 3
+    merged, rows = model_server.merge_batch([[narrow], [wide]], params)
+    assert rows == 8 and merged[0].shape == (8, 3)
+    assert merged[0][:3].tolist() == [[1, 2, 1], [3, 4, 1], [5, 6, 1]]  # padded with narrow's first element
+    merged, rows = model_server.merge_batch([[narrow]], params)  # 3 rows: padded to 4 with the first row
+    assert rows == 4 and merged[0].tolist() == narrow.tolist() + [[1, 2]]
+
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape)
+        return [x.sum(1), np.full(len(x), len(x))]
+
+    batcher = model_server.Batcher(fn, params)
+    results = {}
+    try:
+        threads = [threading.Thread(target=lambda k=k, a=a: results.__setitem__(k, batcher.submit([a], len(a))))
+                   for k, a in (("narrow", narrow), ("wide", wide))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        batcher.stop.set()
+    assert seen == [(8, 3)]
+    assert results["narrow"][0].tolist() == [4.0, 8.0, 12.0]  # 1+2+1, 3+4+1, 5+6+1: the padding counts
+    assert results["wide"][0].tolist() == wide.sum(1).tolist()
+    assert results["narrow"][1].tolist() == [8] * 3 and results["wide"][1].tolist() == [8] * 5
+
+
+def test_allowed_batch_sizes_are_validated_as_tf_serving_validates_them(tmp_path):
+    """servables/tensorflow/bundle_factory_util.cc WrapSessionForBatching: the last allowed size must equal
+    max_batch_size (1000 when not given: the batch scheduler's default), else INVALID_ARGUMENT "Last entry in
+    allowed_batch_sizes must match max_batch_size"; the server does not start with such a file."""
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: [2, 6]  # a comment\n")
+    with pytest.raises(model_server.ServingError, match="Last entry in allowed_batch_sizes must match "
+                                                        "max_batch_size; last entry was 6; expected 8"):
+        model_server.read_batching_parameters(str(path))
+    path.write_text("allowed_batch_sizes: 100\n")
+    with pytest.raises(model_server.ServingError, match="last entry was 100; expected 1000"):
+        model_server.read_batching_parameters(str(path))
+    path.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 8\n"
+                    "pad_variable_length_inputs: true\n")
+    params = model_server.read_batching_parameters(str(path))
+    assert (params.allowed_batch_sizes, params.pad_variable_length_inputs) == ((2, 8), True)
+    assert [params.padded_size(n) for n in (1, 2, 3, 8, 9)] == [2, 2, 8, 8, 9]
+    path.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    proc = subprocess.run([sys.executable, str(REMOTE / "model_server.py"), f"--port={ports.free_port()}",
+                           "--model_base_path=/nonexistent", "--enable_batching", f"--batching_parameters_file={path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; expected 8" in proc.stderr
+
+
+# --------------------------------------------------------------------------- --model_config_file_poll_wait_seconds
+
+
+def test_a_model_added_to_the_config_file_is_served_without_a_restart(server):
+    """--model_config_file_poll_wait_seconds (model_servers/main.cc; server.cc PollFilesystemAndReloadConfig:
+    the file is re-read every period and applied as ServerCore::ReloadConfig; a file that cannot be read is
+    logged, "Failed to read ModelServerConfig file", and changes nothing). tensorflow_model_server_test.py
+    testModelConfigReload. A model added to the file is served, one removed from it is no longer."""
+    root, config = server["root"], server["config"]
+    original = config.read_text()
+    shutil.copytree(root / "census", root / "census2")
+    client = server["client"]
+    try:
+        write_atomically(config, model_config(root, ["census", "rows", "census2"]))
+        assert client.wait_available("census2", timeout=60) == 1
+        response = stub(server).Classify(classify_request(name="census2"), timeout=10)
+        assert len(response.result.classifications) == 3 and response.model_spec.name == "census2"
+        write_atomically(config, "model_config_list { config { name: ")  # broken: ignored, logged
+        wait_until(lambda: "Failed to read ModelServerConfig file" in server["log"].read_text(), 30,
+                   what="the poll to log the broken file")
+        assert stub(server).Classify(classify_request(name="census2"), timeout=10).model_spec.name == "census2"
+        write_atomically(config, original)
+
+        def removed():
+            try:
+                client.status("census2")
+            except NotFoundError:
+                return True
+            return False
+
+        wait_until(removed, 30, what="census2 to be removed")
+        error = refusal(stub(server).Classify, classify_request(name="census2"))
+        assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND,
+                                                   "Servable not found for request: Latest(census2)")
+        assert stub(server).Classify(classify_request(), timeout=10).model_spec.name == "census"
+    finally:
+        write_atomically(config, original)
+    assert server["proc"].poll() is None
