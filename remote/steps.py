@@ -279,6 +279,77 @@ def train(tf, *, steps: int, learning_rate: float, num_examples: int, seed: int,
     }
 
 
+# --------------------------------------------------------------------------- a workload where distribution matters
+
+WORKLOADS = {
+    # A small MLP (two hidden layers of 512) on synthetic data (256 features -> 10 classes of a fixed random
+    # teacher): 400k parameters, so every step all-reduces 1.6 MB of gradients across the workers.
+    "mlp": {"features": 256, "hidden": 512, "classes": 10, "examples": 32768, "global_batch": 256},
+}
+
+
+def workload(tf, name: str, *, epochs: int, seed: int, strategy=None, worker: tuple[int, int] = (0, 1)) -> dict:
+    """Train the workload for epochs by minibatch SGD (every worker makes the same data and initial weights
+    from the seed, and takes its rows of each global batch; the all-reduce SUM of the gradients is the
+    gradient of the global batch, as with the single neuron); returns its figures: time per epoch,
+    parameters, all-reduce size."""
+    import numpy as np
+
+    spec = WORKLOADS[name]
+    index, count = worker
+    rng = np.random.default_rng(seed)
+    features, hidden, classes, batch = spec["features"], spec["hidden"], spec["classes"], spec["global_batch"]
+    x = rng.standard_normal((spec["examples"], features)).astype(np.float32)
+    y = np.argmax(x @ rng.standard_normal((features, classes)), axis=1).astype(np.int32)
+    shapes = [(features, hidden), (hidden,), (hidden, hidden), (hidden,), (hidden, classes), (classes,)]
+    initial = [(rng.uniform(-1, 1, shape) * np.sqrt(6.0 / sum(shape))).astype(np.float32) if len(shape) == 2
+               else np.zeros(shape, np.float32) for shape in shapes]  # Glorot uniform, zero biases
+    if strategy is None:
+        variables = [tf.Variable(v) for v in initial]
+    else:
+        with strategy.scope():
+            variables = [tf.Variable(v) for v in initial]
+    steps = spec["examples"] // batch
+    local_x = tf.constant(x[:steps * batch].reshape(steps, batch, features)[:, index::count])
+    local_y = tf.constant(y[:steps * batch].reshape(steps, batch)[:, index::count])
+
+    def logits_of(inputs):
+        w1, b1, w2, b2, w3, b3 = variables
+        hidden1 = tf.nn.relu(inputs @ w1 + b1)
+        return tf.nn.relu(hidden1 @ w2 + b2) @ w3 + b3
+
+    @tf.function
+    def one_epoch(xs, ys):
+        for i in tf.range(steps):
+            def step():
+                with tf.GradientTape() as tape:  # this worker's share of the global batch's mean loss
+                    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(ys[i], logits_of(xs[i]))) / batch
+                grads = tape.gradient(loss, variables)
+                if strategy is not None:  # 1.6 MB of gradients every step
+                    grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+                for variable, grad in zip(variables, grads):
+                    variable.assign_sub(0.05 * grad)
+
+            if strategy is None:
+                step()
+            else:
+                strategy.run(step)
+
+    times: list[float] = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        one_epoch(local_x, local_y)
+        times.append(time.perf_counter() - started)
+    final_loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits_of(x))))
+    parameters = int(sum(np.prod(shape) for shape in shapes))
+    say("workload", f"{name} on worker {index} of {count}: {epochs} epochs of {steps} steps, "
+        f"{parameters:,} parameters; seconds per epoch: {', '.join(f'{t:.2f}' for t in times)}; "
+        f"loss {final_loss:.4f}")
+    return {"name": name, "workers": count, "parameters": parameters, "allreduce_bytes_per_step": 4 * parameters,
+            "examples": spec["examples"], "global_batch": batch, "steps_per_epoch": steps, "epochs": epochs,
+            "seconds_per_epoch": [round(t, 4) for t in times], "final_loss": final_loss}
+
+
 def plot(x, y, predicted, slope, intercept, losses, path: str) -> None:
     """The lab's two plots side by side: the fit, and the loss per training step."""
     import matplotlib
@@ -363,7 +434,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1,
                         help="train across this many processes (MultiWorkerMirroredStrategy; TF_CONFIG says where)")
     parser.add_argument("--worker-index", type=int, default=0, help="this process's index; 0 is the chief")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=None,
+                        help="after the lab's training, a workload where distribution matters (timed per epoch)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of --workload")
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
     if args.workers > 1 and (args.seed is None or "TF_CONFIG" not in os.environ):
         parser.error("--workers needs --seed (the same points on every worker) and TF_CONFIG")
     if args.steps < 1 or args.num_examples < 2 or not args.learning_rate > 0:
@@ -386,6 +462,10 @@ def run(args: argparse.Namespace) -> dict:
             trained = train(tf, steps=args.steps, learning_rate=args.learning_rate, num_examples=args.num_examples,
                             seed=args.seed, logdir="", plot_path="", strategy=strategy,
                             worker=(args.worker_index, args.workers))
+            if args.workload:  # every worker takes part in the workload's collectives, in the chief's order
+                trained["report"]["worker"]["workload"] = workload(
+                    tf, args.workload, epochs=args.epochs, seed=args.seed, strategy=strategy,
+                    worker=(args.worker_index, args.workers))
             return trained["report"]
     workdir = os.path.abspath(args.workdir)
     models_dir = os.path.join(workdir, "models")
@@ -401,6 +481,9 @@ def run(args: argparse.Namespace) -> dict:
     trained = train(tf, steps=args.steps, learning_rate=args.learning_rate, num_examples=args.num_examples,
                     seed=args.seed, logdir=logdir, plot_path=plot_path, strategy=strategy,
                     worker=(0, args.workers))
+    if args.workload:
+        trained["report"]["workload"] = workload(tf, args.workload, epochs=args.epochs, seed=args.seed,
+                                                 strategy=strategy, worker=(0, args.workers))
     exported = export(tf, trained["model"], models_dir, args.model_name, args.version)
     return {
         "basics": basics_report,

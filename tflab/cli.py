@@ -104,6 +104,10 @@ def run_lab(
                                 help="Train across this many TensorFlow processes on the host "
                                      "(MultiWorkerMirroredStrategy); the same seed gives the same weights as one "
                                      "[default: 1; with --hosts, one per host]."),
+    workload: Optional[str] = typer.Option(None, "--workload", click_type=click.Choice(["mlp"]),
+                                           help="After the lab's training, a workload where distribution matters, "
+                                                "timed per epoch (mlp: a 400k-parameter MLP on synthetic data)."),
+    epochs: int = typer.Option(3, "--epochs", min=1, max=1000, help="Epochs of --workload."),
     keep_running: bool = typer.Option(False, "--keep-running",
                                       help="--local: keep TensorBoard and the model server up until Ctrl-C."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
@@ -126,7 +130,8 @@ def run_lab(
 
         seed = secrets.randbelow(2**31)
     options = LabOptions(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
-                         ports=wanted, prefer_builtin_server=builtin_server, workers=workers)
+                         ports=wanted, prefer_builtin_server=builtin_server, workers=workers, workload=workload,
+                         epochs=epochs)
     with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
                   accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
                   out=out, hosts=nodes) as run:

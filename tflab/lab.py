@@ -56,6 +56,8 @@ class LabOptions:
     ports: dict = field(default_factory=lambda: dict(HOST_PORTS))  # wanted service ports; 0: none (REST)
     prefer_builtin_server: bool = False
     workers: int = 1  # train across this many TensorFlow processes (MultiWorkerMirroredStrategy)
+    workload: str | None = None  # then a workload where distribution matters (remote/steps.py WORKLOADS)
+    epochs: int = 3  # of the workload
     step_timeout: float = 900.0
     ready_timeout: float = 120.0
 
@@ -72,6 +74,8 @@ def steps_command(host: Host, options: LabOptions, report_path: str) -> list[str
             "--report", report_path]
     if options.seed is not None:
         argv += ["--seed", str(options.seed)]
+    if options.workload:
+        argv += ["--workload", options.workload, "--epochs", str(options.epochs)]
     return argv
 
 
@@ -369,9 +373,12 @@ class LabRun:
                 node.run(["rm", "-f", path], step="workers", timeout=30)
                 argv = steps_command(node, options, path) + ["--workers", str(count), "--worker-index", str(i)]
                 tf_config = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": i}})
+                extra = {"TF_CONFIG": tf_config}
+                if not self.others:  # N workers on one machine share its GPU: each takes memory as it needs it
+                    extra["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
                 name = f"worker-{i}" + (f" on {node.name}" if self.others else "")
                 service = node.start_service(f"worker-{i}", argv, log_path=posixpath.join(folder, f"worker-{i}.log"),
-                                             env={**env, "TF_CONFIG": tf_config})
+                                             env={**env, **extra})
                 workers.append((name, node, service, path))
             deadline = time.monotonic() + options.step_timeout
             while len(results) < count:
@@ -399,6 +406,9 @@ class LabRun:
         self._steps_seconds = time.monotonic() - t0
         steps = results[0]
         entries = [steps["training"]["workers"][0]] + [results[i]["worker"] for i in range(1, count)]
+        for entry in entries[1:]:  # a worker's own timing of the workload (the chief's is the report's)
+            if "workload" in entry:
+                entry["workload_seconds_per_epoch"] = entry.pop("workload")["seconds_per_epoch"]
         if self.others:
             for entry, node, address in zip(entries, placement, cluster):
                 entry.update(host=node.name, address=address)

@@ -52,6 +52,7 @@ class Training:
     seed: int
     seconds: float
     workers: list[dict] | None = None  # with --workers N: each worker's index, slope, intercept, seconds_per_step
+    workload: dict | None = None  # with --workload: its figures per epoch (remote/steps.py workload())
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Report:
                 del data[optional]
         if data["training"]["workers"] is None:  # one process: no workers list
             del data["training"]["workers"]
+        if data["training"]["workload"] is None:
+            del data["training"]["workload"]
         if not secrets:
             if "jupyter" in data:
                 data["jupyter"].pop("url")
@@ -175,6 +178,12 @@ def render(report: Report) -> str:
         f"  {'slope':12} {t.slope:>10.4f} {t.ols_slope:>14.4f} {t.noise_free_slope:>11g}",
         f"  {'intercept':12} {t.intercept:>10.4f} {t.ols_intercept:>14.4f} {t.noise_free_intercept:>11g}",
         f"  {'final loss':12} {t.final_loss:>10.4f}",
+        *([f"  across {len(t.workers)} workers: "
+           + ", ".join(f"worker {w['index']}" + (f" on {w['host']}" if w.get("host") else "")
+                       + f" {w['seconds_per_step'] * 1e3:.2f} ms/step" for w in t.workers)] if t.workers else []),
+        *([f"Workload {t.workload['name']}: {t.workload['parameters']:,} parameters on {t.workload['workers']} "
+           f"worker(s), {t.workload['steps_per_epoch']} steps per epoch; seconds per epoch "
+           + ", ".join(f"{v:.2f}" for v in t.workload["seconds_per_epoch"])] if t.workload else []),
         "",
         f"Predictions over gRPC: model {s.model_name} version {s.version}, {s.kind} at {s.address}",
         f"  {'x':>6} {'predicted':>10} {'noise-free':>11}"]

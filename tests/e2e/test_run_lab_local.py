@@ -208,6 +208,7 @@ def test_two_workers_train_to_the_same_weights_as_one(first_run, tmp_path):
 
     _, single, _ = first_run  # seed 0, 100 steps, one process
     proc = tflab("run-lab", "--local", "--json", "--out", str(tmp_path), "--seed", "0", "--workers", "2",
+                 "--workload", "mlp", "--epochs", "2",
                  "--port", str(ports.free_port()), "--rest-port", "0", "--tensorboard-port", str(ports.free_port()),
                  timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -218,6 +219,12 @@ def test_two_workers_train_to_the_same_weights_as_one(first_run, tmp_path):
         assert (w["slope"], w["intercept"]) == pytest.approx((one["slope"], one["intercept"]), rel=1e-5)
     assert t["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert "training across 2 TensorFlow processes" in proc.stderr
+    # The workload where distribution matters ran on both, timed per epoch; both end on the same model.
+    workload = t["workload"]
+    assert (workload["name"], workload["workers"], workload["epochs"]) == ("mlp", 2, 2)
+    assert workload["allreduce_bytes_per_step"] == 4 * workload["parameters"] > 1_000_000
+    assert len(workload["seconds_per_epoch"]) == 2 and len(t["workers"][1]["workload_seconds_per_epoch"]) == 2
+    assert "workload | mlp on worker 0 of 2: 2 epochs of 128 steps" in proc.stderr
     predicted = [p["predicted"] for p in report["predictions"]]  # the chief's export is what serves
     assert predicted == pytest.approx([p["predicted"] for p in single["predictions"]], rel=1e-5)
     assert processes_mentioning(str(tmp_path)) == []
@@ -235,7 +242,10 @@ def test_a_worker_that_dies_ends_the_run_naming_it_and_nothing_is_left(tmp_path)
             chief = tmp_path / "workers" / "worker-0.log"  # it speaks once both workers are connected
             return found[0] if found and chief.exists() and "[basics]" in chief.read_text() else None
 
-        os.kill(int(wait_until(worker_1, 120, interval=0.2, what="the workers to connect")), signal.SIGKILL)
+        pid = wait_until(worker_1, 120, interval=0.2, what="the workers to connect")
+        # Workers on one machine share its GPU: TensorFlow's TF_FORCE_GPU_ALLOW_GROWTH, not all of its memory each.
+        assert b"TF_FORCE_GPU_ALLOW_GROWTH=true" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        os.kill(int(pid), signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
