@@ -49,13 +49,13 @@ def run_workers(count: int, epochs: int, seed: int) -> list[dict]:
                 argv += ["--workers", str(count), "--worker-index", str(i)]
                 worker_env["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster},
                                                       "task": {"type": "worker", "index": i}})
-            procs.append(subprocess.Popen(argv, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          text=True))
+            procs.append(subprocess.Popen(argv, env=worker_env, stdout=subprocess.DEVNULL,
+                                          stderr=open(f"{tmp}/err{i}.log", "w")))
         try:
-            for proc in procs:
-                _, err = proc.communicate(timeout=1200)
+            for i, proc in enumerate(procs):
+                proc.wait(timeout=1200)
                 if proc.returncode != 0:
-                    raise SystemExit(f"a worker failed:\n{err[-3000:]}")
+                    raise SystemExit(f"worker {i} failed:\n{Path(f'{tmp}/err{i}.log').read_text()[-3000:]}")
         finally:
             for proc in procs:
                 if proc.poll() is None:

@@ -57,6 +57,7 @@ import urllib.request
 
 DEFAULT_POLICY = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": None, "keep_until": None}
 PEER_PORT = 23450  # a lab's nodes ask each other's watchdogs here (TF_CONFIG's ports start at 23456)
+SOURCES = ("ssh", "serving", "tensorboard", "jupyter", "gpu", "step", "keep")  # a node's own; never "peers"
 
 
 def now() -> float:
@@ -75,19 +76,30 @@ def paths(workdir: str) -> dict:
             "peers": os.path.join(folder, "peers.json"), "lab": lab, "services": os.path.join(lab, "services")}
 
 
-def ask_peer(peer: str, default_port: int, timeout: float = 2.0) -> list:
-    """The sources a peer's watchdog found active on its own at its last check."""
+def ask_peer(peer: str, default_port: int, timeout: float = 2.0, limit: int = 4096) -> list:
+    """The sources a peer's watchdog found active on its own at its last check. Whatever answers there is
+    read for at most timeout seconds in all and limit bytes; anything but the expected answer is no
+    activity (a check never hangs, and a stranger on the port cannot keep the lab up)."""
     host, _, port = peer.rpartition(":") if peer.count(":") == 1 else (peer, "", "")
+    deadline = time.monotonic() + timeout
     with socket.create_connection((host, int(port) if port else default_port), timeout=timeout) as s:
-        s.settimeout(timeout)
         data = b""
-        while len(data) < 65536:
-            chunk = s.recv(4096)
+        while len(data) <= limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the answer took too long")
+            s.settimeout(left)
+            chunk = s.recv(1024)
             if not chunk:
                 break
             data += chunk
-    active = json.loads(data.decode()).get("active", [])
-    return [a for a in active if isinstance(a, str) and a != "peers"] if isinstance(active, list) else []
+    if len(data) > limit:
+        raise ValueError("the answer is too long")
+    answer = json.loads(data.decode())
+    active = answer.get("active") if isinstance(answer, dict) else None
+    if not isinstance(active, list):
+        raise ValueError("not a watchdog's answer")
+    return sorted({a for a in active if isinstance(a, str) and a in SOURCES})
 
 
 def read_json(path: str, default):
@@ -264,7 +276,7 @@ class Watcher:
         for peer in peers:
             try:
                 found = ask_peer(peer, self.args.peer_port)
-            except (OSError, ValueError) as exc:  # a stopped node is not activity
+            except (OSError, ValueError, UnicodeDecodeError) as exc:  # a stopped node, or a stranger: no activity
                 unreachable.append(f"{peer} ({type(exc).__name__})")
                 continue
             if found:

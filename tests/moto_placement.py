@@ -26,8 +26,8 @@ def install() -> None:
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.responses import EC2Response
 
-    if "create_placement_group" in vars(EC2Response) or getattr(EC2Response, "_tflab_placement", False):
-        return
+    if getattr(EC2Response, "_tflab_placement", False) or hasattr(EC2Response, "create_placement_group"):
+        return  # added already, or moto has its own (its mixins included)
 
     def where(self) -> tuple[str, str]:
         return self.current_account, self.region

@@ -40,6 +40,7 @@ class Sshd:
         self.sftp = sftp  # False: no `Subsystem sftp`, as on hardened servers and minimal containers
         root.mkdir(parents=True, exist_ok=True)
         self.user = user or getpass.getuser()
+        self.own_user = user is None
         self.user_key = user_key or keygen(root / "user_key")  # another server's: one key logs in to both
         public = Path(str(self.user_key) + ".pub").read_text()
         if user is None:  # this process's user
@@ -70,7 +71,9 @@ class Sshd:
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
             f"AuthorizedKeysFile {self.authorized_keys}", f"PidFile {self.root / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            # Another user's server lets that user in only: the key file is theirs to write.
+            *(["PermitRootLogin prohibit-password"] if self.own_user else ["PermitRootLogin no", f"AllowUsers {self.user}"]),
             f"AllowTcpForwarding {'yes' if self.allow_forwarding else 'no'}",
             *(["Subsystem sftp internal-sftp"] if self.sftp else []), "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
             "ClientAliveInterval 0", "",
@@ -95,16 +98,27 @@ class Sshd:
         raise RuntimeError("sshd did not answer in time")
 
     def children(self) -> list[int]:
-        """The per-connection sshd processes (they call setsid, so the group signal misses them)."""
-        found = []
+        """The per-connection sshd processes, each session's privileged monitor and, for a user other than
+        root, its unprivileged child holding the connection (they call setsid, so the group signal misses
+        them); not the commands the sessions run."""
+        parents: dict[int, int] = {}
+        names: dict[int, str] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                    head, rest = open(f"/proc/{entry}/stat").read().rsplit(")", 1)
                 except OSError:
                     continue
-                if self.proc is not None and int(fields[1]) == self.proc.pid:
-                    found.append(int(entry))
+                parents[int(entry)] = int(rest.split()[1])
+                names[int(entry)] = head.split("(", 1)[1]
+        found: list[int] = []
+        frontier = [self.proc.pid] if self.proc is not None else []
+        while frontier:
+            parent = frontier.pop()
+            for pid, ppid in parents.items():
+                if ppid == parent and names[pid].startswith("sshd"):
+                    found.append(pid)
+                    frontier.append(pid)
         return found
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,10 +28,11 @@ def _reachable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
-def shared_python(folder: Path) -> Path:
-    """A Python other users can run, with this run's packages: a venv (in folder, made enterable) of a
-    system interpreter of the same version, which reads the test venv's site-packages (a .pth file),
-    its Jupyter data files and a `jupyter-lab` command (what `python -m jupyter lab` looks for)."""
+def shared_python() -> Path:
+    """A Python other users can run, with this run's packages: a venv (in a new folder under /tmp, made
+    enterable) of a system interpreter of the same version, which reads the test venv's site-packages (a
+    .pth file), its Jupyter data files and a `jupyter-lab` command (what `python -m jupyter lab` looks
+    for). Its folder is python.parents[2]."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     candidates = [Path(sys._base_executable), Path(f"/usr/bin/python{version}"), Path(f"/usr/local/bin/python{version}")]
     interpreter = next((c for c in candidates if c.exists() and _reachable_by_others(c)), None)
@@ -40,7 +42,7 @@ def shared_python(folder: Path) -> Path:
     packages = Path(sysconfig.get_paths()["purelib"])
     if not _reachable_by_others(packages):
         raise RuntimeError(f"other users cannot read {packages}")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="tflab-nodes-"))  # new and root's: nobody can have planted it
     folder.chmod(0o755)
     venv = folder / "venv"
     subprocess.run([str(interpreter), "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)

@@ -75,7 +75,9 @@ def run_lab(
     host: SshHostSpec = None,
     hosts: Optional[str] = typer.Option(None, "--hosts",
                                         help="Train across several machines: user@a,user@b,... (each as --host takes "
-                                             "it); the first is the chief, which also serves. One worker on each."),
+                                             "it); the first is the chief, which also serves. One worker on each. "
+                                             "TensorFlow's worker ports (from 23456) take no authentication: use "
+                                             "machines on a private network."),
     identity: Identity = None,
     known_hosts: KnownHosts = None,
     accept_new_host_key: AcceptNewHostKey = False,
@@ -465,10 +467,10 @@ def list_(
         count = len(row.get("nodes", [])) or 1
         return (f"{count} x " if count > 1 else "") + row.get("instance_type", "-")
 
-    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {kind(r):<14} "
+    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {kind(r):<18} "
                      f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
     if text:
-        text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<14} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text
+        text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<18} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text
     _console(json_out).result({"region": provider.region, "labs": rows},
                               text or f"no tflab labs in {provider.region}")
 
@@ -610,6 +612,18 @@ def autostop(
     console = _console(json_out)
     with Connection(target) as connection:
         view = change(connection, workdir, off=off, on=on, **seconds)
+    changing = off or on or any(v is not None for v in seconds.values())
+    if host is None and changing:  # a lab of several instances: every node's watchdog gets the same policy
+        from tflab.cloud import lab_target
+        from tflab.state import StateStore
+
+        state = StateStore().load(name)
+        for node in (state.nodes if state else [])[1:]:
+            node_target = lab_target(name=name, identity=identity, known_hosts=known_hosts,
+                                     accept_new=accept_new_host_key, node=node["index"])
+            with Connection(node_target) as connection:
+                change(connection, workdir, off=off, on=on, **seconds)
+            console.info(f"node {node['index']} ({node_target.display}): the same policy")
     if off:
         console.warn(f"autostop is OFF on {target.display}: the lab keeps running (and billing) until you stop it")
     console.result(view, render(view, target.display))

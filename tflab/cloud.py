@@ -169,7 +169,7 @@ def check_region(region: str, source: str = "--region") -> str:
     return region
 
 
-def refresh_fingerprints(store: StateStore, state: LabState) -> LabState:
+def refresh_fingerprints(store: StateStore, state: LabState, node: int = 0) -> LabState:
     """Read the instance's host key fingerprints from its console output once more (they appear
     a few minutes after boot); returns the state, updated and saved when they were found.
 
@@ -177,17 +177,19 @@ def refresh_fingerprints(store: StateStore, state: LabState) -> LabState:
     then refuses the unknown key, saying so)."""
     from infra.errors import InfraError
 
-    if not state.instance_id:
+    instance_id = state.node(node)["instance_id"]
+    if not instance_id:
         return state
     try:
-        found = make_provider(state.region, state.profile).host_key_fingerprints(state.instance_id, 0, lambda s: None)
+        found = make_provider(state.region, state.profile).host_key_fingerprints(instance_id, 0, lambda s: None)
     except (InfraError, TflabError, OSError) as exc:
         log.info("could not read the console output of %s: %s", state.instance_id, exc)
         return state
     if not found:
         return state
-    nodes = [dict(n, host_key_fingerprints=found) if n["index"] == 0 else n for n in state.nodes]
-    updated = LabState.from_dict(state.to_dict() | {"host_key_fingerprints": found, "nodes": nodes})
+    nodes = [dict(n, host_key_fingerprints=found) if n["index"] == node else n for n in state.nodes]
+    updated = LabState.from_dict(state.to_dict() | {"nodes": nodes}
+                                 | ({"host_key_fingerprints": found} if node == 0 else {}))
     store.save(updated)
     return updated
 
@@ -357,7 +359,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             quota = provider.check_quota(itype, spec.spot, spec.nodes)
         console.info(f"image: {image.id} {image.name} ({image.source})")
         many = f"{spec.nodes} x " if spec.nodes > 1 else ""
-        console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs, GPUs: {itype.gpus or 'none'}")
+        each = " each" if spec.nodes > 1 else ""
+        console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs{each}, GPUs{each}: {itype.gpus or 'none'}")
         if quota.value is None:
             console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
         else:
@@ -485,7 +488,8 @@ def describe(state: LabState | None, instances: list, name: str) -> dict:
     doc: dict = {"name": name, "region": state.region if state else None, "exists": inst is not None}
     if inst is not None:
         hours = _age_hours(inst.launch_time) if inst.state == "running" else None
-        price = hourly(inst.instance_type) * len(ordered) if hourly(inst.instance_type) else None
+        running = [i for i in ordered if i.state == "running"]
+        price = hourly(inst.instance_type) * len(running or ordered) if hourly(inst.instance_type) else None
         doc.update(instance_id=inst.id, state=inst.state, instance_type=inst.instance_type, spot=inst.spot,
                    public_ip=inst.public_ip, zone=inst.zone, launched_at=inst.launch_time,
                    uptime_hours=round(hours, 3) if hours is not None else None, hourly_usd_estimate=price,
@@ -516,7 +520,7 @@ def costs(provider, instances: list, lab: str) -> dict:
     spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
     each = spot if spot is not None else hourly(inst.instance_type)
     running = [i for i in instances if i.state == "running"]
-    price = each * len(instances) if each is not None else None
+    price = each * len(running or instances) if each is not None else None  # what bills now, or when started
     gb = provider.volume_gb(lab)
     hours = _age_hours(inst.launch_time) or 0.0
     instance_cost = sum((_age_hours(i.launch_time) or 0.0) * each for i in running) \

@@ -142,8 +142,9 @@ class Host(ABC):
 
     @abstractmethod
     def start_service(self, name: str, argv: list[str], *, log_path: str, cwd: str | None = None,
-                      env: dict | None = None, port: int | None = None) -> Service:
-        """Start a long-running process detached, its output going to log_path."""
+                      env: dict | None = None, port: int | None = None, tied: bool = False) -> Service:
+        """Start a long-running process detached, its output going to log_path. tied: it must end with
+        this run even when tflab cannot stop it (killed, or the host unreachable): a run's workers."""
 
     @abstractmethod
     def service_alive(self, service: Service) -> bool:
@@ -251,7 +252,8 @@ class LocalHost(Host):
             raise LabStepError(step, f"exited with status {status}", status=status, tail=result.tail)
         return result
 
-    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
+    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None, tied=False) -> Service:
+        # Every child here is tied to this process already (the parent-death signal).
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(tied_to_this_process(argv), cwd=cwd, env={**os.environ, **(env or {})},

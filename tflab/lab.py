@@ -187,12 +187,17 @@ class LabRun:
             thread.start()
         try:
             self.host.prepare(self.console)
-        except TflabError as exc:
+        except Exception as exc:  # noqa: BLE001 - reported below, with the node's name
             failures[0] = exc
-        for thread in threads:  # each prepare's waits are bounded; joined in slices so Ctrl-C gets through
-            while thread.is_alive():
-                thread.join(0.2)
+        while not failures and any(thread.is_alive() for thread in threads):  # bounded waits; Ctrl-C gets through
+            for thread in threads:
+                thread.join(0.1)
         if failures:
+            for other in self.others:  # the nodes still preparing stop: their connections close under them
+                try:
+                    other.close()
+                except Exception as exc:  # noqa: BLE001
+                    log.info("closing %s: %s", other.name, exc)
             index = min(failures)
             exc = failures[index]
             if isinstance(exc, TflabError):
@@ -362,6 +367,12 @@ class LabRun:
             taken.add(port)
             address = node.peer_address
             cluster.append(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+        loopback = [node.name for node in placement if _is_loopback(node.peer_address)]
+        if loopback and len(loopback) < len(placement):
+            raise LabStepError("workers", f"{loopback[0]} is reached at a loopback address, which the other machines "
+                                          "cannot reach",
+                               hint="name every machine in --hosts by an address the others reach it at, not "
+                                    "localhost or 127.0.0.1")
         where = "nodes" if self.others else "TensorFlow processes"
         console.info(f"training across {count} {where} (MultiWorkerMirroredStrategy): " + ", ".join(cluster))
         workers: list[tuple[str, Host, Service, str]] = []  # (name, node, process, report path)
@@ -378,18 +389,13 @@ class LabRun:
                     extra["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
                 name = f"worker-{i}" + (f" on {node.name}" if self.others else "")
                 service = node.start_service(f"worker-{i}", argv, log_path=posixpath.join(folder, f"worker-{i}.log"),
-                                             env={**env, **extra})
+                                             env={**env, **extra}, tied=True)
                 workers.append((name, node, service, path))
             deadline = time.monotonic() + options.step_timeout
             while len(results) < count:
                 for i, (name, node, service, path) in enumerate(workers):
                     if i not in results and not self._worker_running(name, node, service):
-                        try:
-                            results[i] = json.loads(node.read_text(path))
-                        except (OSError, ValueError):
-                            raise LabStepError(name, "ended without finishing its training",
-                                               tail=node.read_log(service, 30),
-                                               hint=f"its log is {service.log_path}; the other workers were stopped")
+                        results[i] = self._worker_report(name, node, service, path)
                 if len(results) < count and time.monotonic() > deadline:
                     raise LabStepError("lab steps", f"the workers did not finish within {options.step_timeout:.0f} s")
                 time.sleep(0.2 if not self.others else 0.5)
@@ -397,8 +403,8 @@ class LabRun:
             for name, node, service, _ in workers:  # ended already, or stopped now: none outlives the step
                 try:
                     node.stop_service(service)
-                except Exception as exc:  # a node that cannot be reached: stop the others still
-                    log.warning("could not stop %s: %s", name, exc)
+                except Exception as exc:  # noqa: BLE001 - a node that cannot be reached: stop the others still
+                    console.warn(f"could not stop {name} (pid {service.pid}): {exc}; it ends with its SSH session")
         chief_log = self.host.read_log(workers[0][2], 200)
         for line in chief_log.splitlines():
             if line.startswith("["):
@@ -416,6 +422,26 @@ class LabRun:
         return steps
 
     @staticmethod
+    def _worker_report(name: str, node: Host, service: Service, path: str) -> dict:
+        """What an ended worker reported; a LabStepError naming it when it wrote nothing, or when its node
+        cannot be asked any more (a node that went away ends its worker: a tied service)."""
+        try:
+            return json.loads(node.read_text(path))
+        except (OSError, ValueError):
+            try:
+                tail = node.read_log(service, 30)
+            except Exception:  # noqa: BLE001 - the node is gone: the error says so below
+                tail = None
+            if tail is not None:
+                raise LabStepError(name, "ended without finishing its training", tail=tail,
+                                   hint=f"its log is {service.log_path}; the other workers were stopped") from None
+            raise LabStepError(name, "cannot be reached any more",
+                               hint=f"check that {node.name} is up; the other workers were stopped") from None
+        except Exception as exc:  # noqa: BLE001 - paramiko's and tflab's errors for a node that went away
+            raise LabStepError(name, f"cannot be reached: {exc}",
+                               hint=f"check that {node.name} is up; the other workers were stopped") from exc
+
+    @staticmethod
     def _worker_running(name: str, node: Host, service: Service) -> bool:
         """Whether a worker's process still runs; a LabStepError naming it when its node cannot be asked."""
         from tflab.errors import TflabError
@@ -425,6 +451,15 @@ class LabRun:
         except (TflabError, OSError, EOFError) as exc:
             raise LabStepError(name, f"cannot be reached: {exc}",
                                hint=f"check that {node.name} is up; the other workers were stopped") from exc
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def stop_services(host: Host, services: list[Service]) -> None:

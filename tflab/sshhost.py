@@ -128,6 +128,7 @@ class SshHost(Host):
         self.ports: dict[str, int] = {}
         self.tunnels: Tunnels | None = None
         self._same_network = False
+        self._tied: dict[int, object] = {}  # pid -> the SSH channel its life is tied to
 
     @property
     def python(self) -> str:
@@ -249,6 +250,9 @@ class SshHost(Host):
         return dict(self.marks)
 
     def close(self) -> None:
+        for channel in self._tied.values():
+            channel.close()
+        self._tied.clear()
         if self.tunnels is not None:
             self.tunnels.stop()
             self.tunnels = None
@@ -263,8 +267,12 @@ class SshHost(Host):
     def run(self, argv, *, step, cwd=None, env=None, on_line=None, timeout=600.0) -> CommandResult:
         return self.connection.run(command_line(argv, cwd, env), step=step, on_line=on_line, timeout=timeout)
 
-    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None) -> Service:
+    def start_service(self, name, argv, *, log_path, cwd=None, env=None, port=None, tied=False) -> Service:
         """Start argv detached from the SSH session (setsid, nohup): it outlives the connection.
+
+        tied: instead, in a session of its own that ends it, its whole group, when the channel closes (this
+        run stops it, tflab dies, or the connection drops: ssh.ended_with_channel); its pid file is written
+        as for any service, and whether it runs is the channel's to say, with no command sent.
 
         The same command still running from an earlier run (its pid and command files next to the
         log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
@@ -274,6 +282,8 @@ class SshHost(Host):
         pid_path, cmd_path = base + ".pid", base + ".cmd"
         folder = posixpath.dirname(log_path)
         inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
+        if tied:
+            return self._start_tied(name, inner, folder, pid_path, log_path, port)
         pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
         command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
                    f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
@@ -286,10 +296,44 @@ class SshHost(Host):
             log.info("%s is running already (pid %s) with the same command: kept", name, pid)
         return Service(name, int(pid), log_path, port, kept=what == "kept")
 
+    def _start_tied(self, name: str, inner: str, folder: str, pid_path: str, log_path: str,
+                    port: int | None) -> Service:
+        from tflab.errors import UnreachableError
+        from tflab.ssh import ended_with_channel
+
+        q = shlex.quote
+        script = (f"mkdir -p {q(folder)} && echo $$ > {q(pid_path)} && echo $$ && "
+                  f"{{ {inner}; }} >>{q(log_path)} 2>&1")
+        channel = self.connection.transport.open_session()
+        channel.settimeout(30)
+        channel.exec_command(ended_with_channel(script))
+        try:  # the pid of the session's shell, which then execs the command (the same pid)
+            pid = int(channel.makefile("r").readline().strip())
+        except (OSError, ValueError) as exc:
+            channel.close()
+            raise UnreachableError(f"{name} did not start on {self.name} ({exc or 'no pid'})",
+                                   hint=f"look at {log_path} there") from exc
+        channel.settimeout(None)
+        self._tied[pid] = channel
+        log.info("started %s (pid %d, tied to its SSH channel)", name, pid)
+        return Service(name, pid, log_path, port)
+
     def service_alive(self, service: Service) -> bool:
+        channel = self._tied.get(service.pid)
+        if channel is not None:
+            if channel.exit_status_ready():
+                return False
+            if not self.connection.transport.is_active():
+                from tflab.errors import UnreachableError
+
+                raise UnreachableError(f"the SSH connection to {self.name} dropped")
+            return True
         return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
 
     def stop_service(self, service: Service, timeout: float = 5.0) -> None:
+        channel = self._tied.pop(service.pid, None)
+        if channel is not None:
+            channel.close()  # its watcher ends the group on the host too, should the command below fail
         self.connection.run(stop_pid(str(service.pid), timeout), step="stop", timeout=timeout + 10)
 
     def stop_all_services(self, folder: str, timeout: float = 5.0) -> None:

@@ -13,7 +13,7 @@ from tflab.errors import InputError, NotFoundError
 from tflab.ssh import SshTarget, parse_host
 from tflab.state import LabState, StateStore, check_name
 
-Refresh = Callable[[StateStore, LabState], LabState]
+Refresh = Callable[[StateStore, LabState, int], LabState]  # (store, state, node index) -> the state
 
 
 def resolve_target(*, name: str | None, host: str | None, identity: str | None = None,
@@ -22,7 +22,7 @@ def resolve_target(*, name: str | None, host: str | None, identity: str | None =
     """The target of --host user@address[:port], else of the lab --name (default 'lab'): its chief, or
     its node `node` for a lab of several instances (`up --nodes N`).
 
-    refresh(store, state) is called for a lab with no host key fingerprints and no known_hosts yet
+    refresh(store, state, node) is called for a lab (node) with no host key fingerprints and no known_hosts yet
     (tflab.cloud.refresh_fingerprints reads them from the console output once more)."""
     for option, value in (("--identity", identity), ("--known-hosts", known_hosts)):
         if value is not None and not value.strip():
@@ -48,13 +48,13 @@ def resolve_target(*, name: str | None, host: str | None, identity: str | None =
         raise NotFoundError(f"lab '{name}' has no node {node}", hint=f"`tflab status --name {name}` lists its nodes")
     # The chief may be reached at another address (--ssh-host); each node's own may be given the same way.
     address = entry.get("ssh_host") or (state.ssh_host if node == 0 else None) or entry.get("public_ip")
-    port = entry.get("ssh_port") or state.ssh_port
+    port = entry.get("ssh_port") or (state.ssh_port if node == 0 else 22)  # --ssh-port is the chief's
     if not address:
         raise InputError(f"lab '{name}' has no address yet", hint=f"`tflab status --name {name}` shows where it is")
     known = known_hosts or str(store.known_hosts_path(name))
-    if refresh is not None and node == 0 and not state.host_key_fingerprints and not Path(known).exists():
-        state = refresh(store, state)
-        entry = state.node(0)
+    if refresh is not None and not entry.get("host_key_fingerprints") and (node > 0 or not Path(known).exists()):
+        state = refresh(store, state, node)  # a node's key may appear in its console output after `up`
+        entry = state.node(node)
     key = identity or state.key_path
     if not key or not Path(key).expanduser().exists():
         raise InputError(f"the private key of lab '{name}' is not on this machine ({key or 'none recorded'})",

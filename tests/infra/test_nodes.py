@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import CapacityError, QuotaError
+from infra.errors import CloudError, QuotaError
 from tests import moto_placement
 from tests.infra.conftest import CIDR, up_lab
 from tflab import cloud
@@ -87,7 +87,7 @@ def test_no_capacity_in_a_zone_moves_the_whole_set(aws):
 @pytest.mark.parametrize("operation", ["CreatePlacementGroup", "RunInstances", "CreateTags"])
 def test_a_failure_at_any_step_of_a_set_removes_what_was_made(aws, operation):
     aws.faults.fail(operation, "InternalError", status=500)
-    with pytest.raises(Exception):
+    with pytest.raises(CloudError):
         up_lab(aws, nodes=2)
     assert aws.provider.leftovers("lab").empty  # instances, volumes, group, key pair, placement group
     assert aws.ec2.describe_placement_groups()["PlacementGroups"] == []

@@ -125,3 +125,10 @@ def run_directly(tf, path: str, signature: str, serialized: list) -> dict:
     loaded = tf.saved_model.load(path)
     outputs = loaded.signatures[signature](inputs=tf.constant(serialized, tf.string))
     return {key: value.numpy() for key, value in outputs.items()}
+
+
+def stub(server):
+    """A PredictionService stub on a served model's channel (the fixtures' dict with its client)."""
+    from tflab.client import serving_apis
+
+    return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)

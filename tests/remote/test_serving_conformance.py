@@ -23,7 +23,7 @@ import pytest
 
 import model_server
 from tests.conftest import REMOTE, wait_until
-from tests.remote.serving_models import example, export_census, fill_input, run_directly
+from tests.remote.serving_models import example, export_census, fill_input, run_directly, stub
 from tflab import ports
 from tflab.client import ServingClient, column_tensor, serving_apis
 
@@ -131,10 +131,6 @@ def server(lab_steps_run, tf, tmp_path_factory):
         proc.terminate()
         proc.wait(15)
         log.close()
-
-
-def stub(server):
-    return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
 
 
 def nn_request(xs=(1.0, 2.0), **spec):

@@ -21,7 +21,7 @@ import pytest
 
 import model_server
 from tests.conftest import REMOTE, wait_until
-from tests.remote.serving_models import export_census, export_rows, fill_input, run_directly
+from tests.remote.serving_models import export_census, export_rows, fill_input, run_directly, stub
 from tflab import ports
 from tflab.client import DT_FLOAT, ServingClient, column_tensor, serving_apis
 from tflab.errors import NotFoundError
@@ -87,10 +87,6 @@ def server(tf, tmp_path_factory):
         proc.terminate()
         proc.wait(15)
         log.close()
-
-
-def stub(server):
-    return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
 
 
 def refusal(call, request) -> grpc.RpcError:

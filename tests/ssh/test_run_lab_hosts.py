@@ -27,16 +27,28 @@ pytestmark = pytest.mark.slow
 
 
 def user_processes(user: str) -> list[str]:
-    """Command lines of the user's live processes."""
-    out = subprocess.run(["ps", "-u", user, "-o", "args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    """Whole command lines of the user's live processes (from /proc: ps would cut them)."""
+    import pwd
+
+    uid = pwd.getpwnam(user).pw_uid
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmdline:  # a zombie has none
+            found.append(cmdline)
+    return found
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """Two nodes: (sshd servers, their --hosts value, the common options, a folder)."""
     tmp = tmp_path_factory.mktemp("nodes")
-    python = shared_python(Path(f"/tmp/tflab-nodes-{os.getpid()}"))
+    python = shared_python()
     try:
         with users(2) as names:
             servers = [Sshd(tmp / "a", ports.free_port(), user=names[0])]
@@ -174,3 +186,32 @@ def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(no
         peers = Path(os.path.expanduser(f"~{server.user}")) / "tflab" / "autostop" / "peers.json"
         assert json.loads(peers.read_text()) == ["127.0.0.1"]
     assert store.load("duo").workdir == str(Path(os.path.expanduser(f"~{first.user}")) / "tflab")
+
+
+def test_a_node_lost_mid_run_ends_the_run_naming_it_and_its_worker_ends_too(nodes):
+    """The worker node's sshd goes away while the workers train (as a node that crashes or drops off the
+    network): the run ends naming it, the chief's worker is stopped, and the lost node's worker ends with
+    its SSH session (a tied service), so nothing of the run is left on either node."""
+    (first, second), spec, common, tmp = nodes
+    chief_log = Path(os.path.expanduser(f"~{first.user}")) / "tflab" / "workers" / "worker-0.log"
+    chief_log.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", *common, "--seed", "2", "--steps", "10000000",
+                             "--out", str(tmp / "lost")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: chief_log.exists() and "[basics]" in chief_log.read_text(), 300, interval=0.2,
+                   what="the workers to connect")
+        assert any("steps.py" in p for p in user_processes(second.user))
+        second.stop()  # its sshd processes go, and the sessions' connections with them
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if second.proc is None:
+            second.start()
+    assert proc.returncode == 6, err[-3000:]
+    assert f"tflab: error: worker-1 on {second.user}@127.0.0.1:{second.port}: cannot be reached" in err
+    wait_until(lambda: not any("steps.py" in p for p in user_processes(first.user)), 15,
+               what="the chief's worker to be stopped")
+    wait_until(lambda: not any("steps.py" in p for p in user_processes(second.user)), 15,
+               what="the lost node's worker to end with its session")

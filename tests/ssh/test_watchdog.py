@@ -308,3 +308,33 @@ def test_the_nodes_of_a_lab_of_several_stop_as_one(sshd, tmp_path):
     finally:
         for node in nodes.values():
             node.close()
+
+
+@pytest.mark.parametrize("answer, pace", [(b"[]", 0), (b'{"active": "keep"}', 0), (b'{"active": ["peers", "x"]}', 0),
+                                          (b"x" * 10000, 0), (b'{"active": ["keep"]}', 0.5)])
+def test_a_stranger_on_the_peer_port_is_no_activity_and_never_holds_a_check(answer, pace):
+    """What answers on a node's peer port is read for 2 s and 4 KB at most; anything but a watchdog's answer
+    (or "peers" passed on) counts as no activity, so it can neither keep a lab up nor hang its watchdog."""
+    sys.path.insert(0, str(REMOTE))
+    import watchdog
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                try:
+                    for byte in answer:  # byte by byte, pace seconds apart: a trickle
+                        conn.sendall(bytes([byte]))
+                        time.sleep(pace)
+                except OSError:  # the watchdog hung up
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        try:  # a trickle is cut at 2 s: its "keep" never arrives whole
+            active = watchdog.ask_peer(f"127.0.0.1:{listener.getsockname()[1]}", 0, timeout=2.0)
+        except (OSError, ValueError):
+            active = []
+    assert active == [], active
