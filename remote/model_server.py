@@ -1248,27 +1248,19 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
         @recorded("Classify")
         def Classify(self, request, context):
             """classification_service.cc, then classifier.cc RunClassify."""
-            response = classification_pb2.ClassificationResponse()
-            try:
-                need_spec(request)
-                _, loaded = select_version(models, request.model_spec)
-                classify_or_regress(tf, loaded, request.model_spec, request.input, CLASSIFY_METHOD, response.result)
-            except ServingError as err:
-                return abort(context, err)
-            except Exception as exc:
-                return abort(context, runtime_error(exc))
-            fill_model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
-                            loaded.version)
-            return response
+            return self._task(request, context, classification_pb2.ClassificationResponse(), CLASSIFY_METHOD)
 
         @recorded("Regress")
         def Regress(self, request, context):
             """regression_service.cc, then regressor.cc RunRegress."""
-            response = regression_pb2.RegressionResponse()
+            return self._task(request, context, regression_pb2.RegressionResponse(), REGRESS_METHOD)
+
+        def _task(self, request, context, response, method):
+            """Classify or Regress: the model's signature of that method run on the request's examples."""
             try:
                 need_spec(request)
                 _, loaded = select_version(models, request.model_spec)
-                classify_or_regress(tf, loaded, request.model_spec, request.input, REGRESS_METHOD, response.result)
+                classify_or_regress(tf, loaded, request.model_spec, request.input, method, response.result)
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:
