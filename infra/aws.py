@@ -344,7 +344,7 @@ class AwsProvider(Provider):
     def _lab_placement_groups(self, lab: str) -> list[str]:
         with translated("ec2:DescribePlacementGroups"):
             found = self.ec2.describe_placement_groups(Filters=tags.lab_filter(lab))["PlacementGroups"]
-        return [g["GroupName"] for g in found if g.get("State") != "deleted"]
+        return [g["GroupName"] for g in found if g.get("State") not in ("deleting", "deleted")]  # on their way out
 
     def _subnets(self, spec: LaunchSpec) -> list[tuple[str | None, str | None]]:
         """(subnet, zone) pairs to try in turn: the given subnet, or the default subnet of each zone offering the type."""

@@ -183,15 +183,19 @@ class LabRun:
 
         threads = [threading.Thread(target=prepare, args=(i, h), name=f"prepare-node-{i}", daemon=True)
                    for i, h in enumerate(self.others, start=1)]
-        for thread in threads:
-            thread.start()
+        live, self.console.live = self.console.live, False  # plain lines: the nodes' threads print too
         try:
-            self.host.prepare(self.console)
-        except Exception as exc:  # noqa: BLE001 - reported below, with the node's name
-            failures[0] = exc
-        while not failures and any(thread.is_alive() for thread in threads):  # bounded waits; Ctrl-C gets through
             for thread in threads:
-                thread.join(0.1)
+                thread.start()
+            try:
+                self.host.prepare(self.console)
+            except Exception as exc:  # noqa: BLE001 - reported below, with the node's name
+                failures[0] = exc
+            while not failures and any(thread.is_alive() for thread in threads):  # bounded; Ctrl-C gets through
+                for thread in threads:
+                    thread.join(0.1)
+        finally:
+            self.console.live = live
         if failures:
             for other in self.others:  # the nodes still preparing stop: their connections close under them
                 try:
