@@ -426,9 +426,10 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                             placement_group=group_name, **overrides)
         store.save(state)
         if wait and ssh_wait:
-            for index in range(max(1, len(state.nodes))):
-                wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
-            tell_peers(store, state, console)
+            reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
+                       for index in range(max(1, len(state.nodes)))]
+            if state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
+                tell_peers(store, state, console)
         return state, "created"
 
 
@@ -456,15 +457,16 @@ def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
 
 
 def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool,
-             node: int = 0) -> None:
-    """Wait until the lab (its node `node`) answers SSH with its pinned (or, if asked, first-seen) host key."""
+             node: int = 0) -> bool:
+    """Wait until the lab (its node `node`) answers SSH with its pinned (or, if asked, first-seen) host key;
+    False when its key cannot be verified yet, so nothing was tried."""
     from tflab.ssh import wait_for_ssh
 
     target = lab_target(name=state.name, accept_new=accept_new, store=store, node=node)
     if not target.pinned and not accept_new and not __import__("os").path.exists(target.known_hosts):
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
-        return
+        return False
     from tflab.errors import UnreachableError
 
     try:
@@ -477,6 +479,7 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
     if connection.host_key_note:
         console.note(f"host key of {target.display} {connection.host_key_note}")
     connection.close()
+    return True
 
 
 def describe(state: LabState | None, instances: list, name: str) -> dict:

@@ -195,3 +195,23 @@ def test_a_lab_that_shut_itself_down_says_so():
     inst = Instance("i-1", "stopped", "g4dn.xlarge", None, None, "us-west-2a", None, False, None, None,
                     state_reason="Client.InstanceInitiatedShutdown: Instance initiated shutdown")
     assert "shut itself down" in stopped_why(inst) and "`tflab up` starts it again" in stopped_why(inst)
+
+
+def test_up_with_nodes_status_list_down_with_the_cli(cli):
+    up = cli(*UP, "--name", "duo", "--nodes", "2", "--yes", "--json")
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    ids = [n["instance_id"] for n in state["nodes"]]
+    assert len(ids) == 2 and state["instance_id"] == ids[0] and state["placement_group"].startswith("tflab-duo-")
+    assert "instance: 2 x g4dn.xlarge, 4 vCPUs each" in up.stderr
+    assert sorted(lab_resources(cli.ec2, "duo")["instances"]) == sorted(ids)
+    status = cli("status", "--name", "duo", "--no-host")
+    assert status.returncode == 0 and f"node 1     {ids[1]} running" in status.stdout, status.stderr
+    listed = cli("list")
+    assert "2 x g4dn.xlarge" in listed.stdout
+    down = cli("down", "--name", "duo", "--yes", "--json")
+    assert down.returncode == 0, down.stderr
+    report = json.loads(down.stdout)
+    assert report["clean"] and f"placement group {state['placement_group']}" in report["removed"]
+    assert lab_resources(cli.ec2, "duo") == {"instances": [], "volumes": [], "groups": [], "keys": []}
+    assert cli.ec2.describe_placement_groups()["PlacementGroups"] == []

@@ -215,3 +215,29 @@ def test_a_node_lost_mid_run_ends_the_run_naming_it_and_its_worker_ends_too(node
                what="the chief's worker to be stopped")
     wait_until(lambda: not any("steps.py" in p for p in user_processes(second.user)), 15,
                what="the lost node's worker to end with its session")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_training_ends_every_nodes_worker(nodes, sig, code):
+    """SIGTERM or Ctrl-C while the workers train: tflab exits 128 + the signal and no worker is left on any
+    node (their sessions close with tflab's connections)."""
+    (first, second), spec, common, tmp = nodes
+    chief_log = Path(os.path.expanduser(f"~{first.user}")) / "tflab" / "workers" / "worker-0.log"
+    chief_log.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", *common, "--seed", "4", "--steps", "10000000",
+                             "--out", str(tmp / f"signal-{sig}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_until(lambda: chief_log.exists() and "[basics]" in chief_log.read_text(), 300, interval=0.2,
+                   what="the workers to connect")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == code, err[-3000:]
+    assert "tflab: interrupted" in err
+    for server in (first, second):
+        wait_until(lambda: not any("steps.py" in p for p in user_processes(server.user)), 15,
+                   what=f"{server.user}'s worker to end")
