@@ -127,10 +127,6 @@ def run_lab(
     console = _console(json_out)
     wanted = {"serving": port, "rest": rest_port, "tensorboard": tensorboard_port} if local else dict(HOST_PORTS)
     nodes = _hosts_option(hosts, local=local, host=host) if hosts is not None else None
-    if workers > 1 and seed is None:  # every worker makes the same points from one seed
-        import secrets
-
-        seed = secrets.randbelow(2**31)
     options = LabOptions(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
                          ports=wanted, prefer_builtin_server=builtin_server, workers=workers, workload=workload,
                          epochs=epochs)

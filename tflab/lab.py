@@ -491,6 +491,8 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
 
     from tflab.host import LocalHost
 
+    if options.workers > 1:  # one seed for every worker
+        options = across(options, options.workers)
     if local:
         results = (out or Path.cwd() / "tflab-results" / "local").resolve()
         return LabRun(LocalHost(workdir=results), options, console, results)
@@ -551,8 +553,8 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
 
 
 def across(options: LabOptions, count: int) -> LabOptions:
-    """The options of a run across count machines: one worker each, and one seed for all (every worker
-    makes the same points from it)."""
+    """The options of a run across count workers (one on each machine, or all on one): one seed for all,
+    since every worker makes the same points from it."""
     import secrets
 
     from tflab.errors import InputError
