@@ -90,8 +90,15 @@ DEFAULT_REST_THREADS = 4 * (os.cpu_count() or 1)
 # for up to this long before closing, so the close does not reset the connection before the client
 # reads the answer (Apache httpd's lingering close, server/connection.c: SECONDS_TO_LINGER 2).
 LINGER_SECONDS = 2.0
-# Characters an error message may have: it never quotes more than a short prefix of a request.
-MAX_ERROR_CHARS = 300
+# What the server exits with when it cannot start because a model did not load or a label names a version that
+# is not available: TF Serving's main.cc prints "Failed to start server. Error: ..." and returns -1.
+FAILED_TO_START = 255
+# Removed models whose ended versions GetModelStatus still lists (a config reload can name any number). Our choice.
+MAX_RETIRED_MODELS = 1000
+# Characters an error message may have before it is cut, with "...TRUNCATED" after them, as TF Serving cuts
+# every gRPC error (model_servers/grpc_status_util.cc ToGRPCStatus, kErrorMessageLimit = 1024). Names and values
+# a message quotes from a request are cut much shorter still (clip(..., 60)): it never echoes a request.
+MAX_ERROR_CHARS = 1024
 # Bytes the serialized tf.Examples of one Classify, Regress or MultiInference may make once each is joined
 # to the shared context (util.cc InputToSerializedExampleTensor copies the context into every example, so a
 # 4 MiB message could otherwise ask for 100,000 copies of a 4 MiB context). Our choice: four full messages.
@@ -117,9 +124,12 @@ VALUE_FIELDS = {
 
 
 def clip(text, limit: int = MAX_ERROR_CHARS) -> str:
-    """text cut to limit characters (an error message never echoes a whole request)."""
+    """text cut to limit characters: a whole message as TF Serving cuts it (its first 1,024 characters and
+    "...TRUNCATED"), a part quoted from a request to limit characters ending in "..."."""
     text = str(text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    return text[:limit] + "...TRUNCATED" if limit == MAX_ERROR_CHARS else text[:limit - 3] + "..."
 
 
 class ServingError(Exception):
@@ -402,7 +412,8 @@ class ModelState:
     policy: tuple = ("latest", 1)
     labels: dict = field(default_factory=dict)  # label -> version
     loaded: dict = field(default_factory=dict)  # version -> LoadedVersion
-    states: dict = field(default_factory=dict)  # version -> (state name, error message)
+    states: dict = field(default_factory=dict)  # version -> (state name, error message[, status code])
+    retries: dict = field(default_factory=dict)  # version -> (failed attempts, monotonic time of the next, error)
     lock: threading.Lock = field(default_factory=threading.Lock)
     removed: bool = False
 
@@ -422,12 +433,45 @@ class Models:
         self.session_config = None  # a ConfigProto (--tensorflow_*_parallelism)
         self.batching: BatchingParameters | None = None  # --enable_batching
         self.by_name: dict[str, ModelState] = {}
+        # The version states of models a config reload removed, by name: GetModelStatus still lists them, ended,
+        # as TF Serving's ServableStateMonitor keeps every servable's last state (servable_state_monitor.cc).
+        self.retired: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.poll_lock = threading.Lock()  # one poll or reload at a time: a version is loaded once
+        # --max_num_load_retries and --load_retry_interval_micros (model_servers/main.cc: 5 and 1 minute).
+        self.max_load_retries = 5
+        self.load_retry_interval = 60.0
+        self.allow_unavailable_labels = False  # --allow_version_labels_for_unavailable_models
+        self.labels_set = False  # whether a label map was made yet (the first config's)
+        self.starting: set = set()  # the models of the first config whose first load decides if the server starts
+        self.start_error: str | None = None
+
+    def check_labels(self, entries: list[tuple]) -> None:
+        """server_core.cc UpdateModelVersionLabelMap: a label may name only a version available now; with
+        --allow_version_labels_for_unavailable_models also one not available yet, unless the label names
+        another version now (a label is not moved to a version that cannot serve). Checked before anything
+        of a new config is applied, so at start (nothing loaded yet) labels need that flag, as the docs say."""
+        for name, base_path, _, labels in entries:
+            model = self.by_name.get(name)
+            if model is not None and model.base_path != base_path:
+                model = None
+            available = set(model.loaded) if model is not None else set()
+            current = model.labels if model is not None and self.labels_set else {}
+            for label, version in sorted(labels.items()):  # a proto map has no order; this one is the same each time
+                if version in available:
+                    continue
+                if self.allow_unavailable_labels and current.get(label, version) == version:
+                    continue
+                raise ServingError("FAILED_PRECONDITION", f"Request to assign label to version {version} of model "
+                                                          f"{clip(name, 60)}, which is not currently available for "
+                                                          "inference")
 
     def configure(self, entries: list[tuple]) -> None:
-        """Serve exactly these (name, base_path, policy, labels) entries (TF Serving's ReloadConfig)."""
+        """Serve exactly these (name, base_path, policy, labels) entries (TF Serving's ReloadConfig); a label
+        check that fails applies none of it."""
         with self.lock:
+            self.check_labels(entries)
+            self.labels_set = True
             new = {}
             for name, base_path, policy, labels in entries:
                 model = self.by_name.get(name)
@@ -439,10 +483,74 @@ class Models:
                 if new.get(name) is not model:
                     model.removed = True
                     unload_all(model)
+                    with model.lock:
+                        ended = {v: st if st[0] == "END" else ("END", "") for v, st in model.states.items()}
+                    self.retired[name] = {**self.retired.pop(name, {}), **ended}
+                    while len(self.retired) > MAX_RETIRED_MODELS:  # the oldest go first
+                        del self.retired[next(iter(self.retired))]
             self.by_name = new
 
     def get(self, name: str) -> ModelState | None:
         return self.by_name.get(name)
+
+    def settled(self, names) -> tuple[bool, list[str]]:
+        """Whether the latest version each named model wants has loaded or ended (as the
+        WaitUntilServablesReachState calls of load_servables_fast.cc and server_core.cc wait for), and, for those
+        that ended unloaded, "{name: M version: V} due to error: CODE: message". A model with no version on
+        disk yet is not settled."""
+        import grpc
+
+        failures = []
+        for name in sorted(names):
+            model = self.by_name.get(name)
+            if model is None:
+                continue
+            wanted = wanted_versions(model.policy, numeric_versions(model.base_path))
+            if not wanted:
+                return False, []
+            latest = max(wanted)
+            with model.lock:
+                state = model.states.get(latest, ("",))
+                loaded = latest in model.loaded
+            if loaded:
+                continue
+            if state[0] != "END":
+                return False, []
+            error = ""
+            if len(state) > 1 and state[1]:
+                code = next((c.name for c in grpc.StatusCode if c.value[0] == (state[2] if len(state) > 2 else 9)),
+                            "UNKNOWN")
+                error = f" due to error: {code}: {state[1]}"
+            failures.append(f"{{{{name: {name} version: {latest}}}{error}}}, ")
+        return True, failures
+
+    def check_start(self, stop: threading.Event) -> None:
+        """The server has started once every model of the first config has its latest version loaded or ended;
+        if one ended unloaded, it stops with TF Serving's message (load_servables_fast.cc, main.cc)."""
+        if not self.starting:
+            return
+        done, failures = self.settled(self.starting)
+        if not done:
+            return
+        self.starting = set()
+        if failures:
+            self.start_error = f"UNKNOWN: {len(failures)} servable(s) did not become available: {{{''.join(failures)}}}"
+            print(f"Failed to start server. Error: {clip(self.start_error)}", flush=True)
+            stop.set()
+
+    def wait_settled(self, names, stop: threading.Event) -> None:
+        """After a config reload, wait for the models it added (server_core.cc WaitUntilModelsAvailable; those
+        with a version on disk: TF Serving would wait for the others without end) and raise UNKNOWN if one did
+        not become available. The config stays applied either way, as there."""
+        names = {n for n in names if n in self.by_name and numeric_versions(self.by_name[n].base_path)}
+        while names and not stop.is_set():
+            done, failures = self.settled(names)
+            if done:
+                if failures:
+                    raise ServingError("UNKNOWN", f"{len(failures)} model(s) did not become available: "
+                                                  f"{{{''.join(failures)}}}")
+                return
+            stop.wait(0.05)
 
     def all(self) -> list[ModelState]:
         return list(self.by_name.values())
@@ -498,9 +606,19 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
         return
     on_disk = numeric_versions(model.base_path)
     wanted = wanted_versions(model.policy, on_disk)
+    for version in [v for v in model.retries if v not in wanted]:  # basic_manager.cc CancelLoadServableRetry
+        _, _, error = model.retries.pop(version)
+        log.info("Retrying of Loading servable: {name: %s version: %d} was cancelled.", model.name, version)
+        with model.lock:
+            model.states[version] = ("END",) + error
     for version in sorted(wanted):
         if version in model.loaded or model.states.get(version, ("", ""))[0] == "END":
             continue  # loaded, or failed/unloaded before: do not retry every poll
+        failed, next_at, _ = model.retries.get(version, (0, 0.0, None))
+        if time.monotonic() < next_at:
+            continue  # its next attempt is not due yet
+        if failed:
+            log.info("Retrying of Loading servable: {name: %s version: %d} retry: %d", model.name, version, failed)
         with model.lock:
             model.states[version] = ("LOADING", "")
         try:
@@ -511,10 +629,9 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
                 warm_up(tf, model.name, loaded)
             warm_default(tf, loaded)
         except Exception as exc:  # a broken export must not stop the server
-            log.error("could not load %s version %d: %s", model.name, version, exc)
-            with model.lock:
-                model.states[version] = ("END", clip(f"could not load: {exc}"), load_error_code(tf, exc))
+            load_failed(tf, model, version, failed + 1, exc, models)
             continue
+        model.retries.pop(version, None)
         with model.lock:
             model.loaded = {**model.loaded, version: loaded}
             model.states[version] = ("AVAILABLE", "")
@@ -529,6 +646,30 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
                 model.states[v] = ("END", "")
         for v in stale:
             log.info("unloaded %s version %d", model.name, v)
+
+
+def load_failed(tf, model: ModelState, version: int, failed: int, exc, models: Models | None) -> None:
+    """A failed attempt to load a version (core/loader_harness.cc Load, util/retrier.cc Retry): another is due
+    after --load_retry_interval_micros until --max_num_load_retries retries have failed; then the version ends
+    with the last error (its state stays LOADING in between, as there)."""
+    servable = f"{{name: {model.name} version: {version}}}"
+    log.error("Loading servable: %s failed: %s", servable, clip(exc))
+    error = (clip(f"could not load: {exc}"), load_error_code(tf, exc))
+    retries = models.max_load_retries if models is not None else 0
+    if failed <= retries:
+        model.retries[version] = (failed, time.monotonic() + models.load_retry_interval, error)
+        return
+    model.retries.pop(version, None)
+    if retries > 0:
+        log.info("Retrying of Loading servable: %s exhausted max_num_retries: %d", servable, retries)
+    with model.lock:
+        model.states[version] = ("END",) + error
+
+
+def next_retry_in(models: Models) -> float | None:
+    """Seconds until the first load retry is due, if one is waiting."""
+    due = [at for model in models.all() for _, at, _ in list(model.retries.values())]
+    return max(0.0, min(due) - time.monotonic()) if due else None
 
 
 def load_error_code(tf, exc) -> int:
@@ -562,7 +703,9 @@ def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
                     poll_once(tf, model, models)
             except Exception:  # keep watching whatever happens
                 log.exception("polling %s failed", model.base_path)
-        stop.wait(interval)
+        models.check_start(stop)
+        retry = next_retry_in(models)
+        stop.wait(interval if retry is None else min(interval, retry))
 
 
 def watch_config(path: str, interval: float, reload, stop: threading.Event) -> None:
@@ -595,8 +738,9 @@ def select_version(models: Models, spec) -> tuple[ModelState, LoadedVersion]:
         loaded = model.loaded if model is not None else None
         if loaded:
             return model, loaded[max(loaded)] if len(loaded) > 1 else next(iter(loaded.values()))
-        raise ServingError("NOT_FOUND" if model is None else "UNAVAILABLE",
-                           f"Servable not found for request: Latest({clip(name, 60)})")
+        # core/basic_manager.cc ServingMap::GetUntypedServableHandle: only loaded versions are found, so a model
+        # with none loaded yet is as unknown as a model not in the config.
+        raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({clip(name, 60)})")
     if which == "version_label":
         label = spec.version_label
         if model is None or label not in model.labels:
@@ -1295,19 +1439,21 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
                 return abort(context, err)
 
         def HandleReloadConfigRequest(self, request, context):
-            response = model_management_pb2.ReloadConfigResponse()
-            if request.config.WhichOneof("config") != "model_config_list":
-                response.status.error_code = 3
-                response.status.error_message = ("ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                                                 "Only ModelConfigList is currently supported")
-                return response
+            """model_service_impl.cc: the outcome is the call's status (and the response's, which a failed call
+            does not carry)."""
             try:
+                if request.config.WhichOneof("config") != "model_config_list":
+                    raise ServingError("INVALID_ARGUMENT", "ServerModelConfig type not supported by "
+                                                           "HandleReloadConfigRequest. Only ModelConfigList is "
+                                                           "currently supported")
                 entries = config_entries(request.config)
                 if reload is not None:
                     reload(entries)
             except ServingError as err:
-                response.status.error_code = getattr(grpc.StatusCode, err.code_name).value[0]
-                response.status.error_message = clip(err.message)
+                log.error("ReloadConfig failed: %s", clip(err.message))
+                return abort(context, err)
+            response = model_management_pb2.ReloadConfigResponse()
+            response.status.SetInParent()
             return response
 
     return PredictionService(), ModelService(), prediction_service_pb2_grpc, model_service_pb2_grpc
@@ -1345,10 +1491,10 @@ def model_status(models: Models, request):
     spec = request.model_spec
     version = spec.version.value if spec.HasField("version") else None
     model = models.get(spec.name)
-    states = {}
+    states = dict(models.retired.get(spec.name, {}))
     if model is not None:
         with model.lock:
-            states = dict(model.states)
+            states.update(model.states)
     name = clip(spec.name, 60)
     if version is not None and version not in states:
         raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
@@ -1947,11 +2093,10 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
 # each is named in a one-line warning when given.
 UNIMPLEMENTED_FLAGS = {
     "rest_api_enable_cors_support", "enable_per_model_batching_params",
-    "num_load_threads", "num_unload_threads", "max_num_load_retries",
-    "load_retry_interval_micros", "flush_filesystem_caches", "use_alts_credentials",
+    "num_load_threads", "num_unload_threads", "flush_filesystem_caches", "use_alts_credentials",
     "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
-    "enable_grpc_healthcheck_service", "allow_version_labels_for_unavailable_models",
+    "enable_grpc_healthcheck_service",
     "xla_cpu_compilation_enabled", "enable_cors_support",
     "remove_unused_fields_from_bundle_metagraph", "response_tensor_serialization_option",
 }
@@ -1979,6 +2124,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "signature with their inputs and outputs, as TF2 SavedModels need)")
     p.add_argument("--enable_model_warmup", nargs="?", const="true", default="true",
                    help="replay assets.extra/tf_serving_warmup_requests when a version loads")
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="retries of a version that fails to load (TF Serving's default: 5)")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="wait between load retries (default one minute)")
+    p.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const="true", default="false",
+                   help="a config may give a new version label to a version not loaded yet (as at start)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     p.add_argument("--threads", "--grpc_max_threads", dest="threads", type=int, default=8,
@@ -2043,6 +2194,11 @@ def read_monitoring_path(path: str) -> str | None:
     return found.group(1) if found and found.group(1) else "/monitoring/prometheus/metrics"
 
 
+def is_true(value) -> bool:
+    """A boolean flag's value as TF Serving's flag parser reads it (true/false, 1/0, yes/no)."""
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     """Run the servers until stop is set."""
     if args.version:
@@ -2053,23 +2209,31 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
 
     tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice
     global method_name_check
-    method_name_check = str(args.enable_signature_method_name_check).lower() in ("true", "1", "yes")
+    method_name_check = is_true(args.enable_signature_method_name_check)
     tags = [t.strip() for t in args.saved_model_tags.split(",") if t.strip()] or ["serve"]
-    models = Models(tf, tags, warmup=str(args.enable_model_warmup).lower() in ("true", "1", "yes"))
+    models = Models(tf, tags, warmup=is_true(args.enable_model_warmup))
     try:
         if args.model_config_file:
             entries = read_model_config(args.model_config_file)
         else:
             entries = [(args.model_name, os.path.abspath(args.model_base_path), ("latest", 1), {})]
         metrics_path = read_monitoring_path(args.monitoring_config_file) if args.monitoring_config_file else None
-        if str(args.enable_batching).lower() in ("true", "1", "yes"):
+        if is_true(args.enable_batching):
             models.batching = read_batching_parameters(args.batching_parameters_file)
         elif args.batching_parameters_file:  # server.cc refuses the same
             raise ServingError("INVALID_ARGUMENT", "--batching_parameters_file is set without --enable_batching")
     except (OSError, ServingError, Exception) as exc:
         print(f"model_server: bad configuration: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
         return 2
-    models.configure(entries)
+    models.max_load_retries = max(0, args.max_num_load_retries)
+    models.load_retry_interval = max(0, args.load_retry_interval_micros) / 1e6  # negative: no wait (retrier.cc)
+    models.allow_unavailable_labels = is_true(args.allow_version_labels_for_unavailable_models)
+    try:
+        models.configure(entries)
+    except ServingError as err:  # a version label for a version not available (at start, none is)
+        print(f"Failed to start server. Error: {err.code_name}: {clip(err.message)}", flush=True)
+        return FAILED_TO_START
+    models.starting = {name for name, *_ in entries}
     # main.cc: --tensorflow_session_parallelism sets both pools, the two specific flags override it. Where no
     # inter-op size is given, each request's ops run in the thread that serves it (ConfigProto's negative
     # inter_op_parallelism_threads): waking a pool thread for a small graph costs more than the graph
@@ -2081,10 +2245,14 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     metrics = Metrics() if metrics_path else None  # collected only where they are exported
 
     def reload(new_entries):
+        """server_core.cc ReloadConfig: the labels checked, the models applied and polled; then it waits for
+        the models the config added."""
         with models.poll_lock:
+            added = {name for name, *_ in new_entries} - set(models.by_name)
             models.configure(new_entries)
             for model in models.all():
                 poll_once(tf, model, models)
+        models.wait_settled(added, stop)
 
     prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
@@ -2108,6 +2276,14 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
             return 3
     for model in models.all():
         poll_once(tf, model, models)  # serve what is there before saying we run
+    # As TF Serving, retry what failed before listening (load_servables_fast.cc waits for the first load).
+    while not stop.is_set() and models.starting and (wait := next_retry_in(models)) is not None:
+        stop.wait(wait)
+        for model in models.all():
+            poll_once(tf, model, models)
+    models.check_start(stop)
+    if models.start_error:
+        return FAILED_TO_START
     server.start()
     rest = None
     if args.rest_api_port:
@@ -2131,7 +2307,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     server.stop(grace=0.5).wait(2)
     if rest is not None:
         rest.shutdown()
-    return 0
+    return FAILED_TO_START if models.start_error else 0
 
 
 def main(argv=None) -> int:

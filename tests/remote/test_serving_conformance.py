@@ -45,11 +45,6 @@ model_config_list {{
     model_platform: "tensorflow"
   }}
   config {{
-    name: "tagged"
-    base_path: "{tagged}"
-    model_platform: "tensorflow"
-  }}
-  config {{
     name: "multi"
     base_path: "{multi}"
     model_platform: "tensorflow"
@@ -101,8 +96,7 @@ def server(lab_steps_run, tf, tmp_path_factory):
     export_census(tf, str(root / "tagged" / "1"), tags=("serve", "tflab"))
     write_warmup(tf, root / "nn" / "2" / "assets.extra" / "tf_serving_warmup_requests", count=3)
     config = root / "models.config"
-    config.write_text(MODEL_CONFIG.format(nn=root / "nn", multi=root / "multi", census=root / "census",
-                                          tagged=root / "tagged"))
+    config.write_text(MODEL_CONFIG.format(nn=root / "nn", multi=root / "multi", census=root / "census"))
     monitoring = root / "monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)
     batching = root / "batching.config"
@@ -115,6 +109,9 @@ def server(lab_steps_run, tf, tmp_path_factory):
                              f"--rest_api_port={rest}", f"--model_config_file={config}",
                              f"--monitoring_config_file={monitoring}", f"--grpc_socket_path={sock}",
                              "--file_system_poll_wait_seconds=0.2", "--enable_batching=true",
+                             # serving_config.md: labels given at start name versions not loaded yet.
+                             "--allow_version_labels_for_unavailable_models",
+                             "--load_retry_interval_micros=100000",
                              f"--batching_parameters_file={batching}", "--num_load_threads", "2",
                              "--rest_api_enable_cors_support=true"],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -288,8 +285,10 @@ def test_classify_regress_and_multi_inference_refuse_a_predict_signature(server)
         request.input.example_list.examples.add()
         error = refusal(method, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # The whole SignatureDef, as its DebugString: it is under 1,024 characters, where TF Serving cuts a gRPC
+        # error (model_servers/grpc_status_util.cc).
         assert error.details().startswith(f"No {kind} inputs found in SignatureDef: inputs {{\n  key: \"input\"")
-        assert len(error.details()) <= model_server.MAX_ERROR_CHARS
+        assert error.details().endswith('method_name: "tensorflow/serving/predict"\n'), error.details()
         request.model_spec.signature_name = "nope"
         assert refusal(method, request).details() == "No signature was found with the name: nope"
     request = inference_pb2.MultiInferenceRequest()
@@ -582,24 +581,118 @@ def test_rest_classify_and_regress_refusals_get_json_tensors_messages(server, pa
     assert status == 400 and message in answer["error"], answer
 
 
-def test_a_model_saved_under_other_tags_is_not_loaded_and_says_why(server):
-    """--saved_model_tags (model_servers/main.cc: the tag set of the MetaGraphDef to load, "serve" by
-    default): "tagged", whose only MetaGraphDef is tagged serve,tflab, does not load under the default; its
-    version ends with the loader's NOT_FOUND naming the tags asked for and those available
-    (tensorflow/cc/saved_model/loader.cc). (TF Serving then refuses to start; the stand-in serves the rest.)"""
-    statuses = wait_until(lambda: [s for s in server["client"].status("tagged") if s.state == "END"], 30,
-                          what="tagged to end")
-    (status,) = statuses
-    assert status.version == 1 and "MetaGraphDef associated with tags" in status.error, status
+TAGGED = """
+  config {{
+    name: "tagged"
+    base_path: "{tagged}"
+    model_platform: "tensorflow"
+  }}
+"""
+
+
+def reload_request(server, text: str):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2
+
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(text, request.config)
+    return request
+
+
+def with_model(config: str, entry: str) -> str:
+    """A model_config_list text with one more config entry."""
+    return config.rstrip()[:-1] + entry + "}\n"
+
+
+def model_service(server):
+    return serving_apis().model_service_pb2_grpc.ModelServiceStub(server["client"]._channel)
+
+
+def test_a_model_added_by_a_reload_that_fails_to_load_is_retried_then_reported(server):
+    """--saved_model_tags (model_servers/main.cc): "tagged", whose only MetaGraphDef is tagged serve,tflab, does
+    not load under the default "serve" (tensorflow/cc/saved_model/loader.cc: NOT_FOUND). Each attempt is retried
+    --max_num_load_retries times (5), --load_retry_interval_micros apart (util/retrier.cc, core/loader_harness.cc);
+    then the version ends with the loader's error. HandleReloadConfigRequest waits for the model it added and
+    fails UNKNOWN "1 model(s) did not become available: ..." (server_core.cc WaitUntilModelsAvailable), the config
+    staying applied ("{" + "{" + ServableId::DebugString() + " due to error: " + status + "}, " ... + "}"). A model removed by the next reload still shows its ended version in GetModelStatus
+    (servable_state_monitor.cc keeps every servable's last state)."""
+    original = server["config"].read_text()
+    adding = reload_request(server, with_model(original, TAGGED.format(tagged=server["root"] / "tagged")))
+    error = refusal(model_service(server).HandleReloadConfigRequest, adding)
+    assert error.code() == grpc.StatusCode.UNKNOWN, error
+    assert error.details().startswith("1 model(s) did not become available: {{{name: tagged version: 1} due to "
+                                      "error: NOT_FOUND: could not load: MetaGraphDef associated with tags"), error
+    assert error.details().endswith("}, }")
+    log = server["log"].read_text()
+    assert "Retrying of Loading servable: {name: tagged version: 1} retry: 5" in log
+    assert "Retrying of Loading servable: {name: tagged version: 1} exhausted max_num_retries: 5" in log
+    (status,) = server["client"].status("tagged")
+    assert status.version == 1 and status.state == "END" and "MetaGraphDef associated with tags" in status.error
     assert "serve" in status.error and "tflab" in status.error
-    apis = serving_apis()
-    models = apis.model_service_pb2_grpc.ModelServiceStub(server["client"]._channel)
-    request = apis.get_model_status_pb2.GetModelStatusRequest()
+    request = serving_apis().get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "tagged"
-    (version,) = models.GetModelStatus(request, timeout=10).model_version_status
+    (version,) = model_service(server).GetModelStatus(request, timeout=10).model_version_status
     assert version.status.error_code == 5  # NOT_FOUND
     error = refusal(stub(server).Predict, nn_request(name="tagged", signature_name="predict"))
     assert error.details() == "Servable not found for request: Latest(tagged)"
+    assert model_service(server).HandleReloadConfigRequest(reload_request(server, original), timeout=60)
+    (status,) = server["client"].status("tagged")  # removed, and still listed as ended
+    assert status.state == "END" and "MetaGraphDef" in status.error
+    assert server["client"].status("nn")
+
+
+def test_a_label_names_only_an_available_version_and_a_refused_reload_changes_nothing(server):
+    """server_core.cc UpdateModelVersionLabelMap, run before the rest of a reload: a label naming a version that
+    is not available is FAILED_PRECONDITION "Request to assign label to version 3 of model nn, which is not
+    currently available for inference", and nothing of that config is applied (here: census, left out, is still
+    served). --allow_version_labels_for_unavailable_models (main.cc) lets a new label name it, never an
+    existing one move to it (server_core_test.cc AssignExistingLabelToUnavailableVersionDisallowed)."""
+    original = server["config"].read_text()
+    without_census = original.split("  config {\n    name: \"census\"")[0] + "}\n"
+    moved = without_census.replace('key: "stable" value: 1', 'key: "stable" value: 3')
+    assert 'key: "stable" value: 3' in moved
+    error = refusal(model_service(server).HandleReloadConfigRequest, reload_request(server, moved))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == ("Request to assign label to version 3 of model nn, which is not currently "
+                               "available for inference")
+    assert server["client"].status("census")[0].state == "AVAILABLE"  # not removed: nothing was applied
+    request = nn_request(version_label="stable")
+    assert stub(server).Predict(request, timeout=10).model_spec.version.value == 1
+    new_label = original.replace('key: "canary" value: 2 }', 'key: "canary" value: 2 }\n    version_labels { key: "next" value: 3 }')
+    assert model_service(server).HandleReloadConfigRequest(reload_request(server, new_label), timeout=60)
+    error = refusal(stub(server).Predict, nn_request(version_label="next"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "Servable not found for request: Specific(nn, 3)"
+    assert model_service(server).HandleReloadConfigRequest(reload_request(server, original), timeout=60)
+
+
+def start_failure(args: list[str]) -> subprocess.CompletedProcess:
+    """A model server that cannot start: its exit and output."""
+    port = ports.free_port()
+    return subprocess.run([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_server_does_not_start_when_a_first_model_fails_or_a_label_names_no_available_version(
+        server, tmp_path):
+    """model_servers/main.cc: "Failed to start server. Error: <status>", exit -1 (255), when
+    load_servables_fast.cc finds a model whose first version did not become available (after its retries:
+    "1 servable(s) did not become available: {{{name: tagged version: 1} due to error: ...}, }"), or when the first
+    config labels a version (none is available yet) without --allow_version_labels_for_unavailable_models
+    (server_core.cc UpdateModelVersionLabelMap; g3doc/serving_config.md)."""
+    done = start_failure([f"--model_base_path={server['root'] / 'tagged'}", "--model_name=tagged",
+                          "--max_num_load_retries=1", "--load_retry_interval_micros=100000"])
+    assert done.returncode == 255, done
+    assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+            "{{{name: tagged version: 1} due to error: NOT_FOUND: could not load: MetaGraphDef") in done.stdout, done
+    assert "Running gRPC ModelServer" not in done.stdout
+    assert "Retrying of Loading servable: {name: tagged version: 1} retry: 1" in done.stderr
+    config = tmp_path / "labels.config"
+    config.write_text(MODEL_CONFIG.format(nn=server["root"] / "nn", multi=server["root"] / "multi",
+                                          census=server["root"] / "census"))
+    done = start_failure([f"--model_config_file={config}"])
+    assert done.returncode == 255, done
+    assert ("Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version 2 of model nn, "
+            "which is not currently available for inference") in done.stdout, done  # "canary", the first by name
 
 
 def test_metadata_for_a_label_and_a_version(server):
@@ -836,7 +929,7 @@ def test_warmup_requests_are_replayed_when_a_version_loads(server):
 
 
 def test_reload_config_changes_the_served_models(server):
-    """model_servers/model_service_impl.cc HandleReloadConfigRequest: the response's status carries the outcome;
+    """model_servers/model_service_impl.cc HandleReloadConfigRequest: the call's status is the outcome;
     a config that is not a model_config_list is INVALID_ARGUMENT; a model left out is no longer served
     (server_core.cc ReloadConfig)."""
     from google.protobuf import text_format
@@ -848,7 +941,8 @@ def test_reload_config_changes_the_served_models(server):
     original = server["config"].read_text()
     request = model_management_pb2.ReloadConfigRequest()
     request.config.custom_model_config.Pack(request)  # not a model_config_list
-    assert models.HandleReloadConfigRequest(request, timeout=10).status.error_code == 3
+    error = refusal(models.HandleReloadConfigRequest, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "Only ModelConfigList" in error.details()
     only_nn = original.split("  config {\n    name: \"multi\"")[0] + "}\n"
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(only_nn, request.config)
@@ -874,3 +968,17 @@ def test_saved_model_tags_choose_the_meta_graph_that_is_loaded(lab_steps_run, tf
     assert "prediction" in loaded.signature_defs
     with pytest.raises(RuntimeError, match="MetaGraphDef associated with tags"):
         model_server.LoadedVersion(tf, path, 1, ["train"])
+
+
+def test_an_error_over_1024_characters_is_cut_as_tf_serving_cuts_it(server):
+    """model_servers/grpc_status_util.cc ToGRPCStatus: a gRPC error message over kErrorMessageLimit (1024)
+    characters is its first 1024 and "...TRUNCATED". Forty inputs the signature does not have make
+    predict_util.cc's "input size does not match signature" message that long."""
+    request = nn_request()
+    for n in range(40):
+        column_tensor([1.0], request.inputs[f"extra_{n:02d}_" + "x" * 30])
+    error = refusal(stub(server).Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details()
+    assert details.startswith("input size does not match signature: 41!=1 len({extra_00_")
+    assert len(details) == 1024 + len("...TRUNCATED") and details.endswith("...TRUNCATED")

@@ -24,7 +24,6 @@ from tests.conftest import REMOTE, wait_until
 from tests.remote.serving_models import export_census, export_rows, fill_input, run_directly, stub
 from tflab import ports
 from tflab.client import DT_FLOAT, ServingClient, column_tensor, serving_apis
-from tflab.errors import NotFoundError
 
 pytestmark = pytest.mark.slow
 
@@ -290,14 +289,8 @@ def test_a_model_added_to_the_config_file_is_served_without_a_restart(server):
         assert stub(server).Classify(classify_request(name="census2"), timeout=10).model_spec.name == "census2"
         write_atomically(config, original)
 
-        def removed():
-            try:
-                client.status("census2")
-            except NotFoundError:
-                return True
-            return False
-
-        wait_until(removed, 30, what="census2 to be removed")
+        # Removed: its version ended, and GetModelStatus still says so (servable_state_monitor.cc keeps it).
+        wait_until(lambda: [s.state for s in client.status("census2")] == ["END"], 30, what="census2 to be removed")
         error = refusal(stub(server).Classify, classify_request(name="census2"))
         assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND,
                                                    "Servable not found for request: Latest(census2)")
@@ -305,3 +298,52 @@ def test_a_model_added_to_the_config_file_is_served_without_a_restart(server):
     finally:
         write_atomically(config, original)
     assert server["proc"].poll() is None
+
+
+def test_a_broken_new_version_is_retried_then_ends_and_the_served_one_stays(tf, tmp_path):
+    """--max_num_load_retries and --load_retry_interval_micros (model_servers/main.cc; util/retrier.cc Retry,
+    core/loader_harness.cc Load): a version that fails to load is tried again that many times, that far apart,
+    then ends with its error; the version served before stays served (only a model's first load decides
+    whether the server starts, load_servables_fast.cc). A retry no longer due because the version left the
+    disk is cancelled (basic_manager.cc CancelLoadServableRetry: "Retrying of ... was cancelled.")."""
+    base = tmp_path / "m"
+    export_census(tf, str(base / "1"))
+    port = ports.free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}",
+                                 f"--model_base_path={base}", "--model_name=m", "--file_system_poll_wait_seconds=0.1",
+                                 "--max_num_load_retries=1", "--load_retry_interval_micros=3000000"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    client = ServingClient(f"127.0.0.1:{port}", timeout=10)
+    try:
+        client.wait_available("m", timeout=120)
+
+        def state(version: int):
+            return next((s for s in client.status("m") if s.version == version), None)
+
+        (base / "2").mkdir()
+        (base / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        ended = wait_until(lambda: (s := state(2)) is not None and s.state == "END" and s, 60, what="version 2 to end")
+        assert "could not load" in ended.error
+        text = log_path.read_text()
+        assert "Loading servable: {name: m version: 2} failed" in text
+        assert "Retrying of Loading servable: {name: m version: 2} retry: 1" in text
+        assert "Retrying of Loading servable: {name: m version: 2} exhausted max_num_retries: 1" in text
+        answer = stub({"client": client}).Classify(classify_request(name="m"), timeout=10)
+        assert answer.model_spec.version.value == 1 and len(answer.result.classifications) == 3
+
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"not a SavedModel either")
+        wait_until(lambda: "Loading servable: {name: m version: 3} failed" in log_path.read_text(), 30,
+                   what="version 3's first attempt")
+        shutil.rmtree(base / "3")  # its retry is due 3 s after that attempt
+        wait_until(lambda: (s := state(3)) is not None and s.state == "END", 30, what="version 3 to end")
+        text = log_path.read_text()
+        assert "Retrying of Loading servable: {name: m version: 3} was cancelled." in text
+        assert "{name: m version: 3} retry: 1" not in text
+        assert state(1).state == "AVAILABLE" and proc.poll() is None
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(15)
