@@ -237,6 +237,16 @@ class BatchingParameters:
     num_batch_threads: int = os.cpu_count() or 1
     allowed_batch_sizes: tuple = ()  # a batch is padded up to the first of these that holds it
     pad_variable_length_inputs: bool = False  # tasks whose inner dimensions differ are padded to the largest
+    enable_large_batch_splitting: bool = False  # a task is split across batches to fill them
+    max_execution_batch_size: int = 0  # with splitting, the rows a batch runs (0: max_batch_size)
+
+    @property
+    def execution_size(self) -> int:
+        """The most rows one batch runs (bundle_factory_util.h GetQueueOptions): max_execution_batch_size when
+        large batches are split (max_batch_size when it is not given), else max_batch_size."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
     def padded_size(self, size: int) -> int:
         """The size a batch of size rows runs at (batching_util.cc RoundToLowestAllowedBatchSize): the first
@@ -257,7 +267,8 @@ def read_batching_parameters(path: str | None) -> BatchingParameters:
         text = f.read()
     text = re.sub(r"#[^\n]*", "", text)  # text-format comments
     values = {}
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+                 "max_execution_batch_size"):
         found = re.search(rf"\b{name}\s*:?\s*\{{\s*value\s*:\s*(\d+)\s*\}}", text)
         if found:
             values[name] = int(found.group(1))
@@ -270,8 +281,10 @@ def read_batching_parameters(path: str | None) -> BatchingParameters:
     found = re.search(r"\bpad_variable_length_inputs\s*:\s*(\w+)", text)
     if found:
         values["pad_variable_length_inputs"] = found.group(1).lower() in ("true", "t", "1")
-    for name in ("enable_large_batch_splitting", "max_execution_batch_size", "thread_pool_name",
-                 "mixed_priority_batching_policy", "batch_padding_policy"):
+    found = re.search(r"\benable_large_batch_splitting\s*:?\s*\{\s*value\s*:\s*(\w+)\s*\}", text)  # a BoolValue
+    if found:
+        values["enable_large_batch_splitting"] = found.group(1).lower() in ("true", "t", "1")
+    for name in ("thread_pool_name", "mixed_priority_batching_policy", "batch_padding_policy"):
         if re.search(rf"\b{name}\b", text):
             print(f"model_server: warning: {name} in the batching parameters is not implemented here; ignored",
                   file=sys.stderr, flush=True)
@@ -279,6 +292,12 @@ def read_batching_parameters(path: str | None) -> BatchingParameters:
     if min(params.max_batch_size, params.max_enqueued_batches, params.num_batch_threads) < 1:
         raise ServingError("INVALID_ARGUMENT", "max_batch_size, max_enqueued_batches and num_batch_threads must be "
                                                "at least 1")
+    if params.enable_large_batch_splitting and params.max_batch_size < params.execution_size:
+        # TensorFlow's shared_batch_scheduler.h AddQueue (max_batch_size is the queue's input_batch_size_limit)
+        raise ServingError("INVALID_ARGUMENT", "When enable_large_batch_splitting is true, input_batch_size_limit "
+                                               "must be greater than or equal to max_execution_batch_size. "
+                                               f"(max_batch_size {params.max_batch_size}, max_execution_batch_size "
+                                               f"{params.execution_size})")
     if params.allowed_batch_sizes and params.allowed_batch_sizes[-1] != params.max_batch_size:
         # servables/tensorflow/bundle_factory_util.cc WrapSessionForBatching (TF Serving's only check on them)
         raise ServingError("INVALID_ARGUMENT", "Last entry in allowed_batch_sizes must match max_batch_size; last "
@@ -320,10 +339,16 @@ def merge_batch(parts_per_task: list, params: "BatchingParameters") -> tuple:
 
 class Batcher:
     """Requests to one signature merged into one session run along their first dimension (TF Serving's
-    BatchingSession over a BasicBatchScheduler): a batch runs when it holds max_batch_size rows, or when its
-    first request has waited batch_timeout_micros, on one of num_batch_threads threads. With
-    allowed_batch_sizes, the batch is padded up to the next allowed size and the padding rows dropped from
-    the outputs."""
+    BatchingSession over a BasicBatchScheduler): a batch runs when it holds its most rows (max_batch_size, or
+    max_execution_batch_size when large batches are split), or when its first request has waited
+    batch_timeout_micros, on one of num_batch_threads threads. With allowed_batch_sizes, the batch is padded up
+    to the next allowed size and the padding rows dropped from the outputs. With enable_large_batch_splitting,
+    a request that does not fit the open batch fills it and its remaining rows go on in the next batches
+    (TensorFlow's input_split_metadata.cc: the room left, then whole batches, then the rest, which later
+    requests can join); its outputs are the pieces' outputs joined in order (batching_session.cc SplitInputTask).
+
+    A task is a dict: its arrays and rows, the rows still to run ("pending"), the pieces' outputs by first row,
+    and the first error of a piece; a piece is (task, first row, rows)."""
 
     def __init__(self, fn, params: BatchingParameters):
         import queue
@@ -337,12 +362,13 @@ class Batcher:
 
     def submit(self, arrays: list, rows: int) -> list:
         """Run arrays (rows rows each) as part of a batch; returns their own rows of the outputs."""
-        if rows > self.params.max_batch_size:  # batch_scheduler.h, without large batch splitting
+        if rows > self.params.max_batch_size:  # batch_scheduler.h: max_batch_size bounds a task, split or not
             raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch size "
                                                    f"{self.params.max_batch_size}")
         if self.queue.qsize() >= self.params.max_enqueued_batches * self.params.max_batch_size:
             raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
-        task = {"arrays": arrays, "rows": rows, "done": threading.Event(), "at": time.monotonic()}
+        task = {"arrays": arrays, "rows": rows, "pending": rows, "outputs": {}, "lock": threading.Lock(),
+                "done": threading.Event(), "at": time.monotonic()}
         self.queue.put(task)
         if not task["done"].wait(60):
             raise ServingError("DEADLINE_EXCEEDED", "the batch did not run within 60 s")
@@ -350,46 +376,78 @@ class Batcher:
             raise task["error"]
         return task["values"]
 
+    def collect(self, piece: tuple) -> tuple[list, tuple | None]:
+        """A batch starting with piece: the pieces it runs, and the piece left for the next batch, if any."""
+        import queue
+
+        limit, split = self.params.execution_size, self.params.enable_large_batch_splitting
+        deadline = piece[0]["at"] + self.params.batch_timeout_micros / 1e6
+        batch, size = [], 0
+        while True:
+            task, first, rows = piece
+            room = limit - size
+            if rows > room:
+                if not split:
+                    return batch, piece
+                batch.append((task, first, room))
+                return batch, (task, first + room, rows - room)
+            batch.append(piece)
+            size += rows
+            if size >= limit:
+                return batch, None
+            try:
+                remaining = deadline - time.monotonic()
+                task = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                return batch, None
+            piece = (task, 0, task["rows"])
+
     def loop(self) -> None:
         import queue
 
         carry = None
-        timeout = self.params.batch_timeout_micros / 1e6
         while not self.stop.is_set():
             if carry is None:
                 try:
-                    carry = self.queue.get(timeout=0.5)
+                    task = self.queue.get(timeout=0.5)
                 except queue.Empty:
                     continue
-            batch, size, carry = [carry], carry["rows"], None
-            deadline = batch[0]["at"] + timeout
-            while size < self.params.max_batch_size:
-                try:
-                    remaining = deadline - time.monotonic()
-                    task = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if size + task["rows"] > self.params.max_batch_size:
-                    carry = task
-                    break
-                batch.append(task)
-                size += task["rows"]
+                carry = (task, 0, task["rows"])
+            batch, carry = self.collect(carry)
             try:
-                if len(batch) == 1 and self.params.padded_size(size) == size:
-                    batch[0]["values"] = self.fn(*batch[0]["arrays"])
-                else:
-                    merged, rows = merge_batch([t["arrays"] for t in batch], self.params)
-                    values = self.fn(*merged)
-                    start = 0
-                    for t in batch:
-                        end = start + t["rows"]
-                        t["values"] = [v[start:end] if v.ndim and v.shape[0] == rows else v for v in values]
-                        start = end
+                whole = batch[0][0]
+                if len(batch) == 1 and batch[0][2] == whole["rows"] == self.params.padded_size(whole["rows"]):
+                    self.deliver(whole, 0, whole["rows"], self.fn(*whole["arrays"]))  # one request as it came
+                    continue
+                parts = [[a[first:first + rows] for a in task["arrays"]] for task, first, rows in batch]
+                merged, padded = merge_batch(parts, self.params)
+                values = self.fn(*merged)
+                offset = 0
+                for task, first, rows in batch:
+                    own = [v[offset:offset + rows] if v.ndim and v.shape[0] == padded else v for v in values]
+                    self.deliver(task, first, rows, own)
+                    offset += rows
             except Exception as exc:  # every request of the batch gets the error
-                for t in batch:
-                    t["error"] = exc
-            for t in batch:
-                t["done"].set()
+                for task, first, rows in batch:
+                    self.deliver(task, first, rows, None, exc)
+
+    @staticmethod
+    def deliver(task: dict, first: int, rows: int, values, error: Exception | None = None) -> None:
+        """One piece of a task ran: keep its outputs (or the first error); once every row ran, the task's
+        outputs are its pieces' joined in row order and its submitter wakes."""
+        with task["lock"]:
+            if error is not None:
+                task.setdefault("error", error)
+            else:
+                task["outputs"][first] = values
+            task["pending"] -= rows
+            if task["pending"] > 0:
+                return
+            if "error" not in task:
+                pieces = [task["outputs"][k] for k in sorted(task["outputs"])]
+                task["values"] = pieces[0] if len(pieces) == 1 else [
+                    np.concatenate(parts) if parts[0].ndim else parts[0] for parts in zip(*pieces)]
+        task["done"].set()
 
 
 def parse_policy(config) -> tuple:

@@ -266,6 +266,87 @@ def test_allowed_batch_sizes_are_validated_as_tf_serving_validates_them(tmp_path
     assert "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; expected 8" in proc.stderr
 
 
+def test_a_large_request_is_split_across_batches_and_answered_in_order():
+    """enable_large_batch_splitting and max_execution_batch_size (session_bundle_config.proto; bundle_factory_util.h
+    GetQueueOptions): a request that does not fit the open batch fills what is left of it, then whole batches of
+    max_execution_batch_size rows, then its last rows open a batch later requests join (TensorFlow's
+    input_split_metadata.cc); its outputs are its pieces' joined in order (batching_session.cc SplitInputTask)."""
+    params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=3_000_000,
+                                             max_enqueued_batches=8, num_batch_threads=1,
+                                             enable_large_batch_splitting=True, max_execution_batch_size=4)
+    seen = []
+
+    def fn(x):
+        seen.append(len(x))
+        return [x.sum(1), np.full(len(x), len(x))]
+
+    batcher = model_server.Batcher(fn, params)
+    puts = []
+    put = batcher.queue.put
+    batcher.queue.put = lambda task: (puts.append(task), put(task))
+    small = np.arange(6, dtype=np.float32).reshape(3, 2)
+    big = np.arange(100, 120, dtype=np.float32).reshape(10, 2)
+    results = {}
+    try:
+        first = threading.Thread(target=lambda: results.__setitem__("small", batcher.submit([small], 3)))
+        first.start()
+        wait_until(lambda: puts, 10, what="the small request to be queued")  # it opens the batch
+        second = threading.Thread(target=lambda: results.__setitem__("big", batcher.submit([big], 10)))
+        second.start()
+        for t in (first, second):
+            t.join(60)
+    finally:
+        batcher.stop.set()
+    # 3 rows + the big request's first row; then 4; 4; its last row alone (once the timeout passed).
+    assert seen == [4, 4, 4, 1]
+    assert results["small"][0].tolist() == small.sum(1).tolist() and results["small"][1].tolist() == [4] * 3
+    assert results["big"][0].tolist() == big.sum(1).tolist()
+    assert results["big"][1].tolist() == [4] + [4] * 4 + [4] * 4 + [1]
+
+
+def test_a_server_splits_large_batches_when_its_batching_parameters_say_so(export_rows_model, tmp_path):
+    """The same through a server (--enable_batching, --batching_parameters_file): a Predict of 7 rows runs as 4
+    and 3 (padded to 4, allowed_batch_sizes) and is answered whole; max_batch_size still bounds one request
+    (batch_scheduler.h); max_execution_batch_size over max_batch_size is refused at start (TensorFlow's
+    shared_batch_scheduler.h: "When enable_large_batch_splitting is true, input_batch_size_limit must be greater
+    than or equal to max_execution_batch_size.")."""
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 0 }\n"
+                        "num_batch_threads { value: 1 }\nenable_large_batch_splitting { value: true }\n"
+                        "max_execution_batch_size { value: 4 }\nallowed_batch_sizes: [2, 4, 16]\n")
+    port = ports.free_port()
+    argv = [sys.executable, str(REMOTE / "model_server.py"), f"--port={port}", "--model_name=rows",
+            f"--model_base_path={export_rows_model}", "--enable_batching", f"--batching_parameters_file={batching}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = ServingClient(f"127.0.0.1:{port}", timeout=10)
+    try:
+        client.wait_available("rows", timeout=120)
+        matrix = np.arange(14, dtype=np.float32).reshape(7, 2)
+        response = stub({"client": client}).Predict(rows_request(matrix), timeout=30)
+        assert list(response.outputs["sum"].float_val) == matrix.sum(1).tolist()
+        assert list(response.outputs["rows"].int_val) == [4] * 7
+        assert [d.size for d in response.outputs["sum"].tensor_shape.dim] == [7]
+        error = refusal(stub({"client": client}).Predict, rows_request(np.zeros((17, 1))))
+        assert error.details() == "Task size 17 is larger than maximum input batch size 16"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(15)
+    batching.write_text("max_batch_size { value: 16 }\nenable_large_batch_splitting { value: true }\n"
+                        "max_execution_batch_size { value: 32 }\n")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert ("When enable_large_batch_splitting is true, input_batch_size_limit must be greater than or equal to "
+            "max_execution_batch_size.") in done.stderr
+
+
+@pytest.fixture
+def export_rows_model(tf, tmp_path):
+    """The rows model, version 1, saved under the default tag; returns its base path."""
+    export_rows(tf, str(tmp_path / "rows" / "1"))
+    return tmp_path / "rows"
+
+
 # --------------------------------------------------------------------------- --model_config_file_poll_wait_seconds
 
 
