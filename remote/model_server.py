@@ -13,16 +13,19 @@ written for either works against both:
 - ModelService: GetModelStatus, HandleReloadConfigRequest (a new model_config_list);
 - the REST API (g3doc/api_rest.md): status, metadata, predict in the row and columnar formats,
   classify and regress, with versions and labels in the path;
-- --model_config_file (several models, version policies latest/all/specific, version labels) and
+- --model_config_file (several models, version policies latest/all/specific, version labels checked against
+  the versions available, --allow_version_labels_for_unavailable_models) and
   --model_config_file_poll_wait_seconds, --monitoring_config_file (Prometheus metrics over REST),
-  --enable_batching (allowed_batch_sizes and padding included), --grpc_socket_path, --saved_model_tags,
-  --enable_signature_method_name_check, --enable_model_warmup, --tensorflow_*_parallelism.
+  --enable_batching (allowed_batch_sizes, padding and large batch splitting included), --grpc_socket_path,
+  --saved_model_tags, --enable_signature_method_name_check, --enable_model_warmup, --max_num_load_retries,
+  --load_retry_interval_micros, --tensorflow_*_parallelism.
 
 Each version runs, as in TF Serving, in a TensorFlow session over the SavedModel's graph, fed and
 fetched by the tensor names of its SignatureDefs. As TF Serving does, it watches each model's base path
 for numeric version folders, serves those its version policy wants (the highest one by default), and
-loads a newly exported version without a restart (the old one ends). Errors carry TF Serving's status
-codes and messages.
+loads a newly exported version without a restart (the old one ends); a version that fails to load is
+retried, and a model of the first config whose version never loads stops the server, as there. Errors
+carry TF Serving's status codes and messages.
 
 Any local user (and anyone through the SSH tunnel) can reach it, so requests are bounded: see the
 limits below. A request over a limit gets a short error (gRPC INVALID_ARGUMENT or RESOURCE_EXHAUSTED,
