@@ -224,9 +224,8 @@ class LoadedVersion:
         return batcher
 
     def close(self) -> None:
-        """Stop its batch threads; the session ends with the last request that holds it."""
-        for batcher in list(self.batchers.values()):
-            batcher.stop.set()
+        """Nothing to stop: batches run in the requests' threads, and the session ends with the last request
+        that holds it."""
 
 
 @dataclass(frozen=True)
@@ -341,104 +340,138 @@ def merge_batch(parts_per_task: list, params: "BatchingParameters") -> tuple:
 
 
 class Batcher:
-    """Requests to one signature merged into one session run along their first dimension (TF Serving's
-    BatchingSession over a BasicBatchScheduler): a batch runs when it holds its most rows (max_batch_size, or
-    max_execution_batch_size when large batches are split), or when its first request has waited
-    batch_timeout_micros, on one of num_batch_threads threads. With allowed_batch_sizes, the batch is padded up
-    to the next allowed size and the padding rows dropped from the outputs. With enable_large_batch_splitting,
-    a request that does not fit the open batch fills it and its remaining rows go on in the next batches
-    (TensorFlow's input_split_metadata.cc: the room left, then whole batches, then the rest, which later
-    requests can join); its outputs are the pieces' outputs joined in order (batching_session.cc SplitInputTask).
+    """Requests to one signature merged into one session run along their first dimension, with TF Serving's
+    batching rules (BatchingSession over a BasicBatchScheduler): a batch runs when it holds its most rows
+    (max_batch_size, or max_execution_batch_size when large batches are split) or when its first request has
+    waited batch_timeout_micros, and at most num_batch_threads batches run at once. With allowed_batch_sizes,
+    the batch is padded up to the next allowed size and the padding rows dropped from the outputs. With
+    enable_large_batch_splitting, a request that does not fit the open batch fills it and its remaining rows go
+    on in the next batches (TensorFlow's input_split_metadata.cc: the room left, then whole batches, then the
+    rest, which later requests can join); its outputs are the pieces' outputs joined in order
+    (batching_session.cc SplitInputTask).
 
-    A task is a dict: its arrays and rows, the rows still to run ("pending"), the pieces' outputs by first row,
-    and the first error of a piece; a piece is (task, first row, rows)."""
+    The batches run in the requests' own threads, not in threads of their own: a request that finds a batch
+    slot free leads a batch of the oldest waiting rows (its own first); when a batch ends and rows are still
+    waiting, the slot passes to the request that owns the oldest of them. Each request is one wake-up fewer
+    than with batch threads, and a request alone runs at once, as without batching.
+
+    A task is a dict: its arrays and rows, the pieces' outputs by first row, the first error of a piece, its
+    rows not yet run ("pending"), whether it was handed a batch slot ("lead") and the event its thread waits
+    on ("wake"); a piece is (task, first row, rows)."""
 
     def __init__(self, fn, params: BatchingParameters):
-        import queue
+        import collections
 
         self.fn = fn
         self.params = params
-        self.queue: queue.Queue = queue.Queue()
-        self.stop = threading.Event()
-        for i in range(params.num_batch_threads):
-            threading.Thread(target=self.loop, name=f"batch-{i}", daemon=True).start()
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # a leader gathering a batch waits on it for more rows
+        self.waiting: collections.deque = collections.deque()  # pieces not taken by a batch yet, oldest first
+        self.waiting_rows = 0
+        self.running = 0  # batch slots taken (at most num_batch_threads)
 
     def submit(self, arrays: list, rows: int) -> list:
         """Run arrays (rows rows each) as part of a batch; returns their own rows of the outputs."""
-        if rows > self.params.max_batch_size:  # batch_scheduler.h: max_batch_size bounds a task, split or not
+        params = self.params
+        if rows > params.max_batch_size:  # batch_scheduler.h: max_batch_size bounds a task, split or not
             raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch size "
-                                                   f"{self.params.max_batch_size}")
-        if self.queue.qsize() >= self.params.max_enqueued_batches * self.params.max_batch_size:
-            raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
-        task = {"arrays": arrays, "rows": rows, "pending": rows, "outputs": {}, "lock": threading.Lock(),
-                "done": threading.Event(), "at": time.monotonic()}
-        self.queue.put(task)
-        if not task["done"].wait(60):
-            raise ServingError("DEADLINE_EXCEEDED", "the batch did not run within 60 s")
+                                                   f"{params.max_batch_size}")
+        task = {"arrays": arrays, "rows": rows, "pending": rows, "outputs": {}, "lead": False,
+                "wake": threading.Event(), "at": time.monotonic()}
+        with self.lock:
+            if self.waiting_rows + rows > params.max_enqueued_batches * params.execution_size:
+                raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is "
+                                                  "full")
+            self.waiting.append((task, 0, rows))
+            self.waiting_rows += rows
+            self.arrived.notify()
+            if self.running < params.num_batch_threads:
+                self.running += 1
+                task["lead"] = True
+        give_up = task["at"] + 60
+        while True:
+            with self.lock:
+                lead, task["lead"] = task["lead"], False
+                done = task["pending"] == 0
+            if lead:
+                self.lead()
+                continue
+            if done:
+                break
+            if not task["wake"].wait(max(0.0, give_up - time.monotonic())):
+                self.abandon(task)
+                raise ServingError("DEADLINE_EXCEEDED", "the batch did not run within 60 s")
+            task["wake"].clear()
         if "error" in task:
             raise task["error"]
         return task["values"]
 
-    def collect(self, piece: tuple) -> tuple[list, tuple | None]:
-        """A batch starting with piece: the pieces it runs, and the piece left for the next batch, if any."""
-        import queue
-
-        limit, split = self.params.execution_size, self.params.enable_large_batch_splitting
-        deadline = piece[0]["at"] + self.params.batch_timeout_micros / 1e6
-        batch, size = [], 0
-        while True:
-            task, first, rows = piece
-            room = limit - size
-            if rows > room:
-                if not split:
-                    return batch, piece
-                batch.append((task, first, room))
-                return batch, (task, first + room, rows - room)
-            batch.append(piece)
+    def take(self, room: int) -> tuple[list, int]:
+        """Up to room rows of the oldest waiting pieces (the first one split when it does not fit and splitting
+        is on); the lock is held."""
+        taken, size = [], 0
+        while self.waiting and size < room:
+            task, first, rows = self.waiting[0]
+            if rows > room - size:
+                if not self.params.enable_large_batch_splitting:
+                    break
+                rows = room - size
+                self.waiting[0] = (task, first + rows, self.waiting[0][2] - rows)
+            else:
+                self.waiting.popleft()
+            taken.append((task, first, rows))
             size += rows
-            if size >= limit:
-                return batch, None
-            try:
-                remaining = deadline - time.monotonic()
-                task = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                return batch, None
-            piece = (task, 0, task["rows"])
+        self.waiting_rows -= size
+        return taken, size
 
-    def loop(self) -> None:
-        import queue
+    def lead(self) -> None:
+        """Gather and run one batch in this thread, then pass the slot on."""
+        limit = self.params.execution_size
+        with self.lock:
+            batch, size = self.take(limit)
+            if batch:
+                deadline = batch[0][0]["at"] + self.params.batch_timeout_micros / 1e6
+                while size < limit and (remaining := deadline - time.monotonic()) > 0:
+                    self.arrived.wait(remaining)
+                    more, added = self.take(limit - size)
+                    batch += more
+                    size += added
+        if batch:
+            self.run(batch)
+        with self.lock:
+            if self.waiting:  # the slot goes to the owner of the oldest waiting rows
+                owner = self.waiting[0][0]
+                owner["lead"] = True
+                owner["wake"].set()
+            else:
+                self.running -= 1
 
-        carry = None
-        while not self.stop.is_set():
-            if carry is None:
-                try:
-                    task = self.queue.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                carry = (task, 0, task["rows"])
-            batch, carry = self.collect(carry)
-            try:
-                whole = batch[0][0]
-                if len(batch) == 1 and batch[0][2] == whole["rows"] == self.params.padded_size(whole["rows"]):
-                    self.deliver(whole, 0, whole["rows"], self.fn(*whole["arrays"]))  # one request as it came
-                    continue
-                parts = [[a[first:first + rows] for a in task["arrays"]] for task, first, rows in batch]
-                merged, padded = merge_batch(parts, self.params)
-                values = self.fn(*merged)
-                offset = 0
-                for task, first, rows in batch:
-                    own = [v[offset:offset + rows] if v.ndim and v.shape[0] == padded else v for v in values]
-                    self.deliver(task, first, rows, own)
-                    offset += rows
-            except Exception as exc:  # every request of the batch gets the error
-                for task, first, rows in batch:
+    def run(self, batch: list) -> None:
+        """Run a batch and give each piece its rows of the outputs (or the error)."""
+        try:
+            whole = batch[0][0]
+            if len(batch) == 1 and batch[0][2] == whole["rows"] == self.params.padded_size(whole["rows"]):
+                self.deliver(whole, 0, whole["rows"], self.fn(*whole["arrays"]))  # one request as it came
+                return
+            parts = [[a[first:first + rows] for a in task["arrays"]] for task, first, rows in batch]
+            merged, padded = merge_batch(parts, self.params)
+            values = self.fn(*merged)
+            offset = 0
+            for task, first, rows in batch:
+                self.deliver(task, first, rows, [v[offset:offset + rows] if v.ndim and v.shape[0] == padded else v
+                                                 for v in values])
+                offset += rows
+        except Exception as exc:  # every request of the batch gets the error
+            for task, first, rows in batch:
+                if task["pending"]:
                     self.deliver(task, first, rows, None, exc)
 
-    @staticmethod
-    def deliver(task: dict, first: int, rows: int, values, error: Exception | None = None) -> None:
+    def deliver(self, task: dict, first: int, rows: int, values, error: Exception | None = None) -> None:
         """One piece of a task ran: keep its outputs (or the first error); once every row ran, the task's
-        outputs are its pieces' joined in row order and its submitter wakes."""
-        with task["lock"]:
+        outputs are its pieces' joined in row order and its thread wakes."""
+        with self.lock:
+            if task.get("abandoned"):
+                return
             if error is not None:
                 task.setdefault("error", error)
             else:
@@ -450,7 +483,23 @@ class Batcher:
                 pieces = [task["outputs"][k] for k in sorted(task["outputs"])]
                 task["values"] = pieces[0] if len(pieces) == 1 else [
                     np.concatenate(parts) if parts[0].ndim else parts[0] for parts in zip(*pieces)]
-        task["done"].set()
+        task["wake"].set()
+
+    def abandon(self, task: dict) -> None:
+        """A request that gave up: its waiting rows leave the queue, and a slot handed to it passes on."""
+        with self.lock:
+            kept = [piece for piece in self.waiting if piece[0] is not task]
+            self.waiting_rows -= sum(rows for t, _, rows in self.waiting if t is task)
+            self.waiting.clear()
+            self.waiting.extend(kept)
+            task["abandoned"] = True
+            if task["lead"]:
+                task["lead"] = False
+                if self.waiting:
+                    self.waiting[0][0]["lead"] = True
+                    self.waiting[0][0]["wake"].set()
+                else:
+                    self.running -= 1
 
 
 def parse_policy(config) -> tuple:

@@ -226,15 +226,12 @@ def test_tasks_of_different_widths_are_padded_to_the_widest_when_pad_variable_le
 
     batcher = model_server.Batcher(fn, params)
     results = {}
-    try:
-        threads = [threading.Thread(target=lambda k=k, a=a: results.__setitem__(k, batcher.submit([a], len(a))))
-                   for k, a in (("narrow", narrow), ("wide", wide))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        batcher.stop.set()
+    threads = [threading.Thread(target=lambda k=k, a=a: results.__setitem__(k, batcher.submit([a], len(a))))
+               for k, a in (("narrow", narrow), ("wide", wide))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
     assert seen == [(8, 3)]
     assert results["narrow"][0].tolist() == [4.0, 8.0, 12.0]  # 1+2+1, 3+4+1, 5+6+1: the padding counts
     assert results["wide"][0].tolist() == wide.sum(1).tolist()
@@ -281,27 +278,55 @@ def test_a_large_request_is_split_across_batches_and_answered_in_order():
         return [x.sum(1), np.full(len(x), len(x))]
 
     batcher = model_server.Batcher(fn, params)
-    puts = []
-    put = batcher.queue.put
-    batcher.queue.put = lambda task: (puts.append(task), put(task))
     small = np.arange(6, dtype=np.float32).reshape(3, 2)
     big = np.arange(100, 120, dtype=np.float32).reshape(10, 2)
     results = {}
-    try:
-        first = threading.Thread(target=lambda: results.__setitem__("small", batcher.submit([small], 3)))
-        first.start()
-        wait_until(lambda: puts, 10, what="the small request to be queued")  # it opens the batch
-        second = threading.Thread(target=lambda: results.__setitem__("big", batcher.submit([big], 10)))
-        second.start()
-        for t in (first, second):
-            t.join(60)
-    finally:
-        batcher.stop.set()
+    first = threading.Thread(target=lambda: results.__setitem__("small", batcher.submit([small], 3)))
+    first.start()
+    wait_until(lambda: batcher.running, 10, what="the small request to open a batch")
+    second = threading.Thread(target=lambda: results.__setitem__("big", batcher.submit([big], 10)))
+    second.start()
+    for t in (first, second):
+        t.join(60)
     # 3 rows + the big request's first row; then 4; 4; its last row alone (once the timeout passed).
     assert seen == [4, 4, 4, 1]
     assert results["small"][0].tolist() == small.sum(1).tolist() and results["small"][1].tolist() == [4] * 3
     assert results["big"][0].tolist() == big.sum(1).tolist()
     assert results["big"][1].tolist() == [4] + [4] * 4 + [4] * 4 + [1]
+
+
+def test_requests_that_arrive_while_every_batch_slot_is_busy_run_together_in_the_next_batch():
+    """num_batch_threads (session_bundle_config.proto: batches processed in parallel) with batch_timeout_micros 0:
+    a lone request runs at once; requests that arrive while the only slot is busy wait, and all run in the next
+    batch once it frees (TF Serving's BasicBatchScheduler: a batch is closed when a thread is free to take it)."""
+    params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=0, max_enqueued_batches=4,
+                                             num_batch_threads=1)
+    seen, release = [], threading.Event()
+
+    def fn(x):
+        seen.append(len(x))
+        assert release.wait(30)
+        return [x.sum(1)]
+
+    batcher = model_server.Batcher(fn, params)
+    results = {}
+
+    def call(k):
+        results[k] = batcher.submit([np.full((1, 2), k, np.float32)], 1)[0].tolist()
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    wait_until(lambda: seen == [1], 10, what="the first request to run alone")
+    threads += [threading.Thread(target=call, args=(k,)) for k in (1, 2, 3)]
+    for t in threads[1:]:
+        t.start()
+    wait_until(lambda: batcher.waiting_rows == 3, 10, what="three requests to wait for the slot")
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert seen == [1, 3]
+    assert results == {k: [2.0 * k] for k in range(4)}
+    assert batcher.running == 0 and not batcher.waiting
 
 
 def test_a_server_splits_large_batches_when_its_batching_parameters_say_so(export_rows_model, tmp_path):
