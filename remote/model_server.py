@@ -369,6 +369,7 @@ class Batcher:
         self.waiting: collections.deque = collections.deque()  # pieces not taken by a batch yet, oldest first
         self.waiting_rows = 0
         self.running = 0  # batch slots taken (at most num_batch_threads)
+        self.gathering = False  # a leader is waiting for more rows: the one open batch the others join
 
     def submit(self, arrays: list, rows: int) -> list:
         """Run arrays (rows rows each) as part of a batch; returns their own rows of the outputs."""
@@ -385,7 +386,7 @@ class Batcher:
             self.waiting.append((task, 0, rows))
             self.waiting_rows += rows
             self.arrived.notify()
-            if self.running < params.num_batch_threads:
+            if self.running < params.num_batch_threads and not self.gathering:
                 self.running += 1
                 task["lead"] = True
         give_up = task["at"] + 60
@@ -431,20 +432,30 @@ class Batcher:
             batch, size = self.take(limit)
             if batch:
                 deadline = batch[0][0]["at"] + self.params.batch_timeout_micros / 1e6
+                self.gathering = True
                 while size < limit and (remaining := deadline - time.monotonic()) > 0:
                     self.arrived.wait(remaining)
                     more, added = self.take(limit - size)
                     batch += more
                     size += added
+                self.gathering = False
+                if self.waiting and self.running < self.params.num_batch_threads:  # the next batch opens now
+                    self.running += 1
+                    self.hand_slot()
         if batch:
             self.run(batch)
         with self.lock:
-            if self.waiting:  # the slot goes to the owner of the oldest waiting rows
-                owner = self.waiting[0][0]
-                owner["lead"] = True
-                owner["wake"].set()
-            else:
-                self.running -= 1
+            self.hand_slot()
+
+    def hand_slot(self) -> None:
+        """Give a taken batch slot to the owner of the oldest waiting rows that holds none yet, or free it when
+        there is none; the lock is held."""
+        for task, _, _ in self.waiting:
+            if not task["lead"]:
+                task["lead"] = True
+                task["wake"].set()
+                return
+        self.running -= 1
 
     def run(self, batch: list) -> None:
         """Run a batch and give each piece its rows of the outputs (or the error)."""
@@ -495,11 +506,7 @@ class Batcher:
             task["abandoned"] = True
             if task["lead"]:
                 task["lead"] = False
-                if self.waiting:
-                    self.waiting[0][0]["lead"] = True
-                    self.waiting[0][0]["wake"].set()
-                else:
-                    self.running -= 1
+                self.hand_slot()
 
 
 def parse_policy(config) -> tuple:

@@ -329,6 +329,30 @@ def test_requests_that_arrive_while_every_batch_slot_is_busy_run_together_in_the
     assert batcher.running == 0 and not batcher.waiting
 
 
+def test_requests_within_the_batch_timeout_share_the_one_open_batch_even_with_a_free_slot():
+    """batch_timeout_micros (session_bundle_config.proto; BasicBatchScheduler keeps one open batch per queue):
+    a request that comes while the open batch waits for its timeout joins it, though a second batch slot is
+    free; the batch runs once the timeout passed (here: it never fills)."""
+    params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=2_000_000,
+                                             max_enqueued_batches=4, num_batch_threads=2)
+    seen = []
+    batcher = model_server.Batcher(lambda x: (seen.append(len(x)), [x.sum(1)])[1], params)
+    results = {}
+
+    def call(k):
+        results[k] = batcher.submit([np.full((1, 2), k, np.float32)], 1)[0].tolist()
+
+    threads = [threading.Thread(target=call, args=(1,))]
+    threads[0].start()
+    wait_until(lambda: batcher.gathering, 10, what="the first request to open a batch")
+    threads.append(threading.Thread(target=call, args=(2,)))
+    threads[1].start()
+    for t in threads:
+        t.join(60)
+    assert seen == [2] and results == {1: [2.0], 2: [4.0]}
+    assert batcher.running == 0 and not batcher.waiting
+
+
 def test_a_server_splits_large_batches_when_its_batching_parameters_say_so(export_rows_model, tmp_path):
     """The same through a server (--enable_batching, --batching_parameters_file): a Predict of 7 rows runs as 4
     and 3 (padded to 4, allowed_batch_sizes) and is answered whole; max_batch_size still bounds one request
