@@ -96,6 +96,8 @@ LINGER_SECONDS = 2.0
 # What the server exits with when it cannot start because a model did not load or a label names a version that
 # is not available: TF Serving's main.cc prints "Failed to start server. Error: ..." and returns -1.
 FAILED_TO_START = 255
+# How long a request waits for its batch to run before it gives up (DEADLINE_EXCEEDED). Our choice.
+BATCH_WAIT_SECONDS = 60.0
 # Removed models whose ended versions GetModelStatus still lists (a config reload can name any number). Our choice.
 MAX_RETIRED_MODELS = 1000
 # Characters an error message may have before it is cut, with "...TRUNCATED" after them, as TF Serving cuts
@@ -389,7 +391,7 @@ class Batcher:
             if self.running < params.num_batch_threads and not self.gathering:
                 self.running += 1
                 task["lead"] = True
-        give_up = task["at"] + 60
+        give_up = task["at"] + BATCH_WAIT_SECONDS
         while True:
             with self.lock:
                 lead, task["lead"] = task["lead"], False
@@ -401,7 +403,7 @@ class Batcher:
                 break
             if not task["wake"].wait(max(0.0, give_up - time.monotonic())):
                 self.abandon(task)
-                raise ServingError("DEADLINE_EXCEEDED", "the batch did not run within 60 s")
+                raise ServingError("DEADLINE_EXCEEDED", f"the batch did not run within {BATCH_WAIT_SECONDS:g} s")
             task["wake"].clear()
         if "error" in task:
             raise task["error"]

@@ -353,6 +353,32 @@ def test_requests_within_the_batch_timeout_share_the_one_open_batch_even_with_a_
     assert batcher.running == 0 and not batcher.waiting
 
 
+def test_a_request_that_gives_up_waiting_leaves_the_queue_and_no_slot_behind(monkeypatch):
+    """A request waits at most BATCH_WAIT_SECONDS for its batch (then DEADLINE_EXCEEDED); its rows leave the
+    queue and the batch slot it may have been handed passes on, so later requests still run."""
+    monkeypatch.setattr(model_server, "BATCH_WAIT_SECONDS", 0.5)
+    params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=0, max_enqueued_batches=4,
+                                             num_batch_threads=1)
+    seen, release = [], threading.Event()
+
+    def fn(x):
+        seen.append(len(x))
+        assert release.wait(30)
+        return [x.sum(1)]
+
+    batcher = model_server.Batcher(fn, params)
+    first = threading.Thread(target=lambda: batcher.submit([np.ones((1, 2), np.float32)], 1))
+    first.start()
+    wait_until(lambda: seen == [1], 10, what="the first request to hold the only slot")
+    with pytest.raises(model_server.ServingError, match="the batch did not run within 0.5 s"):
+        batcher.submit([np.ones((2, 2), np.float32)], 2)
+    assert not batcher.waiting and batcher.waiting_rows == 0
+    release.set()
+    first.join(60)
+    assert batcher.submit([np.full((1, 2), 3, np.float32)], 1)[0].tolist() == [6.0]
+    assert seen == [1, 1] and batcher.running == 0
+
+
 def test_a_server_splits_large_batches_when_its_batching_parameters_say_so(export_rows_model, tmp_path):
     """The same through a server (--enable_batching, --batching_parameters_file): a Predict of 7 rows runs as 4
     and 3 (padded to 4, allowed_batch_sizes) and is answered whole; max_batch_size still bounds one request
