@@ -98,6 +98,9 @@ LINGER_SECONDS = 2.0
 FAILED_TO_START = 255
 # How long a request waits for its batch to run before it gives up (DEADLINE_EXCEEDED). Our choice.
 BATCH_WAIT_SECONDS = 60.0
+# --rest_api_enable_cors_support: the headers every REST answer then carries (http_rest_api_util.cc AddCORSHeaders).
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
+                ("Access-Control-Allow-Headers", "Content-Type"))
 # Removed models whose ended versions GetModelStatus still lists (a config reload can name any number). Our choice.
 MAX_RETIRED_MODELS = 1000
 # Characters an error message may have before it is cut, with "...TRUNCATED" after them, as TF Serving cuts
@@ -1901,12 +1904,14 @@ def regression_json(result) -> str:
 
 
 def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAULT_REST_TIMEOUT_MS / 1000,
-                      metrics: Metrics | None = None, metrics_path: str | None = None):
+                      metrics: Metrics | None = None, metrics_path: str | None = None, cors: bool = False):
     """A handler for TF Serving's REST API (g3doc/api_rest.md; model_servers/http_rest_api_handler.cc).
 
     Every answer, errors included, is JSON with a Content-Length; errors are {"error": "..."} as in TF
     Serving, with its HTTP codes (http_server.cc ToHTTPStatusCode). A connection is closed after each
-    answer (HTTP/1.0), and every socket read or write times out after timeout_seconds.
+    answer (HTTP/1.0), and every socket read or write times out after timeout_seconds. With cors
+    (--rest_api_enable_cors_support), every answer carries the CORS headers of http_rest_api_util.cc
+    AddCORSHeaders; a CORS preflight (OPTIONS) is answered as http_server.cc answers it, flag or not.
     """
     import re
     import urllib.parse
@@ -1940,7 +1945,11 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
             self.close_connection = True
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", content_type)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
+                if cors:
+                    for name, value in CORS_HEADERS:
+                        self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")
                 self.end_headers()
@@ -2005,6 +2014,14 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
 
         def malformed(self) -> None:
             self.fail(ServingError("INVALID_ARGUMENT", f"Malformed request: {self.command} {self.path}"))
+
+        def do_OPTIONS(self):
+            """http_server.cc ProcessRequest: a preflight whose Origin names an http(s) origin is answered 200 with
+            nothing else; without one, FAILED_PRECONDITION "Origin header is missing in CORS preflight", whose
+            message is not written (400, an empty body)."""
+            self.body_unread = self.headers.get("Content-Length", "0").strip() not in ("", "0")
+            origin = self.headers.get("Origin", "")
+            self.reply(200 if re.search(r"https?://", origin) else 400, b"", None)
 
         def do_GET(self):
             path = self.path.split("?", 1)[0]
@@ -2201,7 +2218,7 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
         def other(self):
             return self.malformed()
 
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = other
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = other
 
     return Handler
 
@@ -2211,7 +2228,7 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
 # TensorFlow Serving's flags (model_servers/main.cc) that this stand-in accepts without implementing:
 # each is named in a one-line warning when given.
 UNIMPLEMENTED_FLAGS = {
-    "rest_api_enable_cors_support", "enable_per_model_batching_params",
+    "enable_per_model_batching_params",
     "num_load_threads", "num_unload_threads", "flush_filesystem_caches", "use_alts_credentials",
     "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
@@ -2255,6 +2272,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="gRPC worker threads")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=DEFAULT_REST_TIMEOUT_MS,
                    help="REST: each socket read or write of a connection times out after this (0: never)")
+    p.add_argument("--rest_api_enable_cors_support", nargs="?", const="true", default="false",
+                   help="REST: CORS headers in every answer")
     p.add_argument("--rest_api_num_threads", type=int, default=DEFAULT_REST_THREADS,
                    help="REST: connections handled at once; more wait their turn (default 4 per CPU)")
     for flag in ("tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
@@ -2408,7 +2427,8 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.rest_api_port:
         timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
         rest = BoundedHTTPServer((args.host, args.rest_api_port),
-                                 make_rest_handler(tf, models, timeout, metrics, metrics_path),
+                                 make_rest_handler(tf, models, timeout, metrics, metrics_path,
+                                                   is_true(args.rest_api_enable_cors_support)),
                                  args.rest_api_num_threads)
         threading.Thread(target=rest.serve_forever, name="rest", daemon=True).start()
         print(f"Exporting HTTP/REST API at:{args.host}:{args.rest_api_port} ...", flush=True)

@@ -113,7 +113,7 @@ def server(lab_steps_run, tf, tmp_path_factory):
                              "--allow_version_labels_for_unavailable_models",
                              "--load_retry_interval_micros=100000",
                              f"--batching_parameters_file={batching}", "--num_load_threads", "2",
-                             "--rest_api_enable_cors_support=true"],
+                             "--rest_api_enable_cors_support=true", "--flush_filesystem_caches=true"],
                             stdout=log, stderr=subprocess.STDOUT)
     client = ServingClient(f"127.0.0.1:{port}", timeout=10)
     try:
@@ -914,7 +914,7 @@ def test_tf_serving_flags_the_stand_in_does_not_implement_are_a_one_line_warning
     about those it does not implement, and still refuses a flag TF Serving does not have."""
     text = server["log"].read_text()
     warnings = [line for line in text.splitlines() if "does not implement" in line]
-    assert any("--rest_api_enable_cors_support" in line for line in warnings), text[-2000:]
+    assert any("--flush_filesystem_caches" in line for line in warnings), text[-2000:]
     assert any("--num_load_threads" in line for line in warnings), text[-2000:]
     proc = subprocess.run([sys.executable, str(REMOTE / "model_server.py"), "--model_base_path=/nonexistent",
                            "--no_such_flag=1"], capture_output=True, text=True, timeout=60)
@@ -982,3 +982,32 @@ def test_an_error_over_1024_characters_is_cut_as_tf_serving_cuts_it(server):
     details = error.details()
     assert details.startswith("input size does not match signature: 41!=1 len({extra_00_")
     assert len(details) == 1024 + len("...TRUNCATED") and details.endswith("...TRUNCATED")
+
+
+def test_cors_headers_and_the_preflight(server):
+    """--rest_api_enable_cors_support (model_servers/main.cc): every REST answer, errors too, carries
+    http_rest_api_util.cc AddCORSHeaders' three headers; http_server.cc ProcessRequest answers an OPTIONS
+    preflight 200 with an empty body when its Origin is an http(s) origin, else FAILED_PRECONDITION (400)."""
+    import http.client
+
+    def call(method, path, headers=None, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", server["rest"], timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            answer = conn.getresponse()
+            return answer.status, dict(answer.getheaders()), answer.read()
+        finally:
+            conn.close()
+
+    cors = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+            "Access-Control-Allow-Headers": "Content-Type"}
+    for method, path, body in (("GET", "/v1/models/nn", None),
+                               ("POST", "/v1/models/nn:predict", b'{"instances": [[1.0]], "signature_name": "prediction"}'),
+                               ("GET", "/v1/models/nope", None)):
+        status, headers, _ = call(method, path, body=body)
+        assert status in (200, 404) and {k: headers.get(k) for k in cors} == cors, (method, path, headers)
+    status, headers, body = call("OPTIONS", "/v1/models/nn:predict", {"Origin": "https://example.org",
+                                                                     "Access-Control-Request-Method": "POST"})
+    assert (status, body) == (200, b"") and headers["Access-Control-Allow-Origin"] == "*"
+    status, headers, body = call("OPTIONS", "/v1/models/nn:predict")
+    assert (status, body) == (400, b"")
