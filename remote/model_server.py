@@ -1581,6 +1581,42 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
     return PredictionService(), ModelService(), prediction_service_pb2_grpc, model_service_pb2_grpc
 
 
+def health_service(serving: threading.Event):
+    """--enable_grpc_healthcheck_service (model_servers/server.cc): gRPC's standard health service,
+    grpc.health.v1.Health (grpc's doc/health-checking.md), as gRPC C++'s default one answers it: Check of ""
+    (the server), "ModelService" and "PredictionService" is SERVING while the server serves (NOT_SERVING once it
+    stops), any other name NOT_FOUND. Its two messages are built here from their proto definition, so that no
+    other package is needed. Watch, a stream that would hold a worker thread per watcher, is not offered."""
+    import grpc
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="tflab/grpc_health_v1.proto", package="grpc.health.v1",
+                                               syntax="proto3")
+    proto.message_type.add(name="HealthCheckRequest").field.add(name="service", number=1, type=field.TYPE_STRING,
+                                                                label=field.LABEL_OPTIONAL)
+    response = proto.message_type.add(name="HealthCheckResponse")
+    status = response.enum_type.add(name="ServingStatus")
+    for number, name in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        status.value.add(name=name, number=number)
+    response.field.add(name="status", number=1, type=field.TYPE_ENUM, label=field.LABEL_OPTIONAL,
+                       type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    classes = message_factory.GetMessageClassesForFiles([proto.name], pool)
+    request_class = classes["grpc.health.v1.HealthCheckRequest"]
+    response_class = classes["grpc.health.v1.HealthCheckResponse"]
+
+    def check(request, context):
+        if request.service not in ("", "ModelService", "PredictionService"):
+            context.abort(grpc.StatusCode.NOT_FOUND, "")
+        return response_class(status=1 if serving.is_set() else 2)
+
+    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(check, request_deserializer=request_class.FromString,
+                                                     response_serializer=response_class.SerializeToString)})
+
+
 def model_metadata(models: Models, request):
     """GetModelMetadata (servables/tensorflow/get_model_metadata_impl.cc)."""
     from tensorflow_serving.apis import get_model_metadata_pb2 as md
@@ -2232,7 +2268,6 @@ UNIMPLEMENTED_FLAGS = {
     "num_load_threads", "num_unload_threads", "flush_filesystem_caches", "use_alts_credentials",
     "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
-    "enable_grpc_healthcheck_service",
     "xla_cpu_compilation_enabled", "enable_cors_support",
     "remove_unused_fields_from_bundle_metagraph", "response_tensor_serialization_option",
 }
@@ -2266,6 +2301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wait between load retries (default one minute)")
     p.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const="true", default="false",
                    help="a config may give a new version label to a version not loaded yet (as at start)")
+    p.add_argument("--enable_grpc_healthcheck_service", nargs="?", const="true", default="false",
+                   help="serve gRPC's standard health service (grpc.health.v1.Health Check)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     p.add_argument("--threads", "--grpc_max_threads", dest="threads", type=int, default=8,
@@ -2398,6 +2435,9 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
                          options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)])
     pred_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_grpc.add_ModelServiceServicer_to_server(model_service, server)
+    serving = threading.Event()  # set while the server serves: the health service's SERVING
+    if is_true(args.enable_grpc_healthcheck_service):
+        server.add_generic_rpc_handlers((health_service(serving),))
     address = f"{args.host}:{args.port}"
     try:
         bound = server.add_insecure_port(address)
@@ -2423,6 +2463,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     if models.start_error:
         return FAILED_TO_START
     server.start()
+    serving.set()
     rest = None
     if args.rest_api_port:
         timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
@@ -2443,6 +2484,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
         threading.Thread(target=watch_config, args=(args.model_config_file, args.model_config_file_poll_wait_seconds,
                                                     reload, stop), name="watch-config", daemon=True).start()
     stop.wait()
+    serving.clear()
     server.stop(grace=0.5).wait(2)
     if rest is not None:
         rest.shutdown()

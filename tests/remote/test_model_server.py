@@ -161,3 +161,11 @@ def test_a_newly_exported_version_is_served_without_a_restart(served, tf, steps_
     assert served["proc"].poll() is None
     with pytest.raises(NotFoundError, match="Specific\\(nn, 1\\)"):
         client.predict([0.0], version=1)
+
+
+def test_without_its_flag_there_is_no_health_service(served):
+    """model_servers/server.cc enables gRPC's health service only with --enable_grpc_healthcheck_service."""
+    with grpc.insecure_channel(f"127.0.0.1:{served['port']}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -113,7 +113,8 @@ def server(lab_steps_run, tf, tmp_path_factory):
                              "--allow_version_labels_for_unavailable_models",
                              "--load_retry_interval_micros=100000",
                              f"--batching_parameters_file={batching}", "--num_load_threads", "2",
-                             "--rest_api_enable_cors_support=true", "--flush_filesystem_caches=true"],
+                             "--rest_api_enable_cors_support=true", "--flush_filesystem_caches=true",
+                             "--enable_grpc_healthcheck_service"],
                             stdout=log, stderr=subprocess.STDOUT)
     client = ServingClient(f"127.0.0.1:{port}", timeout=10)
     try:
@@ -1011,3 +1012,22 @@ def test_cors_headers_and_the_preflight(server):
     assert (status, body) == (200, b"") and headers["Access-Control-Allow-Origin"] == "*"
     status, headers, body = call("OPTIONS", "/v1/models/nn:predict")
     assert (status, body) == (400, b"")
+
+
+def health_check(channel, service: str) -> bytes:
+    """grpc.health.v1.Health/Check (grpc's doc/health-checking.md) with the request's bytes written by hand:
+    HealthCheckRequest {string service = 1}; returns the answer's bytes."""
+    data = service.encode()
+    request = (b"\x0a" + bytes([len(data)]) + data) if data else b""
+    return channel.unary_unary("/grpc.health.v1.Health/Check")(request, timeout=10)
+
+
+def test_the_grpc_health_service_answers_as_grpc_cpp_default_one(server):
+    """--enable_grpc_healthcheck_service (model_servers/server.cc: grpc::EnableDefaultHealthCheckService, then
+    SetServingStatus("ModelService") and ("PredictionService")): Check of the server (""), ModelService and
+    PredictionService answers HealthCheckResponse {status: SERVING} (bytes 08 01); an unknown name NOT_FOUND."""
+    channel = server["client"]._channel
+    for service in ("", "ModelService", "PredictionService"):
+        assert health_check(channel, service) == b"\x08\x01", service
+    error = refusal(lambda request, timeout: health_check(channel, "tensorflow.serving.Nope"), None)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
