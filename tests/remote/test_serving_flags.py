@@ -295,10 +295,9 @@ def test_a_large_request_is_split_across_batches_and_answered_in_order():
     assert results["big"][1].tolist() == [4] + [4] * 4 + [4] * 4 + [1]
 
 
-def test_requests_that_arrive_while_every_batch_slot_is_busy_run_together_in_the_next_batch():
-    """num_batch_threads (session_bundle_config.proto: batches processed in parallel) with batch_timeout_micros 0:
-    a lone request runs at once; requests that arrive while the only slot is busy wait, and all run in the next
-    batch once it frees (TF Serving's BasicBatchScheduler: a batch is closed when a thread is free to take it)."""
+def held_batcher():
+    """A batcher with one slot and no batch timeout whose batches each wait for release; returns it, the list of
+    the batch sizes it ran, and release."""
     params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=0, max_enqueued_batches=4,
                                              num_batch_threads=1)
     seen, release = [], threading.Event()
@@ -308,12 +307,23 @@ def test_requests_that_arrive_while_every_batch_slot_is_busy_run_together_in_the
         assert release.wait(30)
         return [x.sum(1)]
 
-    batcher = model_server.Batcher(fn, params)
-    results = {}
+    return model_server.Batcher(fn, params), seen, release
 
+
+def one_row_caller(batcher, results: dict):
+    """call(k): submits one row of two k's and keeps the row sums it is answered in results[k]."""
     def call(k):
         results[k] = batcher.submit([np.full((1, 2), k, np.float32)], 1)[0].tolist()
+    return call
 
+
+def test_requests_that_arrive_while_every_batch_slot_is_busy_run_together_in_the_next_batch():
+    """num_batch_threads (session_bundle_config.proto: batches processed in parallel) with batch_timeout_micros 0:
+    a lone request runs at once; requests that arrive while the only slot is busy wait, and all run in the next
+    batch once it frees (TF Serving's BasicBatchScheduler: a batch is closed when a thread is free to take it)."""
+    batcher, seen, release = held_batcher()
+    results = {}
+    call = one_row_caller(batcher, results)
     threads = [threading.Thread(target=call, args=(0,))]
     threads[0].start()
     wait_until(lambda: seen == [1], 10, what="the first request to run alone")
@@ -338,10 +348,7 @@ def test_requests_within_the_batch_timeout_share_the_one_open_batch_even_with_a_
     seen = []
     batcher = model_server.Batcher(lambda x: (seen.append(len(x)), [x.sum(1)])[1], params)
     results = {}
-
-    def call(k):
-        results[k] = batcher.submit([np.full((1, 2), k, np.float32)], 1)[0].tolist()
-
+    call = one_row_caller(batcher, results)
     threads = [threading.Thread(target=call, args=(1,))]
     threads[0].start()
     wait_until(lambda: batcher.gathering, 10, what="the first request to open a batch")
@@ -357,16 +364,7 @@ def test_a_request_that_gives_up_waiting_leaves_the_queue_and_no_slot_behind(mon
     """A request waits at most BATCH_WAIT_SECONDS for its batch (then DEADLINE_EXCEEDED); its rows leave the
     queue and the batch slot it may have been handed passes on, so later requests still run."""
     monkeypatch.setattr(model_server, "BATCH_WAIT_SECONDS", 0.5)
-    params = model_server.BatchingParameters(max_batch_size=16, batch_timeout_micros=0, max_enqueued_batches=4,
-                                             num_batch_threads=1)
-    seen, release = [], threading.Event()
-
-    def fn(x):
-        seen.append(len(x))
-        assert release.wait(30)
-        return [x.sum(1)]
-
-    batcher = model_server.Batcher(fn, params)
+    batcher, seen, release = held_batcher()
     first = threading.Thread(target=lambda: batcher.submit([np.ones((1, 2), np.float32)], 1))
     first.start()
     wait_until(lambda: seen == [1], 10, what="the first request to hold the only slot")
