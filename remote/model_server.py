@@ -454,12 +454,13 @@ class Batcher:
 
     def hand_slot(self) -> None:
         """Give a taken batch slot to the owner of the oldest waiting rows that holds none yet, or free it when
-        there is none; the lock is held."""
-        for task, _, _ in self.waiting:
-            if not task["lead"]:
-                task["lead"] = True
-                task["wake"].set()
-                return
+        there is none or a batch is open (its leader hands one on when it closes); the lock is held."""
+        if not self.gathering:
+            for task, _, _ in self.waiting:
+                if not task["lead"]:
+                    task["lead"] = True
+                    task["wake"].set()
+                    return
         self.running -= 1
 
     def run(self, batch: list) -> None:

@@ -377,6 +377,38 @@ def test_a_request_that_gives_up_waiting_leaves_the_queue_and_no_slot_behind(mon
     assert seen == [1, 1] and batcher.running == 0
 
 
+@pytest.mark.parametrize("slots, timeout_micros, split", [(2, 500, True), (1, 0, True), (3, 200, False)])
+def test_many_concurrent_requests_of_every_size_each_get_their_own_rows_back(slots, timeout_micros, split):
+    """The batching rules together under load (16 threads x 40 requests of 1-8 rows, allowed sizes 2/4/8, with
+    and without splitting at 4 rows): every request gets exactly its own rows' results, no batch runs more than
+    its most rows, and no slot or row is left behind."""
+    params = model_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=timeout_micros,
+                                             max_enqueued_batches=64, num_batch_threads=slots,
+                                             allowed_batch_sizes=(2, 4, 8), enable_large_batch_splitting=split,
+                                             max_execution_batch_size=4)
+    sizes = []
+    batcher = model_server.Batcher(lambda x: (sizes.append(len(x)), [x.sum(1)])[1], params)
+    failures = []
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            rows = int(rng.integers(1, 9))
+            x = rng.random((rows, 3), dtype=np.float32)
+            (got,) = batcher.submit([x], rows)
+            if got.shape != (rows,) or not np.allclose(got, x.sum(1)):
+                failures.append((seed, rows))
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads) and not failures
+    assert set(sizes) <= ({2, 4} if split else {2, 4, 8})  # padded to an allowed size, never over the most rows
+    assert batcher.running == 0 and not batcher.waiting and batcher.waiting_rows == 0
+
+
 def test_a_server_splits_large_batches_when_its_batching_parameters_say_so(export_rows_model, tmp_path):
     """The same through a server (--enable_batching, --batching_parameters_file): a Predict of 7 rows runs as 4
     and 3 (padded to 4, allowed_batch_sizes) and is answered whole; max_batch_size still bounds one request
