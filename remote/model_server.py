@@ -2463,6 +2463,8 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     models.check_start(stop)
     if models.start_error:
         return FAILED_TO_START
+    if stop.is_set():  # a signal while the first loads were retried: never listen
+        return 0
     server.start()
     serving.set()
     rest = None

@@ -1031,3 +1031,34 @@ def test_the_grpc_health_service_answers_as_grpc_cpp_default_one(server):
         assert health_check(channel, service) == b"\x08\x01", service
     error = refusal(lambda request, timeout: health_check(channel, "tensorflow.serving.Nope"), None)
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_sigterm_while_a_first_load_waits_for_its_retry_stops_the_server_at_once(server):
+    """The server does not listen before its first loads are done (load_servables_fast.cc); a SIGTERM during the
+    wait for a retry (a minute here) ends it then, without listening."""
+    import signal
+    import time
+
+    port = ports.free_port()
+    proc = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}", "--model_name=tagged",
+                             f"--model_base_path={server['root'] / 'tagged'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # bounded: the first attempt fails within seconds of the start
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "{name: tagged version: 1} failed" in line:
+                break
+        assert any("{name: tagged version: 1} failed" in line for line in lines), lines[-5:]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0
+    assert "Running gRPC ModelServer" not in out and "Failed to start server" not in out
