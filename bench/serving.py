@@ -220,8 +220,8 @@ def main() -> None:
         values = [figs[a][key] / figs[b][key] for figs in rounds]
         return f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
 
-    print(f"ratios, median of rounds [min-max]: sequential p50: stand-in {ratio('p50', 2, 0)} the floor (goal <= 1.5x), "
-          f"TF floor {ratio('p50', 1, 0)} the floor, stand-in {ratio('p50', 2, 1)} the TF floor; "
+    print(f"ratios, median of rounds [min-max]: sequential p50: stand-in {ratio('p50', 2, 0)} the floor "
+          f"(goal <= 1.5x), TF floor {ratio('p50', 1, 0)} the floor, stand-in {ratio('p50', 2, 1)} the TF floor; "
           f"{args.threads}-thread calls/s: stand-in {ratio('calls_s', 2, 0)} the floor (goal >= 0.7x), "
           f"TF floor {ratio('calls_s', 1, 0)} the floor")
 

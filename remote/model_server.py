@@ -777,7 +777,8 @@ def load_failed(tf, model: ModelState, version: int, failed: int, exc, models: M
     with the last error (its state stays LOADING in between, as there)."""
     servable = f"{{name: {model.name} version: {version}}}"
     log.error("Loading servable: %s failed: %s", servable, clip(exc))
-    error = (clip(f"could not load: {exc}"), load_error_code(tf, exc))
+    error = (clip(load_error_message(exc, models.tags if models is not None else ["serve"])),
+             load_error_code(tf, exc))
     retries = models.max_load_retries if models is not None else 0
     if failed <= retries:
         model.retries[version] = (failed, time.monotonic() + models.load_retry_interval, error)
@@ -793,6 +794,16 @@ def next_retry_in(models: Models) -> float | None:
     """Seconds until the first load retry is due, if one is waiting."""
     due = [at for model in models.all() for _, at, _ in list(model.retries.values())]
     return max(0.0, min(due) - time.monotonic()) if due else None
+
+
+def load_error_message(exc, tags: list[str]) -> str:
+    """Why a version did not load: for a SavedModel without a MetaGraphDef of the --saved_model_tags, the words of
+    TensorFlow's C++ loader, which TF Serving's status carries (tensorflow/cc/saved_model/reader.cc
+    FindMetaGraphDef); otherwise Python's loader's message."""
+    if "MetaGraphDef associated with tags" in str(exc):
+        return (f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. To inspect available "
+                "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
+    return f"could not load: {exc}"
 
 
 def load_error_code(tf, exc) -> int:

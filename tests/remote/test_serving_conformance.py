@@ -614,22 +614,25 @@ def test_a_model_added_by_a_reload_that_fails_to_load_is_retried_then_reported(s
     not load under the default "serve" (tensorflow/cc/saved_model/loader.cc: NOT_FOUND). Each attempt is retried
     --max_num_load_retries times (5), --load_retry_interval_micros apart (util/retrier.cc, core/loader_harness.cc);
     then the version ends with the loader's error. HandleReloadConfigRequest waits for the model it added and
-    fails UNKNOWN "1 model(s) did not become available: ..." (server_core.cc WaitUntilModelsAvailable), the config
-    staying applied ("{" + "{" + ServableId::DebugString() + " due to error: " + status + "}, " ... + "}"). A model removed by the next reload still shows its ended version in GetModelStatus
-    (servable_state_monitor.cc keeps every servable's last state)."""
+    fails UNKNOWN "1 model(s) did not become available: ..." (server_core.cc WaitUntilModelsAvailable: "{", then
+    "{" + ServableId::DebugString() + " due to error: " + status + "}, " per model, then "}"), the config staying
+    applied; the error is the C++ loader's (tensorflow/cc/saved_model/reader.cc FindMetaGraphDef). A model removed
+    by the next reload still shows its ended version in GetModelStatus (servable_state_monitor.cc keeps every
+    servable's last state)."""
     original = server["config"].read_text()
     adding = reload_request(server, with_model(original, TAGGED.format(tagged=server["root"] / "tagged")))
     error = refusal(model_service(server).HandleReloadConfigRequest, adding)
     assert error.code() == grpc.StatusCode.UNKNOWN, error
-    assert error.details().startswith("1 model(s) did not become available: {{{name: tagged version: 1} due to "
-                                      "error: NOT_FOUND: could not load: MetaGraphDef associated with tags"), error
-    assert error.details().endswith("}, }")
+    assert error.details() == ("1 model(s) did not become available: {{{name: tagged version: 1} due to error: "
+                               "NOT_FOUND: Could not find meta graph def matching supplied tags: { serve }. To inspect "
+                               "available tag-sets in the SavedModel, please use the SavedModel CLI: "
+                               "`saved_model_cli`}, }"), error
     log = server["log"].read_text()
     assert "Retrying of Loading servable: {name: tagged version: 1} retry: 5" in log
     assert "Retrying of Loading servable: {name: tagged version: 1} exhausted max_num_retries: 5" in log
     (status,) = server["client"].status("tagged")
-    assert status.version == 1 and status.state == "END" and "MetaGraphDef associated with tags" in status.error
-    assert "serve" in status.error and "tflab" in status.error
+    assert status.version == 1 and status.state == "END"
+    assert status.error.startswith("Could not find meta graph def matching supplied tags: { serve }."), status
     request = serving_apis().get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "tagged"
     (version,) = model_service(server).GetModelStatus(request, timeout=10).model_version_status
@@ -638,7 +641,7 @@ def test_a_model_added_by_a_reload_that_fails_to_load_is_retried_then_reported(s
     assert error.details() == "Servable not found for request: Latest(tagged)"
     assert model_service(server).HandleReloadConfigRequest(reload_request(server, original), timeout=60)
     (status,) = server["client"].status("tagged")  # removed, and still listed as ended
-    assert status.state == "END" and "MetaGraphDef" in status.error
+    assert status.state == "END" and "Could not find meta graph def" in status.error
     assert server["client"].status("nn")
 
 
@@ -659,10 +662,12 @@ def test_a_label_names_only_an_available_version_and_a_refused_reload_changes_no
     assert server["client"].status("census")[0].state == "AVAILABLE"  # not removed: nothing was applied
     request = nn_request(version_label="stable")
     assert stub(server).Predict(request, timeout=10).model_spec.version.value == 1
-    new_label = original.replace('key: "canary" value: 2 }', 'key: "canary" value: 2 }\n    version_labels { key: "next" value: 3 }')
+    new_label = original.replace('key: "canary" value: 2 }',
+                                 'key: "canary" value: 2 }\n    version_labels { key: "next" value: 3 }')
     assert model_service(server).HandleReloadConfigRequest(reload_request(server, new_label), timeout=60)
     error = refusal(stub(server).Predict, nn_request(version_label="next"))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "Servable not found for request: Specific(nn, 3)"
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "Servable not found for request: Specific(nn, 3)"
     assert model_service(server).HandleReloadConfigRequest(reload_request(server, original), timeout=60)
 
 
@@ -684,7 +689,8 @@ def test_the_server_does_not_start_when_a_first_model_fails_or_a_label_names_no_
                           "--max_num_load_retries=1", "--load_retry_interval_micros=100000"])
     assert done.returncode == 255, done
     assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
-            "{{{name: tagged version: 1} due to error: NOT_FOUND: could not load: MetaGraphDef") in done.stdout, done
+            "{{{name: tagged version: 1} due to error: NOT_FOUND: Could not find meta graph def matching supplied "
+            "tags: { serve }.") in done.stdout, done
     assert "Running gRPC ModelServer" not in done.stdout
     assert "Retrying of Loading servable: {name: tagged version: 1} retry: 1" in done.stderr
     config = tmp_path / "labels.config"
@@ -1003,7 +1009,8 @@ def test_cors_headers_and_the_preflight(server):
     cors = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
             "Access-Control-Allow-Headers": "Content-Type"}
     for method, path, body in (("GET", "/v1/models/nn", None),
-                               ("POST", "/v1/models/nn:predict", b'{"instances": [[1.0]], "signature_name": "prediction"}'),
+                               ("POST", "/v1/models/nn:predict",
+                                b'{"instances": [[1.0]], "signature_name": "prediction"}'),
                                ("GET", "/v1/models/nope", None)):
         status, headers, _ = call(method, path, body=body)
         assert status in (200, 404) and {k: headers.get(k) for k in cors} == cors, (method, path, headers)
