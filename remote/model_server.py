@@ -96,6 +96,8 @@ LINGER_SECONDS = 2.0
 # What the server exits with when it cannot start because a model did not load or a label names a version that
 # is not available: TF Serving's main.cc prints "Failed to start server. Error: ..." and returns -1.
 FAILED_TO_START = 255
+# The longest the main thread waits before it runs a signal handler that another thread's signal left pending.
+SIGNAL_CHECK_SECONDS = 0.2
 # How long a request waits for its batch to run before it gives up (DEADLINE_EXCEEDED). Our choice.
 BATCH_WAIT_SECONDS = 60.0
 # --rest_api_enable_cors_support: the headers every REST answer then carries (http_rest_api_util.cc AddCORSHeaders).
@@ -2381,6 +2383,19 @@ def read_monitoring_path(path: str) -> str | None:
     return found.group(1) if found and found.group(1) else "/monitoring/prometheus/metrics"
 
 
+def wait_in_main_thread(stop: threading.Event, seconds: float | None = None) -> None:
+    """stop.wait(seconds) in short slices. CPython runs a signal's handler in the main thread only, and when the
+    kernel gives SIGTERM to another thread (TensorFlow's, grpc's: any thread that does not block it may take
+    it), nothing wakes a main thread blocked in a wait: the handler would run only when that wait ends. Each
+    slice's end lets it run."""
+    end = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set():
+        remaining = SIGNAL_CHECK_SECONDS if end is None else min(SIGNAL_CHECK_SECONDS, end - time.monotonic())
+        if remaining <= 0:
+            return
+        stop.wait(remaining)
+
+
 def is_true(value) -> bool:
     """A boolean flag's value as TF Serving's flag parser reads it (true/false, 1/0, yes/no)."""
     return str(value).lower() in ("true", "1", "yes")
@@ -2468,7 +2483,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
         poll_once(tf, model, models)  # serve what is there before saying we run
     # As TF Serving, retry what failed before listening (load_servables_fast.cc waits for the first load).
     while not stop.is_set() and models.starting and (wait := next_retry_in(models)) is not None:
-        stop.wait(wait)
+        wait_in_main_thread(stop, wait)
         for model in models.all():
             poll_once(tf, model, models)
     models.check_start(stop)
@@ -2497,7 +2512,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         threading.Thread(target=watch_config, args=(args.model_config_file, args.model_config_file_poll_wait_seconds,
                                                     reload, stop), name="watch-config", daemon=True).start()
-    stop.wait()
+    wait_in_main_thread(stop)
     serving.clear()
     server.stop(grace=0.5).wait(2)
     if rest is not None:

@@ -169,3 +169,30 @@ def test_without_its_flag_there_is_no_health_service(served):
         with pytest.raises(grpc.RpcError) as info:
             channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sigterm_taken_by_any_thread_stops_the_server(served, tmp_path):
+    """The kernel gives a process's SIGTERM to any of its threads that does not block it, often one of
+    TensorFlow's or grpc's. CPython runs the handler in the main thread only, when it next wakes, so a main
+    thread that waits without end would keep the server up. Sent here to a thread that is not the main one
+    (tgkill), it still stops the server at once."""
+    import ctypes
+    import os
+    import signal
+
+    base = tmp_path / "nn"
+    shutil.copytree(served["base"] / "1", base / "1")
+    port = ports.free_port()
+    proc = subprocess.Popen([sys.executable, str(REMOTE / "model_server.py"), f"--port={port}", "--model_name=nn",
+                             f"--model_base_path={base}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ServingClient(f"127.0.0.1:{port}", timeout=10) as client:
+            client.wait_available("nn", timeout=120)
+        others = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
+        assert others, "the server has threads besides its main one"
+        assert ctypes.CDLL(None, use_errno=True).tgkill(proc.pid, others[-1], signal.SIGTERM) == 0
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
