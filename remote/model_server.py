@@ -665,9 +665,10 @@ class Models:
 
     def wait_settled(self, names, stop: threading.Event) -> None:
         """After a config reload, wait for the models it added (server_core.cc WaitUntilModelsAvailable; those
-        with a version on disk: TF Serving would wait for the others without end) and raise UNKNOWN if one did
-        not become available. The config stays applied either way, as there."""
-        names = {n for n in names if n in self.by_name and numeric_versions(self.by_name[n].base_path)}
+        with a version on disk that their policy wants: TF Serving would wait for the others without end, holding
+        the call) and raise UNKNOWN if one did not become available. The config stays applied either way."""
+        names = {n for n in names if (m := self.by_name.get(n)) is not None
+                 and wanted_versions(m.policy, numeric_versions(m.base_path))}
         while names and not stop.is_set():
             done, failures = self.settled(names)
             if done:

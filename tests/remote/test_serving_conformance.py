@@ -1069,3 +1069,17 @@ def test_sigterm_while_a_first_load_waits_for_its_retry_stops_the_server_at_once
             proc.wait(10)
     assert proc.returncode == 0
     assert "Running gRPC ModelServer" not in out and "Failed to start server" not in out
+
+
+def test_a_reload_does_not_wait_for_a_model_that_has_no_version_its_policy_wants(server):
+    """server_core.cc WaitUntilModelsAvailable would hold the reload until such a model loads, for ever; the
+    stand-in answers at once (a README difference), so no call holds a worker thread without end."""
+    original = server["config"].read_text()
+    policy = '\n    model_version_policy {{ specific {{ versions: 7 }} }}'
+    entry = TAGGED.replace('"tagged"', '"later"').replace('model_platform: "tensorflow"',
+                                                          'model_platform: "tensorflow"' + policy)
+    request = reload_request(server, with_model(original, entry.format(tagged=server["root"] / "census")))
+    try:
+        assert model_service(server).HandleReloadConfigRequest(request, timeout=10)
+    finally:
+        assert model_service(server).HandleReloadConfigRequest(reload_request(server, original), timeout=60)
