@@ -230,9 +230,6 @@ class LoadedVersion:
                     batcher = self.batchers[key] = Batcher(fn, self.batching)
         return batcher
 
-    def close(self) -> None:
-        """Nothing to stop: batches run in the requests' threads, and the session ends with the last request
-        that holds it."""
 
 
 @dataclass(frozen=True)
@@ -623,8 +620,6 @@ class Models:
         WaitUntilServablesReachState calls of load_servables_fast.cc and server_core.cc wait for), and, for those
         that ended unloaded, "{name: M version: V} due to error: CODE: message". A model with no version on
         disk yet is not settled."""
-        import grpc
-
         failures = []
         for name in sorted(names):
             model = self.by_name.get(name)
@@ -643,9 +638,7 @@ class Models:
                 return False, []
             error = ""
             if len(state) > 1 and state[1]:
-                code = next((c.name for c in grpc.StatusCode if c.value[0] == (state[2] if len(state) > 2 else 9)),
-                            "UNKNOWN")
-                error = f" due to error: {code}: {state[1]}"
+                error = f" due to error: {status_name(state[2] if len(state) > 2 else 9)}: {state[1]}"
             failures.append(f"{{{{name: {name} version: {latest}}}{error}}}, ")
         return True, failures
 
@@ -702,9 +695,8 @@ def wanted_versions(policy: tuple, on_disk: list[int]) -> set[int]:
 
 def unload_all(model: ModelState) -> None:
     with model.lock:
-        for v, loaded in model.loaded.items():
+        for v in model.loaded:  # each session ends with the last request that holds it
             model.states[v] = ("END", "")
-            loaded.close()
         model.loaded = {}
 
 
@@ -1048,11 +1040,16 @@ def output_keys(sig, output_filter, default: tuple | None = None) -> tuple:
     return tuple(seen) if seen else tuple(sorted(sig.outputs))
 
 
-def session_error(exc) -> ServingError:
-    """A TensorFlow runtime error (tf.errors.OpError) as the status TF Serving passes on."""
+def status_name(code: int, default: str = "UNKNOWN") -> str:
+    """A status code's name (5 -> "NOT_FOUND"), as grpc and absl::Status name it."""
     import grpc
 
-    name = next((c.name for c in grpc.StatusCode if c.value[0] == exc.error_code), "INVALID_ARGUMENT")
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), default)
+
+
+def session_error(exc) -> ServingError:
+    """A TensorFlow runtime error (tf.errors.OpError) as the status TF Serving passes on."""
+    name = status_name(exc.error_code, "INVALID_ARGUMENT")
     if name in ("OK", "UNKNOWN", "INTERNAL"):
         name = "INVALID_ARGUMENT"  # bad data in a request, most likely
     return ServingError(name, clip(((exc.message or str(exc)).strip().splitlines() or ["error"])[0]))
