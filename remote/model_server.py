@@ -564,7 +564,6 @@ class Models:
         self.max_load_retries = 5
         self.load_retry_interval = 60.0
         self.allow_unavailable_labels = False  # --allow_version_labels_for_unavailable_models
-        self.labels_set = False  # whether a label map was made yet (the first config's)
         self.starting: set = set()  # the models of the first config whose first load decides if the server starts
         self.start_error: str | None = None
 
@@ -578,7 +577,7 @@ class Models:
             if model is not None and model.base_path != base_path:
                 model = None
             available = set(model.loaded) if model is not None else set()
-            current = model.labels if model is not None and self.labels_set else {}
+            current = model.labels if model is not None else {}  # at start, no label map yet
             for label, version in sorted(labels.items()):  # a proto map has no order; this one is the same each time
                 if version in available:
                     continue
@@ -593,7 +592,6 @@ class Models:
         check that fails applies none of it."""
         with self.lock:
             self.check_labels(entries)
-            self.labels_set = True
             new = {}
             for name, base_path, policy, labels in entries:
                 model = self.by_name.get(name)
