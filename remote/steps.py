@@ -28,6 +28,7 @@ import time
 
 NOISE_FREE_SLOPE = 0.5
 NOISE_FREE_INTERCEPT = 2.5
+GRAPH_NAME = "single_neuron_training"  # the training step's graph in TensorBoard (Graphs tab)
 
 
 def say(step: str, text: str) -> None:
@@ -145,14 +146,18 @@ class SingleNeuron:
     def weights(self):
         return self.module.weights
 
-    def make_train(self):
-        """A tf.function running every step in one graph loop, writing the summaries per step.
+    def make_step(self):
+        """One training step as a tf.function, its ops under the lab's namespaces.
 
-        tf.range makes the loop a graph while-loop, traced once (~80 ms, against ~1 s for a
-        Python loop unrolled at trace time). As in the lab, the loss and the summaries are
-        read after each update. Tags are the lab's: scalars loss and
-        weights/summaries/{mean,stddev,max,min}; histograms weights/summaries/histogram and
-        y_error (the scopes are absolute so the loop's own scope does not prefix them).
+        The step's graph is what TensorBoard's Graphs tab shows (traced at the first step, see train()):
+        `gradients` (the L2 loss of the prediction error and its gradient; TensorFlow 2 names the backward
+        ops `gradient_tape`), `GradientDescent` (the weights' update), then the error and loss after the
+        update (`y_predicted`, `y_error`, `loss`), the summaries of both, and `weights` with its
+        `summaries` (mean, stddev, max, min, histogram), as in the lab's `variable_summaries`. Tags are
+        the lab's: scalars loss and weights/summaries/{mean,stddev,max,min}; histograms
+        weights/summaries/histogram and y_error (absolute scopes, so no caller's scope prefixes them).
+        As in the lab, the loss and the summaries are read after each update. The step is traced once
+        and called once per step (a graph while-loop would hide the namespaces in a loop-body function).
         """
         tf = self.tf
         weights = self.weights
@@ -160,42 +165,66 @@ class SingleNeuron:
         top_level = tf.compat.v1.name_scope
 
         @tf.function
-        def train(inputs, target, steps, learning_rate, shard_inputs=None, shard_target=None):
+        def train_step(inputs, target, learning_rate, step, shard_inputs=None, shard_target=None):
             """With a strategy, each worker computes the gradient of the L2 loss on its shard of the points;
             the sum over workers (an all-reduce) is the gradient on all of them, so every worker takes the
             same step as one process would. The loss and the summaries are of all the points."""
-            losses = tf.TensorArray(tf.float32, size=steps)
-            for i in tf.range(steps):
-                if strategy is None:
-                    with tf.GradientTape() as tape:
-                        y_error = tf.subtract(tf.matmul(inputs, weights), target)
-                        loss = tf.nn.l2_loss(y_error)
-                    gradient = tape.gradient(loss, weights)
+            if strategy is None:
+                with tf.GradientTape() as tape:
+                    with tf.name_scope("weights"):  # the graph's input for the variable is named for it
+                        current = weights.read_value()
+                    with tf.name_scope("gradients") as gradients_scope:
+                        loss_before = tf.nn.l2_loss(tf.matmul(inputs, current) - target)
+                with tf.name_scope(gradients_scope):  # the same namespace again (it ends with "/")
+                    gradient = tape.gradient(loss_before, weights)
+                with tf.name_scope("GradientDescent"):
                     weights.assign_sub(learning_rate * gradient)
-                else:
-                    def step():
+            else:
+                def replica_step():
+                    with tf.name_scope("gradients"):
                         with tf.GradientTape() as tape:
                             shard_loss = tf.nn.l2_loss(tf.matmul(shard_inputs, weights) - shard_target)
                         summed = tf.distribute.get_replica_context().all_reduce(
                             tf.distribute.ReduceOp.SUM, tape.gradient(shard_loss, weights))
+                    with tf.name_scope("GradientDescent"):
                         weights.assign_sub(learning_rate * summed)
 
-                    strategy.run(step)
-                y_error = tf.subtract(tf.matmul(inputs, weights), target, name="y_error")
-                loss = tf.nn.l2_loss(y_error, name="loss")
-                losses = losses.write(i, loss)
-                step = tf.cast(i, tf.int64)
-                with top_level(None):
-                    tf.summary.scalar("loss", loss, step=step)
-                    tf.summary.histogram("y_error", y_error, step=step)
-                with tf.name_scope("weights/summaries/"):
-                    mean = tf.reduce_mean(weights)
-                    tf.summary.scalar("mean", mean, step=step)
-                    tf.summary.scalar("stddev", tf.sqrt(tf.reduce_mean(tf.square(weights - mean))), step=step)
-                    tf.summary.scalar("max", tf.reduce_max(weights), step=step)
-                    tf.summary.scalar("min", tf.reduce_min(weights), step=step)
-                    tf.summary.histogram("histogram", weights, step=step)
-            return losses.stack()
+                strategy.run(replica_step)
+            y_predicted = tf.matmul(inputs, weights, name="y_predicted")
+            y_error = tf.subtract(y_predicted, target, name="y_error")
+            loss = tf.nn.l2_loss(y_error, name="loss")
+            with top_level(None):
+                tf.summary.scalar("loss", loss, step=step)
+                tf.summary.histogram("y_error", y_error, step=step)
+            with tf.name_scope("weights/summaries/"):
+                mean = tf.reduce_mean(weights)
+                tf.summary.scalar("mean", mean, step=step)
+                tf.summary.scalar("stddev", tf.sqrt(tf.reduce_mean(tf.square(weights - mean))), step=step)
+                tf.summary.scalar("max", tf.reduce_max(weights), step=step)
+                tf.summary.scalar("min", tf.reduce_min(weights), step=step)
+                tf.summary.histogram("histogram", weights, step=step)
+            return loss
+
+        return train_step
+
+    def make_train(self, graph_name: str | None = None):
+        """The training: `train(inputs, target, steps, learning_rate[, shard_inputs, shard_target])` runs
+        the step `steps` times and returns the loss after each step (a tensor). With graph_name, the first
+        step's graph is written to the default summary writer under that name (TensorBoard's Graphs tab)."""
+        tf = self.tf
+        train_step = self.make_step()
+
+        def train(inputs, target, steps, learning_rate, shard_inputs=None, shard_target=None):
+            learning_rate = tf.constant(learning_rate, tf.float32)
+            losses = []
+            for i in range(int(steps)):
+                step = tf.constant(i, tf.int64)
+                if i == 0 and graph_name:  # only the step's function in the trace: one graph, no graph_N boxes
+                    tf.summary.trace_on(graph=True, profiler=False)
+                losses.append(train_step(inputs, target, learning_rate, step, shard_inputs, shard_target))
+                if i == 0 and graph_name:
+                    tf.summary.trace_export(name=graph_name, step=0)
+            return tf.stack(losses)
 
         return train
 
@@ -212,7 +241,8 @@ def train(tf, *, steps: int, learning_rate: float, num_examples: int, seed: int,
     x, y, x_with_bias, initial = make_data(num_examples, seed)
     index, count = worker
     neuron = SingleNeuron(tf, initial, strategy)
-    train_fn = neuron.make_train()
+    chief = index == 0
+    train_fn = neuron.make_train(graph_name=GRAPH_NAME if chief else None)
     inputs = tf.constant(x_with_bias)
     target = tf.constant(y.reshape(-1, 1).astype(np.float32))
     shard = {}
@@ -221,18 +251,12 @@ def train(tf, *, steps: int, learning_rate: float, num_examples: int, seed: int,
         shard = {"shard_inputs": tf.constant(x_with_bias[rows]),
                  "shard_target": tf.constant(y[rows].reshape(-1, 1).astype(np.float32))}
 
-    chief = index == 0
     if chief:
         os.makedirs(logdir, exist_ok=True)
     writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
     started = time.perf_counter()
     with writer.as_default():
-        tf.summary.trace_on(graph=True, profiler=False)
-        losses = train_fn(inputs, target, tf.constant(steps), tf.constant(learning_rate), **shard)
-        if chief:
-            tf.summary.trace_export(name="single_neuron_training", step=0)
-        else:
-            tf.summary.trace_off()
+        losses = train_fn(inputs, target, steps, learning_rate, **shard)
     writer.flush()
     writer.close()
     seconds = time.perf_counter() - started
@@ -386,6 +410,15 @@ def next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
+def next_run(logs_root: str, prefix: str = "run") -> str:
+    """The next TensorBoard run name, `<prefix>-<N>`, N one more than the highest there (1 when none): the
+    lab's runs are numbered in order whatever the notebooks export. The notebooks' runs use another prefix
+    that sorts after `run` (TensorBoard's Graphs tab opens on the first run in its order: the lab's)."""
+    taken = [int(n[len(prefix) + 1:]) for n in (os.listdir(logs_root) if os.path.isdir(logs_root) else [])
+             if n.startswith(prefix + "-") and n[len(prefix) + 1:].isdigit()]
+    return f"{prefix}-{max(taken, default=0) + 1}"
+
+
 def export(tf, neuron: SingleNeuron, models_dir: str, model_name: str, version: int | None) -> dict:
     """Save a SavedModel at <models_dir>/<model_name>/<version>/, written atomically.
 
@@ -469,9 +502,7 @@ def run(args: argparse.Namespace) -> dict:
             return trained["report"]
     workdir = os.path.abspath(args.workdir)
     models_dir = os.path.join(workdir, "models")
-    version_hint = args.version if args.version is not None else next_version(
-        os.path.join(models_dir, args.model_name))
-    run_name = f"run-{version_hint}"
+    run_name = next_run(os.path.join(workdir, "logs"))
     logdir = os.path.join(workdir, "logs", run_name)
     plot_path = os.path.join(workdir, "plots", f"{run_name}.png")
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]

@@ -89,9 +89,33 @@ def test_every_summary_tag_of_the_lab_has_one_point_per_step(lab_steps_run):
     # max is the intercept weight and min the slope weight at the end, as the lab explains.
     last_max = float(__import__("tensorflow").make_ndarray(acc.Tensors("weights/summaries/max")[-1].tensor_proto))
     assert last_max == pytest.approx(max(report["training"]["slope"], report["training"]["intercept"]), rel=1e-5)
-    # The graph of the training function is there for the GRAPHS tab.
-    graph_tags = [t for t in tags if t == "single_neuron_training"]
-    assert graph_tags and acc.SummaryMetadata("single_neuron_training").plugin_data.plugin_name.startswith("graph")
+
+
+def test_the_graphs_tab_shows_the_training_step_under_the_labs_namespaces(lab_steps_run):
+    """What TensorBoard's Graphs tab draws (the lab's steps 8-9 of its TensorBoard part): the graph plugin
+    merges a traced tag's function graphs, naming each `graph_<n>` when there are several
+    (tensorboard/plugins/graph/graphs_plugin.py graph_impl, graph_util.merge_graph_defs); its top level
+    is then the namespaces before the first `/`. One graph, with the lab's namespaces there."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.compat.proto import config_pb2
+    from tensorboard.plugins.graph import graph_util
+
+    _, report, _ = lab_steps_run
+    acc = event_accumulator.EventAccumulator(report["artifacts"]["logdir"], size_guidance={"tensors": 0})
+    acc.Reload()
+    assert acc.SummaryMetadata("single_neuron_training").plugin_data.plugin_name == "graph_run_metadata_graph"
+    run_metadata = config_pb2.RunMetadata.FromString(acc.Tensors("single_neuron_training")[0].tensor_proto.string_val[0])
+    assert len(run_metadata.function_graphs) == 1  # no graph_1, graph_2, ... boxes
+    graph = graph_util.merge_graph_defs([g.pre_optimization_graph for g in run_metadata.function_graphs])
+    names = [node.name for node in graph.node]
+    namespaces = {name.split("/")[0] for name in names if "/" in name}
+    assert {"weights", "gradients", "GradientDescent", "y_predicted"} <= namespaces, namespaces
+    assert {"y_error", "loss"} <= set(names)  # the error and the L2 loss, as the lab names them
+    ops = {node.name: node.op for node in graph.node}
+    assert ops["y_error"] == "Sub" and ops["loss"] == "L2Loss"
+    assert any(n.startswith("weights/summaries/") and ops[n] == "WriteSummary" for n in names)  # expandable
+    assert any(n.startswith("GradientDescent/") and ops[n] == "AssignSubVariableOp" for n in names)
+    assert any(n.startswith("gradients/") and ops[n] == "L2Loss" for n in names)
 
 
 def test_export_reads_back_with_the_prediction_signature(lab_steps_run, tf):
@@ -129,3 +153,85 @@ def test_steps_script_refuses_bad_options_with_a_message(tmp_path):
     assert proc.returncode == 2
     assert "--steps must be >= 1" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_labs_runs_are_numbered_in_order_whatever_the_notebooks_export(tmp_path):
+    """A notebook exported versions 2 and 3 and wrote its own runs: the lab's next run is run-2, not run-4."""
+    workdir = tmp_path / "work"
+    for folder in ("logs/run-1", "logs/your-run-1", "logs/your-run-2", "models/nn/1", "models/nn/2", "models/nn/3"):
+        (workdir / folder).mkdir(parents=True)
+    report_path = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(REMOTE / "steps.py"), "--workdir", str(workdir), "--seed", "3",
+                           "--steps", "5", "--report", str(report_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    report = json.loads(report_path.read_text())
+    assert report["artifacts"]["logdir"] == str(workdir / "logs" / "run-2")
+    assert report["artifacts"]["plot"] == str(workdir / "plots" / "run-2.png")
+    assert report["export"]["version"] == 4  # the model's versions go on from the notebook's
+
+
+def test_next_run_counts_its_own_prefix_only(steps_module, tmp_path):
+    assert steps_module.next_run(str(tmp_path / "none")) == "run-1"
+    for name in ("run-1", "run-9", "run-x", "your-run-4", "run-10.png"):
+        (tmp_path / name).mkdir()
+    assert steps_module.next_run(str(tmp_path)) == "run-10"
+    assert steps_module.next_run(str(tmp_path), "your-run") == "your-run-5"
+
+
+def write_notebooks(folder, *args):
+    proc = subprocess.run([sys.executable, str(REMOTE / "notebooks.py"), str(folder), "--workdir", "/home/u/tflab",
+                           *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {p.name: p for p in sorted(folder.glob("*.ipynb"))}
+
+
+def test_the_notebooks_are_valid_nbformat_4_5_and_rewritten_identically(tmp_path):
+    """JupyterLab adds the cell ids nbformat 4.5 requires to a notebook that lacks them, and so marks it
+    modified as soon as it opens: every cell has its id, and nbformat's own validation has nothing to repair."""
+    import copy
+    import json
+    import warnings
+
+    import nbformat
+
+    written = write_notebooks(tmp_path / "nb", "--tensorboard-url", "http://127.0.0.1:6123/")
+    assert list(written) == ["1-basics.ipynb", "2-train.ipynb", "3-tensorboard.ipynb", "4-export.ipynb",
+                             "5-predict.ipynb"]
+    for name, path in written.items():
+        document = json.loads(path.read_text())
+        assert (document["nbformat"], document["nbformat_minor"]) == (4, 5)
+        untouched = copy.deepcopy(document)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a missing id is only a warning (MissingIDFieldWarning) today
+            nbformat.validate(document)
+        assert document == untouched, name  # nothing repaired
+        ids = [cell["id"] for cell in document["cells"]]
+        assert len(set(ids)) == len(ids), name
+    mtimes = {name: path.stat().st_mtime_ns for name, path in written.items()}
+    again = write_notebooks(tmp_path / "nb", "--tensorboard-url", "http://127.0.0.1:6123/")
+    assert {name: path.stat().st_mtime_ns for name, path in again.items()} == mtimes  # an open notebook is left alone
+
+
+def test_the_tensorboard_notebook_links_tensorboard_where_the_tunnel_brings_it(tmp_path):
+    text = write_notebooks(tmp_path / "a", "--tensorboard-url", "http://127.0.0.1:6123/")["3-tensorboard.ipynb"].read_text()
+    assert "http://127.0.0.1:6123/" in text and "6006" not in text
+    text = write_notebooks(tmp_path / "b")["3-tensorboard.ipynb"].read_text()
+    assert "6006" not in text and "tflab tunnel" in text  # no port it does not know
+
+
+def test_the_kernel_spec_keeps_tensorflows_cpp_log_out_of_the_cells(tmp_path):
+    """TensorFlow's start-up lines (absl, before its initialisation) ignore TF_CPP_MIN_LOG_LEVEL; the lab's
+    kernel leaves its fd 2 to Jupyter's log instead of forwarding it into the cells as red stderr."""
+    import json
+
+    write_notebooks(tmp_path / "nb", "--kernel-dir", str(tmp_path / "jupyter"), "--python", "/opt/py/bin/python3")
+    spec = json.loads((tmp_path / "jupyter" / "kernels" / "python3" / "kernel.json").read_text())
+    assert spec["argv"][:3] == ["/opt/py/bin/python3", "-m", "ipykernel_launcher"]
+    assert "{connection_file}" in spec["argv"] and "--IPKernelApp.capture_fd_output=False" in spec["argv"]
+    assert spec["env"]["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    found = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")]).get_kernel_spec("python3")
+    assert found.argv == spec["argv"] and found.env == spec["env"]  # Jupyter reads it as written
