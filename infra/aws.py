@@ -6,10 +6,11 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Iterator
 
 from infra import limits, tags
-from infra.errors import (AmiError, CapacityError, CloudError, CredentialsError, InfraError, InputError,
+from infra.errors import (AmiError, CapacityError, CloudError, CredentialsError, InfraError, InputError, LabBusy,
                           PermissionDenied, QuotaError, WaitTimeout)
 from infra.hostkeys import parse_fingerprints
 from infra.provider import (Created, Image, Instance, InstanceType, LaunchSpec, Leftovers, Progress, Provider,
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 RULE_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: SSH from the lab user only")
 MEMBERS_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: the lab nodes reach each other")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+# A lab's key pair (its claim, create_key_pair) older than this without a live instance was left by a half-done
+# `up`: an `up` makes its instances seconds after its key pair, within one RunInstances per zone tried.
+CLAIM_STALE_SECONDS = 600
 # (on-demand quota, spot quota) by instance family letter(s): "Running On-Demand G and VT instances" etc.
 QUOTAS = {
     "g": (("L-DB2E81BA", "Running On-Demand G and VT instances"), ("L-3819A6DF", "All G and VT Spot Instance Requests")),
@@ -189,6 +193,15 @@ class AwsProvider(Provider):
         img = images[0]
         if img.get("State", "available") != "available":
             raise AmiError(f"the image {image_id} is {img.get('State')}, not available", hint="pass another --ami")
+        # The root volume cannot be smaller than the image's root snapshot: RunInstances would refuse it with
+        # InvalidBlockDeviceMapping ("Volume of size N GB is smaller than snapshot ..., expect size >= M GB").
+        root = img.get("RootDeviceName") or "/dev/sda1"
+        snapshot_gb = next((m.get("Ebs", {}).get("VolumeSize") for m in img.get("BlockDeviceMappings") or []
+                            if m.get("DeviceName") == root), None)
+        if isinstance(snapshot_gb, int) and spec.disk_gb < snapshot_gb:
+            raise InputError(f"--disk-gb {spec.disk_gb} is smaller than the root snapshot of the image {image_id} "
+                             f"({snapshot_gb} GiB)", hint=f"pass --disk-gb {snapshot_gb} or more (the lab's "
+                                                           "TensorFlow and its data need room beyond the image)")
         return Image(image_id, img.get("Name", ""), img.get("Architecture", "x86_64"),
                      img.get("RootDeviceName") or "/dev/sda1", source)
 
@@ -277,14 +290,54 @@ class AwsProvider(Provider):
         return limits.require(limits.KEY_NAME, limits.fit(limits.KEY_NAME, f"tflab-{lab}"))
 
     def create_key_pair(self, lab: str, created: Created) -> str:
+        """Make the lab's key pair, which is also the lab's claim: two `up`s of one lab at once (from two
+        machines, which no local lock sees) cannot both make it, as key pair names are unique in a region
+        (CreateKeyPair answers InvalidKeyPair.Duplicate). The claim comes before anything else is made, so
+        the `up` that loses has launched nothing and removes nothing (a LabBusy error).
+
+        Not a RunInstances ClientToken derived from the lab's name: EC2 keeps a token after its instances
+        are terminated and answers a repeated one with those instances (docs: "Ensuring idempotency in
+        Amazon EC2 API requests"), so an `up` after a `down` would get the terminated lab back. Not a tag
+        checked after launch: both racers would launch (and bill) before one terminated its own.
+
+        A key pair older than CLAIM_STALE_SECONDS with no live instance is what a half-done `up` left (its
+        private key is gone): it is deleted by its KeyPairId, never by name, so that a racer's fresh key
+        pair of the same name is never deleted, and the claim is tried once more."""
         name = self.key_name(lab)
-        with translated("ec2:DeleteKeyPair"):  # an old one from a half-done `up`: its private key is gone
-            self.ec2.delete_key_pair(KeyName=name)
-        with translated("ec2:CreateKeyPair"):
-            response = self.ec2.create_key_pair(KeyName=name, KeyType="ed25519",
-                                                TagSpecifications=tags.tag_specifications(lab, "key-pair"))
-        created.key_pair = name
-        return response["KeyMaterial"]
+        for attempt in range(2):
+            try:
+                with translated("ec2:CreateKeyPair"):
+                    response = self.ec2.create_key_pair(KeyName=name, KeyType="ed25519",
+                                                        TagSpecifications=tags.tag_specifications(lab, "key-pair"))
+            except CloudError as exc:
+                if exc.code != "InvalidKeyPair.Duplicate":
+                    raise
+                holder = self._key_pair(name)
+                if holder is None and attempt == 0:  # removed in between: try again
+                    continue
+                made = holder.get("CreateTime") if holder else None
+                age = (datetime.now(timezone.utc) - made).total_seconds() if isinstance(made, datetime) else None
+                stale = age is not None and age > CLAIM_STALE_SECONDS and not self.find_instances(lab)
+                when = made.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if made else "an unknown time"
+                if stale and attempt == 0 and holder.get("KeyPairId"):
+                    log.info("key pair %s (%s) made %s by a half-done up: deleting it", name, holder["KeyPairId"], when)
+                    with translated("ec2:DeleteKeyPair"):
+                        self.ec2.delete_key_pair(KeyPairId=holder["KeyPairId"])
+                    continue
+                raise LabBusy(lab, self.region, name, when, stale) from exc
+            created.key_pair = name
+            return response["KeyMaterial"]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _key_pair(self, name: str) -> dict | None:
+        try:
+            with translated("ec2:DescribeKeyPairs"):
+                pairs = self.ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]
+        except CloudError as exc:
+            if exc.code == "InvalidKeyPair.NotFound":
+                return None
+            raise
+        return pairs[0] if pairs else None
 
     def _vpc_for(self, subnet_id: str | None) -> str:
         if subnet_id:

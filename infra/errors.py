@@ -75,3 +75,22 @@ class CloudError(InfraError):
 
 class WaitTimeout(InfraError):
     """Something did not reach the awaited state in time."""
+
+
+class LabBusy(InputError):
+    """Another `up` holds the lab's claim (its key pair, whose name is unique in the region), or an earlier
+    `up` left it behind without an instance."""
+
+    def __init__(self, lab: str, region: str, key_name: str, created: str, stale: bool):
+        if stale:
+            super().__init__(f"lab '{lab}' in {region} has no instance but a key pair {key_name} left by an "
+                             f"earlier `tflab up` (made {created}) that could not be removed",
+                             hint=f"`tflab down --name {lab}` removes what that `up` left, then `tflab up` again")
+        else:
+            super().__init__(f"another `tflab up` of lab '{lab}' in {region} is under way (it claimed the lab's key "
+                             f"pair {key_name} at {created}); this one launched nothing",
+                             hint=f"wait for it: then `tflab up --name {lab}` reuses its lab (or `tflab down "
+                                  f"--name {lab}` removes it)")
+        self.lab = lab
+        self.key_name = key_name
+        self.stale = stale

@@ -310,8 +310,12 @@ def _status_text(doc: dict) -> str:
         price = f"${doc['hourly_usd']:.3f}/h ({doc['price_source']})" if doc.get("hourly_usd") else "price unknown"
         lines.append(f"  cost       about ${cost['total']:.2f} since it started (instance "
                      + (f"${cost['instance']:.2f}" if cost["instance"] is not None else "-")
-                     + f", {doc['volume_gb']} GiB disk ${cost['disk']:.2f}); {price} + disk "
-                       f"${doc['disk_hourly_usd']:.3f}/h")
+                     + (f", public IPv4 ${cost['public_ipv4']:.2f}" if cost.get("public_ipv4") else "")
+                     + f", {doc['volume_gb']} GiB disk ${cost['disk']:.2f}); {price}"
+                     + (f" + public IPv4 ${doc['public_ipv4_hourly_usd']:.3f}/h" if doc.get("public_ipv4_hourly_usd")
+                        else "")
+                     + f" + disk ${doc['disk_hourly_usd']:.3f}/h")
+    lines += [f"  note       {note}" for note in doc.get("notes", [])]
     view = doc.get("watchdog")
     if view:
         from tflab.autostop import summary
@@ -340,7 +344,7 @@ def up(
     ami: Optional[str] = typer.Option(None, "--ami", help="An image id instead of the current Deep Learning AMI."),
     ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
                                                 help="The SSM parameter holding the image id "
-                                                     "[default: the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)]."),
+                                                     "[default: the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04)]."),
     ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="Who may SSH in [default: this machine's public address /32]."),
     subnet_id: Optional[str] = typer.Option(None, "--subnet-id", help="Launch in this subnet [default: the default VPC's]."),
     ssh_host: Optional[str] = typer.Option(None, "--ssh-host", help="Reach the lab at this address instead of its public one (VPN, forwarded port)."),
@@ -404,7 +408,11 @@ def up(
         console.info(f"autostop: the instance {'stops' if behavior == 'stop' else 'terminates'} itself after "
                      f"{describe(idle_seconds)} without activity, and after {describe(lifetime_seconds)} in any case "
                      "(`tflab autostop` changes it)")
-    spec = LaunchSpec(lab=name, ssh_cidr=resolve_cidr(ssh_cidr), instance_type=instance_type, disk_gb=disk_gb,
+    cidr = resolve_cidr(ssh_cidr)
+    if ssh_cidr is None:  # detected: say which, since a proxy or a multi-exit NAT makes it wrong
+        console.info(f"SSH will be let in from {cidr} only: this machine's address as checkip.amazonaws.com sees "
+                     "it (behind a proxy or a NAT with several exits, pass --ssh-cidr with yours)")
+    spec = LaunchSpec(lab=name, ssh_cidr=cidr, instance_type=instance_type, disk_gb=disk_gb,
                       spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
                       user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior,
                       nodes=nodes, placement=placement)
@@ -454,7 +462,9 @@ def list_(
     from tflab.state import StateStore
 
     provider = _provider(region, profile)
-    rows = list_labs(provider, StateStore())
+    store = StateStore()
+    rows = list_labs(provider, store)
+    damaged = store.damaged()  # each one line, after the labs found by tags
     def cost(row: dict) -> str:
         total = (row.get("cost_usd_estimate") or {}).get("total")
         return f"${total:.2f}" if total is not None else "-"
@@ -467,8 +477,12 @@ def list_(
                      f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
     if text:
         text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<18} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text
-    _console(json_out).result({"region": provider.region, "labs": rows},
-                              text or f"no tflab labs in {provider.region}")
+    text = text or f"no tflab labs in {provider.region}"
+    text += "".join(f"\n{d.name:<16} damaged state file {d.path} ({d.why}): `tflab down --name {d.name}` "
+                    "removes the lab by its tags and the file" for d in damaged)
+    _console(json_out).result({"region": provider.region, "labs": rows,
+                               "damaged_states": [{"name": d.name, "path": str(d.path), "error": d.why}
+                                                  for d in damaged]}, text)
 
 
 @app.command()
@@ -483,8 +497,14 @@ def down(
     from tflab.cloud import down as lab_down
     from tflab.state import StateStore, check_name
 
+    from tflab.state import DamagedStateError
+
     store = StateStore()
-    provider = _provider(region, profile, store.load(check_name(name)))
+    try:
+        state = store.load(check_name(name))
+    except DamagedStateError:  # down works from the tags alone (it says why, and removes the file after)
+        state = None
+    provider = _provider(region, profile, state)
     console = _console(json_out)
     report = lab_down(provider, store, name, console, confirm=_confirm(yes, "remove a lab"))
     console.result(report, f"lab '{name}' in {report['region']}: "

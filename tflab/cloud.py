@@ -112,6 +112,14 @@ def check_launch_options(*, instance_type: str, ami: str | None, ami_parameter: 
     if not INSTANCE_TYPE.fullmatch(instance_type) or len(instance_type) > 64:
         raise InputError(f"--instance-type {instance_type!r} is not an instance type name",
                          hint="e.g. --instance-type g4dn.xlarge (family.size)")
+    from infra.pricing import dlami_unsupported
+
+    gpu = dlami_unsupported(instance_type)
+    if gpu and ami is None and ami_parameter is None:  # the default Deep Learning AMI cannot drive that GPU
+        raise InputError(f"--instance-type {instance_type} ({gpu}) is not supported by the Deep Learning Base OSS "
+                         "Nvidia Driver GPU AMI that tflab launches: the lab would run TensorFlow on the CPU",
+                         hint="choose a supported type, e.g. --instance-type g4dn.xlarge (T4), g5.xlarge (A10G), "
+                              "g6.xlarge (L4) or p4d.24xlarge (A100); or bring an image that supports it with --ami")
     if ami is not None and not AMI_ID.fullmatch(ami):
         raise InputError(f"--ami {ami!r} is not an image id", hint="e.g. --ami ami-0123456789abcdef0, or leave it out")
     if ami_parameter is not None:
@@ -119,7 +127,7 @@ def check_launch_options(*, instance_type: str, ami: str | None, ami_parameter: 
         if problems:
             raise InputError(f"--ami-parameter {ami_parameter[:80]!r} is not an SSM parameter name: {'; '.join(problems)}",
                              hint="e.g. --ami-parameter /aws/service/deeplearning/ami/x86_64/"
-                                  "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
+                                  "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id")
     if subnet_id is not None and not SUBNET_ID.fullmatch(subnet_id):
         raise InputError(f"--subnet-id {subnet_id!r} is not a subnet id",
                          hint="e.g. --subnet-id subnet-0123456789abcdef0, or leave it out for the default VPC")
@@ -264,7 +272,7 @@ def _state_from(name: str, provider, inst, previous: LabState | None, store: Sta
                 instance_type=inst.instance_type, spot=inst.spot, image_id=inst.image_id, zone=inst.zone,
                 public_ip=inst.public_ip, key_name=inst.key_name, key_path=str(key) if key.exists() else None,
                 security_group_id=inst.security_groups[0] if inst.security_groups else None,
-                hourly_usd=hourly(inst.instance_type), launched_at=inst.launch_time)
+                hourly_usd=hourly(inst.instance_type, provider.region), launched_at=inst.launch_time)
     if fingerprints:
         base["host_key_fingerprints"] = fingerprints
     if nodes is not None:
@@ -299,8 +307,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
     (or, with accept_new_host_key, trusted on first use). An instance that runs but does not answer
     SSH in time is kept (and said so): `down` removes it.
     """
-    from infra.errors import AmiError, InfraError
-    from infra.pricing import PRICE_SOURCE, hourly
+    from infra.errors import AmiError, InfraError, LabBusy
+    from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
     from infra.provider import Created
 
     name = check_name(spec.lab)
@@ -358,6 +366,9 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                                hint="choose a matching --instance-type or another --ami / --ami-parameter")
             quota = provider.check_quota(itype, spec.spot, spec.nodes)
         console.info(f"image: {image.id} {image.name} ({image.source})")
+        if dlami_unsupported(itype.name):  # allowed with --ami / --ami-parameter only (check_launch_options)
+            console.note(f"the Deep Learning Base OSS AMIs do not support {itype.name}'s GPU "
+                         f"({dlami_unsupported(itype.name)}): TensorFlow uses it only if {image.id} does")
         many = f"{spec.nodes} x " if spec.nodes > 1 else ""
         each = " each" if spec.nodes > 1 else ""
         console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs{each}, GPUs{each}: {itype.gpus or 'none'}")
@@ -365,8 +376,13 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
         else:
             console.info(f"quota: {quota.name} = {quota.value:g} vCPUs, this lab needs {quota.needed}")
-        price = hourly(itype.name) * spec.nodes if hourly(itype.name) else None
-        cost = f"about ${price:.3f}/hour on demand ({PRICE_SOURCE})" if price else "unknown (not in the bundled table)"
+        listed = on_demand(itype.name, provider.region)
+        if listed:  # each node also holds a public IPv4 address, which AWS charges since 2024-02-01
+            price = spec.nodes * (listed.usd_per_hour + PUBLIC_IPV4_USD_PER_HOUR)
+            cost = (f"about ${price:.3f}/hour on demand ({many}{itype.name} ${listed.usd_per_hour:.3f} + public IPv4 "
+                    f"${PUBLIC_IPV4_USD_PER_HOUR:.3f}{each}; {listed.source}) + disk")
+        else:
+            cost = f"unknown ({itype.name} is not in the bundled price list)"
         if spec.spot:
             cost += "; spot usually costs less, and AWS may reclaim the instance"
         console.info(f"estimated cost: {cost}, until `tflab down --name {name}`")
@@ -409,6 +425,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                                  "they are read again when tflab first connects")
         except KeyboardInterrupt:
             console.warn(f"interrupted; `tflab down --name {name}` removes what was created")
+            raise
+        except LabBusy:  # another `up` holds the lab: this one made nothing, and must not remove the other's
             raise
         except Exception as exc:  # any failure: remove what this `up` made, then re-raise
             if keep_on_failure:
@@ -475,14 +493,17 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
     except UnreachableError as exc:
         raise UnreachableError(f"{exc.message}; the instance runs and is kept",
                                hint=f"`tflab up --name {state.name}` waits again; `tflab down --name {state.name}` "
-                                    "removes it") from exc
+                                    "removes it. SSH is let in from --ssh-cidr only (else the address detected for "
+                                    "this machine, shown above): behind a proxy or a NAT with several exits that "
+                                    f"may not be yours, so `tflab down --name {state.name}` and `tflab up --ssh-cidr "
+                                    "<your address>/32`") from exc
     if connection.host_key_note:
         console.note(f"host key of {target.display} {connection.host_key_note}")
     connection.close()
     return True
 
 
-def describe(state: LabState | None, instances: list, name: str) -> dict:
+def describe(state: LabState | None, instances: list, name: str, region: str | None = None) -> dict:
     """The status document of a lab: its state, address, uptime, cost so far and ports."""
     from infra.pricing import hourly
 
@@ -492,7 +513,8 @@ def describe(state: LabState | None, instances: list, name: str) -> dict:
     if inst is not None:
         hours = _age_hours(inst.launch_time) if inst.state == "running" else None
         running = [i for i in ordered if i.state == "running"]
-        price = hourly(inst.instance_type) * len(running or ordered) if hourly(inst.instance_type) else None
+        each = hourly(inst.instance_type, region or (state.region if state else None))
+        price = each * len(running or ordered) if each else None
         doc.update(instance_id=inst.id, state=inst.state, instance_type=inst.instance_type, spot=inst.spot,
                    public_ip=inst.public_ip, zone=inst.zone, launched_at=inst.launch_time,
                    uptime_hours=round(hours, 3) if hours is not None else None, hourly_usd_estimate=price,
@@ -517,11 +539,12 @@ def lab_instances(instances: list) -> list:
 def costs(provider, instances: list, lab: str) -> dict:
     """What the lab costs: the price charged now for its instances (the spot price in their zone for a
     spot lab, else the bundled on-demand estimate), its volumes, and the cost since they last started."""
-    from infra.pricing import GP3_USD_PER_GB_HOUR, PRICE_SOURCE, hourly
+    from infra.pricing import GP3_USD_PER_GB_HOUR, PUBLIC_IPV4_USD_PER_HOUR, on_demand
 
     inst = lab_instances(instances)[0]
     spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
-    each = spot if spot is not None else hourly(inst.instance_type)
+    listed = on_demand(inst.instance_type, provider.region)
+    each = spot if spot is not None else (listed.usd_per_hour if listed else None)
     running = [i for i in instances if i.state == "running"]
     price = each * len(running or instances) if each is not None else None  # what bills now, or when started
     gb = provider.volume_gb(lab)
@@ -529,12 +552,18 @@ def costs(provider, instances: list, lab: str) -> dict:
     instance_cost = sum((_age_hours(i.launch_time) or 0.0) * each for i in running) \
         if running and each is not None else None
     disk_cost = hours * gb * GP3_USD_PER_GB_HOUR
-    return {"hourly_usd": price, "price_source": f"spot price in {inst.zone} now" if spot is not None else PRICE_SOURCE,
+    # A running instance holds its public IPv4 address, charged since 2024-02-01; a stopped one gave it back.
+    addressed = [i for i in running if i.public_ip]
+    ipv4_cost = sum((_age_hours(i.launch_time) or 0.0) * PUBLIC_IPV4_USD_PER_HOUR for i in addressed)
+    source = f"spot price in {inst.zone} now" if spot is not None else \
+        (listed.source if listed else "not in the bundled price list")
+    return {"hourly_usd": price, "price_source": source,
+            "public_ipv4_hourly_usd": round(len(addressed) * PUBLIC_IPV4_USD_PER_HOUR, 4),
             "volume_gb": gb, "disk_hourly_usd": round(gb * GP3_USD_PER_GB_HOUR, 4),
             "since": inst.launch_time,
             "cost_usd_estimate": {"instance": round(instance_cost, 2) if instance_cost is not None else None,
-                                  "disk": round(disk_cost, 2),
-                                  "total": round((instance_cost or 0.0) + disk_cost, 2)}}
+                                  "public_ipv4": round(ipv4_cost, 2), "disk": round(disk_cost, 2),
+                                  "total": round((instance_cost or 0.0) + ipv4_cost + disk_cost, 2)}}
 
 
 def stopped_why(inst) -> str | None:
@@ -571,7 +600,7 @@ def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dic
     if not instances and state is None:
         raise NotFoundError(f"no lab named '{name}' in {provider.region}",
                             hint="`tflab list` shows the labs in a region; `tflab up` makes one")
-    doc = describe(state, instances, name)
+    doc = describe(state, instances, name, provider.region)
     doc["region"] = provider.region
     if doc["exists"]:
         inst = next(i for i in instances if i.id == doc["instance_id"])
@@ -589,12 +618,16 @@ def list_labs(provider, store: StateStore) -> list[dict]:
         by_lab.setdefault(inst.lab or "?", []).append(inst)
     rows = []
     for name, instances in sorted(by_lab.items()):
+        problem = None
         try:  # the list comes from the cloud's tags; a lab's damaged or unreadable state does not stop it
             state = store.load(name) if check_name_ok(name) else None
         except InputError as exc:
             log.info("no local state for lab %s: %s", name, exc)
-            state = None
-        row = describe(state, instances, name) | {"region": provider.region, "local_state": state is not None}
+            state, problem = None, exc.message
+        row = describe(state, instances, name, provider.region) | {"region": provider.region,
+                                                                   "local_state": state is not None}
+        if problem:
+            row["local_state_error"] = problem
         rows.append(row | costs(provider, instances, name))
     return rows
 
@@ -609,7 +642,12 @@ def check_name_ok(name: str) -> bool:
 
 def stop_host_services(store: StateStore, name: str, console: Console) -> None:
     """Stop the services run-lab left on the lab's host (best effort: terminating stops them too)."""
-    state = store.load(name)
+    from tflab.state import DamagedStateError
+
+    try:
+        state = store.load(name)
+    except DamagedStateError:  # down said so; terminating stops them
+        return
     if state is None or not state.workdir or not (state.ssh_host or state.public_ip):
         return
     from tflab.ssh import Connection
@@ -629,13 +667,27 @@ def down(provider, store: StateStore, name: str, console: Console, *, confirm: C
     left; returns a report."""
     from infra.errors import CloudError
 
+    from tflab.state import DamagedStateError
+
     check_name(name)
     with store.lock(name):
+        damaged = None
+        try:  # the README promises that down works from the tags alone, whatever the state file holds
+            store.load(name)
+        except DamagedStateError as exc:
+            damaged = exc
+            console.warn(f"{exc.message}; looking for lab '{name}' by its AWS tags in {provider.region}")
         before = provider.leftovers(name)
         if before.empty:
+            report = {"name": name, "region": provider.region, "removed": [], "left": [], "clean": True}
+            if damaged:  # its region is unreadable: the lab may be in another one, so the file is kept
+                console.warn(f"nothing tagged with lab '{name}' in {provider.region}; kept {damaged.path}: if the "
+                             f"lab is in another region, `tflab down --name {name} --region R`; else remove the "
+                             f"file (rm -r {store.lab_dir(name)})")
+                return report | {"state_kept": str(damaged.path)}
             store.delete(name)
             console.info(f"lab '{name}' in {provider.region}: nothing to remove")
-            return {"name": name, "region": provider.region, "removed": [], "left": [], "clean": True}
+            return report
         if not confirm(f"Remove lab '{name}' in {provider.region} ({before.describe()})?"):
             raise Cancelled("cancelled; nothing was removed")
         stop_host_services(store, name, console)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import re
+import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +26,56 @@ from typing import Iterator
 
 from tflab.errors import InputError
 
+# A state file is a few KB (a lab of 16 nodes with their fingerprints is under 20 KB) and 4 levels deep: anything
+# beyond these bounds is damage, refused before it is parsed (a 100,000-deep file would exhaust the parser's recursion).
+MAX_STATE_BYTES = 1 << 20
+MAX_STATE_DEPTH = 16
+
 # fullmatch, not match with "$": "$" also matches before a trailing newline ("lab\n" was a valid name).
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 # A user name on the host, as useradd(8) recommends ("[a-z_][a-z0-9_-]*[$]?", at most 32 characters) without
 # the trailing "$" (Samba machine accounts): within POSIX's portable filename characters (POSIX.1-2017 3.437
 # User Name), never starting with "-", and nothing a shell or ssh would read as syntax or an option.
 SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+class DamagedStateError(InputError):
+    """A lab's state file cannot be read as a lab state: too big, too deep, not a file, not JSON, wrong types."""
+
+    def __init__(self, path: Path, name: str, why: str):
+        self.path, self.name, self.why = path, name, why
+        super().__init__(f"the state file {path} is damaged: {why}",
+                         hint=f"`tflab down --name {name}` removes the lab by its AWS tags and then this file; "
+                              f"or move the file away, and `tflab list` finds the lab by its tags")
+
+
+def json_depth(text: str, limit: int) -> int:
+    """How deeply the JSON text nests arrays and objects, counting no further than limit + 1 (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_constant(constant: str):
+    raise ValueError(f"it holds {constant}, which is not a JSON number")
 
 
 def check_name(name: str) -> str:
@@ -97,7 +144,9 @@ class LabState:
             accepted = tuple(t for part in parts for t in kinds[part])
             value = getattr(self, f.name)
             if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
-                raise TypeError(f"{f.name} is {value!r}, not {f.type}")
+                raise TypeError(f"{f.name} is {value!r:.80}, not {f.type}")
+            if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf
+                raise ValueError(f"{f.name} is {value!r}, not a finite number")
         check_name(self.name)
         check_ssh_user(self.ssh_user)
         if not 1 <= self.ssh_port <= 65535:
@@ -144,21 +193,68 @@ class StateStore:
     def known_hosts_path(self, name: str) -> Path:
         return self.lab_dir(name) / "known_hosts"
 
+    def state_path(self, name: str) -> Path:
+        return self.lab_dir(name) / "state.json"
+
     def load(self, name: str) -> LabState | None:
-        """The lab's state, or None when there is none."""
-        path = self.lab_dir(name) / "state.json"
+        """The lab's state, or None when there is none; a DamagedStateError (one line, naming the file and
+        what to do) when the file is not a bounded, regular JSON file holding a lab state."""
+        path = self.state_path(name)
         try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                raise TypeError(f"it holds a JSON {type(data).__name__}, not an object")
-            return LabState.from_dict(data).check()
+            # O_NONBLOCK: a FIFO put in its place opens at once (and is refused below) instead of blocking.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == __import__("errno").ELOOP:
+                raise DamagedStateError(path, name, "it is a symbolic link, not a file") from exc
             raise self._unusable(path, exc) from exc
-        except (ValueError, TypeError, InputError) as exc:
-            raise InputError(f"the state file {path} is damaged: {exc}",
-                             hint=f"remove it; `tflab down --name {name}` still works from the cloud's tags") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
+                    else "a device or socket"
+                raise DamagedStateError(path, name, f"it is {kind}, not a file")
+            if info.st_size > MAX_STATE_BYTES:
+                raise DamagedStateError(path, name, f"it is {info.st_size:,} bytes, more than a lab state's "
+                                                    f"{MAX_STATE_BYTES:,}")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
+        except OSError as exc:
+            raise self._unusable(path, exc) from exc
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_STATE_BYTES:  # grew while read
+            raise DamagedStateError(path, name, f"it is more than {MAX_STATE_BYTES:,} bytes")
+        try:
+            text = raw.decode("utf-8")
+            if json_depth(text, MAX_STATE_DEPTH) > MAX_STATE_DEPTH:
+                raise ValueError(f"it nests more than {MAX_STATE_DEPTH} levels deep")
+            data = json.loads(text, parse_constant=_no_constant)
+            if not isinstance(data, dict):
+                raise TypeError(f"it holds a JSON {type(data).__name__}, not an object")
+            state = LabState.from_dict(data).check()
+            if state.name != name:
+                raise ValueError(f"it names lab {state.name!r}, not {name!r}")
+            return state
+        except (ValueError, TypeError, InputError, RecursionError) as exc:
+            why = exc.message if isinstance(exc, InputError) else str(exc) or type(exc).__name__
+            raise DamagedStateError(path, name, why[:200]) from exc
+
+    def damaged(self) -> list[DamagedStateError]:
+        """The labs here whose state file is damaged (what `list` shows as one line each)."""
+        labs = self.home / "labs"
+        try:
+            names = sorted(p.name for p in labs.iterdir() if NAME.fullmatch(p.name)) if labs.is_dir() else []
+        except OSError as exc:
+            raise self._unusable(labs, exc) from exc
+        found = []
+        for name in names:
+            try:
+                self.load(name)
+            except DamagedStateError as exc:
+                found.append(exc)
+        return found
 
     def names(self) -> list[str]:
         """The names of the labs with a state file here, sorted; no file is read (cheap: shell completion)."""
@@ -212,12 +308,18 @@ class StateStore:
         return path
 
     def delete(self, name: str) -> None:
-        """Remove the lab's folder: state, key, known_hosts."""
+        """Remove the lab's folder: state, key, known_hosts, and whatever a damaged state left there (a
+        folder or a FIFO in the state file's place); symbolic links are removed, never followed."""
         folder = self.lab_dir(name)
         try:
-            if folder.is_dir():
+            if folder.is_symlink():
+                folder.unlink()
+            elif folder.is_dir():
                 for child in folder.iterdir():
-                    child.unlink()
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
                 folder.rmdir()
         except OSError as exc:
             raise self._unusable(folder, exc) from exc
@@ -227,11 +329,15 @@ class StateStore:
         """Hold the lab's lock; a second holder gets a clear error instead of waiting."""
         folder = self._private_dir(self._private_dir(self.home) / "locks")
         path = folder / f"{check_name(name)}.lock"
-        try:
-            f = open(path, "w")
+        try:  # never blocks on a FIFO put in its place, never follows a link
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise self._unusable(path, exc) from exc
-        with f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"the lock file {path} is not a file",
+                             hint=f"remove it (rm -r {path}); tflab makes it again")
+        with os.fdopen(fd, "w") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:

@@ -56,7 +56,7 @@ def test_up_status_list_down_with_the_cli(cli):
     assert up.returncode == 0, up.stderr
     state = json.loads(up.stdout)
     assert state["action"] == "created" and state["instance_type"] == "g4dn.xlarge"
-    assert "estimated cost: about $0.526/hour" in up.stderr
+    assert "estimated cost: about $0.531/hour" in up.stderr
     made = lab_resources(cli.ec2, "cli1")
     # The host's bootstrap starts from the user data at boot, as ubuntu, overlapping with `up`'s waits.
     user_data = cli.ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute="userData")
@@ -175,7 +175,7 @@ def test_status_and_list_show_what_the_lab_costs_and_why_it_stopped(cli):
         assert doc["price_source"] == f"spot price in {zone} now"
         assert doc["hourly_usd"] in {float(h["SpotPrice"]) for h in history}
     assert doc["volume_gb"] == 200 and doc["disk_hourly_usd"] == round(200 * 0.08 / 730, 4)
-    assert set(doc["cost_usd_estimate"]) == {"instance", "disk", "total"} and doc["stopped_why"] is None
+    assert set(doc["cost_usd_estimate"]) == {"instance", "public_ipv4", "disk", "total"} and doc["stopped_why"] is None
     assert doc["watchdog"]["error"]  # its host (127.0.0.1:1 here) does not answer: said, not fatal
     listed = cli("list")
     assert listed.returncode == 0 and "COST" in listed.stdout.splitlines()[0] and "cost1" in listed.stdout

@@ -53,7 +53,8 @@ def test_up_makes_a_tagged_locked_down_lab(aws):
     # The state remembers it, and the estimate is there.
     saved = aws.store.load("lab")
     assert saved == state and saved.public_ip == inst["PublicIpAddress"] and saved.hourly_usd == 0.526
-    assert "estimated cost: about $0.526/hour" in aws.err.getvalue()
+    assert "estimated cost: about $0.531/hour on demand (g4dn.xlarge $0.526 + public IPv4 $0.005; us-west-2" \
+           " on-demand list price" in aws.err.getvalue()
 
 
 def test_a_second_up_reuses_the_lab_and_starts_a_stopped_one(aws):

@@ -48,7 +48,8 @@ def test_up_with_two_nodes_makes_one_set_that_reaches_itself_in_one_zone(aws):
     assert moto_placement.MEMBERS[("123456789012", "us-west-2", placement["GroupName"])] == ids
     assert aws.faults.calls.count("RunInstances") == 1  # launched together: all or none
     assert "instance: 2 x g4dn.xlarge" in aws.err.getvalue()
-    assert "estimated cost: about $1.052/hour" in aws.err.getvalue()
+    assert "estimated cost: about $1.062/hour on demand (2 x g4dn.xlarge $0.526 + public IPv4 $0.005 each" \
+        in aws.err.getvalue()
 
 
 def test_one_node_has_no_self_rule_and_no_placement_group(aws):
