@@ -213,15 +213,27 @@ def lab_target(*, name: str | None, host: str | None = None, identity: str | Non
                           store=store, refresh=refresh_fingerprints, node=node)
 
 
-def ssh_cidr(given: str | None) -> str:
-    """The address range allowed to SSH in: the one given, else this machine's public address /32."""
+CHECKIP_URL = "https://checkip.amazonaws.com"  # answers the caller's address as AWS sees it, one line
+
+
+def ssh_cidr(given: str | None, url: str = CHECKIP_URL) -> str:
+    """The address range allowed to SSH in: the one given, else this machine's public address /32 (as url
+    answers it; `up` prints it, since behind a proxy or a NAT with several exits it may not be the one SSH
+    comes from)."""
     if given is None:
         try:
-            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as response:
-                given = response.read().decode().strip() + "/32"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answer = response.read(64).decode("ascii", "replace").strip()
         except OSError as exc:
             raise InputError(f"could not detect this machine's public address ({exc})",
                              hint="pass --ssh-cidr with your address, e.g. --ssh-cidr 203.0.113.7/32") from exc
+        try:
+            address = ipaddress.IPv4Address(answer)
+        except ValueError as exc:  # e.g. a proxy's login page
+            raise InputError(f"could not detect this machine's public address: {url} answered {answer[:40]!r}, "
+                             "not an IPv4 address (a proxy in the way?)",
+                             hint="pass --ssh-cidr with your address, e.g. --ssh-cidr 203.0.113.7/32") from exc
+        given = f"{address}/32"
     try:
         network = ipaddress.ip_network(given, strict=False)
     except ValueError as exc:

@@ -1,0 +1,31 @@
+"""When SSH does not answer in time, `up` keeps the instance and its hint says why it may be: the security
+group lets in the one address given or detected, which behind a proxy or a multi-exit NAT is not yours."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import moto_server as moto_endpoint, tflab
+
+PARAMETER = "/test/ssh-hint/ami-id"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with moto_endpoint(PARAMETER) as url:
+        yield url
+
+
+def test_the_ssh_timeout_hint_names_ssh_cidr(endpoint, tmp_path):
+    from tflab import ports
+
+    env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
+    closed = ports.free_port()  # nothing listens there: SSH never answers (never moto's made-up address)
+    up = tflab("up", "--name", "hint", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER,
+               "--host-key-timeout", "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout", "1",
+               "--accept-new-host-key", "--yes", env=env, timeout=120)
+    assert up.returncode == 5 and "Traceback" not in up.stderr, up.stderr
+    assert "the instance runs and is kept" in up.stderr
+    hint = next(line for line in up.stderr.splitlines() if line.startswith("  hint: "))
+    assert "SSH is let in from --ssh-cidr only" in hint and "`tflab up --ssh-cidr <your address>/32`" in hint
+    assert tflab("down", "--name", "hint", "--yes", env=env, timeout=120).returncode == 0
