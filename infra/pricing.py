@@ -3,9 +3,9 @@
 Linux on-demand list prices, USD per hour. Used to print the hourly cost before launching and the
 cost so far in `status` and `list`; a spot lab's own price is read from AWS (describe_spot_price_history).
 
-Where the table has the region's own price it is used; elsewhere the us-east-1 price stands in and is
-said to be "estimated from us-east-1" (other regions are mostly dearer: e.g. g4dn.xlarge is 0.526 in
-us-east-1, 0.587 in eu-west-1, 0.71 in ap-northeast-1).
+Where the table has the region's own price it is used (g4dn.xlarge, g5.xlarge, g5.8xlarge, g6.12xlarge,
+g6.16xlarge); elsewhere the us-east-1 price stands in and is said to be "estimated from us-east-1" (other
+regions are mostly dearer: e.g. g4dn.xlarge is 0.526 in us-east-1, 0.587 in eu-west-1, 0.71 in ap-northeast-1).
 
 Sources, checked on PRICES_CHECKED:
 - the AWS Price List API (pricing.us-east-1.amazonaws.com/offers/v1.0/aws/AmazonEC2/...), as gathered
@@ -51,6 +51,17 @@ BY_REGION = {
         "eu-west-1": 0.587, "eu-west-2": 0.615, "eu-west-3": 0.615, "eu-central-1": 0.658, "eu-north-1": 0.558,
         "eu-south-1": 0.616, "me-south-1": 0.645, "ap-south-1": 0.579, "ap-northeast-1": 0.71,
         "ap-northeast-2": 0.647, "ap-northeast-3": 0.71, "ap-southeast-1": 0.736, "ap-southeast-2": 0.684,
+    },
+    "g5.xlarge": {
+        "us-east-1": 1.006, "us-east-2": 1.006, "us-west-2": 1.006, "ca-central-1": 1.117, "eu-west-1": 1.123,
+        "eu-west-2": 1.277, "eu-central-1": 1.258, "eu-north-1": 1.067, "me-central-1": 1.234, "ap-south-1": 1.208,
+        "ap-northeast-1": 1.459, "ap-northeast-2": 1.237, "ap-southeast-2": 1.308, "ap-southeast-3": 1.408,
+    },
+    "g5.8xlarge": {
+        "us-east-1": 2.448, "us-east-2": 2.448, "us-west-2": 2.448, "ca-central-1": 2.71811, "eu-west-1": 2.73271,
+        "eu-west-2": 3.10745, "eu-central-1": 3.06122, "eu-north-1": 2.59644, "me-central-1": 3.00282,
+        "ap-south-1": 2.93955, "ap-northeast-1": 3.55033, "ap-northeast-2": 3.01012, "ap-southeast-2": 3.18289,
+        "ap-southeast-3": 3.42623,
     },
     "g6.12xlarge": {
         "us-east-1": 4.6016, "us-east-2": 4.6016, "us-west-2": 4.6016, "ca-central-1": 5.10933,

@@ -17,10 +17,11 @@ def test_a_region_with_its_own_price_uses_it_and_others_say_they_are_estimated()
     assert (tokyo.usd_per_hour, tokyo.estimated) == (0.71, False)
     assert "ap-northeast-1 on-demand list price" in tokyo.source
     assert pricing.hourly("g4dn.xlarge", "eu-west-1") == 0.587  # not us-east-1's 0.526
-    guessed = pricing.on_demand("g5.xlarge", "eu-west-1")
-    assert (guessed.usd_per_hour, guessed.estimated) == (1.006, True)
+    assert pricing.hourly("g5.xlarge", "eu-west-1") == 1.123 and pricing.hourly("g5.xlarge", "us-west-2") == 1.006
+    guessed = pricing.on_demand("g6e.xlarge", "eu-west-1")
+    assert (guessed.usd_per_hour, guessed.estimated) == (1.861, True)
     assert guessed.source.startswith("estimated from us-east-1") and pricing.PRICES_CHECKED in guessed.source
-    assert pricing.on_demand("g5.xlarge", "us-east-1").estimated is False
+    assert pricing.on_demand("g6e.xlarge", "us-east-1").estimated is False
     assert pricing.on_demand("x9.nothing", "us-east-1") is None and pricing.hourly("x9.nothing") is None
 
 
@@ -59,10 +60,10 @@ def test_the_default_image_is_the_ubuntu_24_04_base_oss_dlami():
 
 
 def test_up_says_the_regional_price_with_the_ipv4_address(aws):
-    up_lab(aws, instance_type="g5.xlarge")
+    up_lab(aws, instance_type="g4dn.2xlarge")  # us-west-2's own price is not in the list for this one
     said = aws.err.getvalue()
-    assert "estimated cost: about $1.011/hour on demand (g5.xlarge $1.006 + public IPv4 $0.005; estimated from " \
-           "us-east-1" in said
+    assert "estimated cost: about $0.757/hour on demand (g4dn.2xlarge $0.752 + public IPv4 $0.005; estimated " \
+           "from us-east-1" in said
 
 
 def test_up_with_another_image_on_an_unsupported_gpu_says_so(aws):
