@@ -302,7 +302,9 @@ class AwsProvider(Provider):
 
         A key pair older than CLAIM_STALE_SECONDS with no live instance is what a half-done `up` left (its
         private key is gone): it is deleted by its KeyPairId, never by name, so that a racer's fresh key
-        pair of the same name is never deleted, and the claim is tried once more."""
+        pair of the same name is never deleted, and the claim is tried once more. Its age is read against this
+        machine's clock, which AWS already holds within 5 minutes of its own (a request signed further off is
+        refused: "Signature expired"), so a racer's fresh claim never looks 10 minutes old."""
         name = self.key_name(lab)
         for attempt in range(2):
             try:
