@@ -63,7 +63,9 @@ class Limit:
     reserved_prefixes: tuple[str, ...] = ()  # refused at the start (compared case-insensitively)
     min_len: int = 1
 
-    def length(self, value: str) -> int:
+    def length(self, value: str | bytes) -> int:
+        if isinstance(value, bytes):
+            return len(value)
         return len(value.encode()) if self.unit == "bytes" else len(value)
 
     def problems(self, value: str) -> list[str]:

@@ -33,7 +33,7 @@ class LaunchSpec:
     ami: str | None = None
     ami_parameter: str = DEFAULT_AMI_PARAMETER
     subnet_id: str | None = None
-    user_data: str = ""
+    user_data: str | bytes = ""  # bytes go as they are (tflab sends a gzip-compressed script)
     shutdown_behavior: str = "stop"  # what the instance's own shutdown does (the idle watchdog's): stop | terminate
     nodes: int = 1  # instances of the lab, launched together in one zone (index 0 is the chief)
     placement: str = "cluster"  # with nodes > 1: "cluster" (a cluster placement group, where the type allows) | "none"

@@ -46,6 +46,38 @@ exec > >(tee -a "$LOG") 2>&1
 say "started $(date -u +%FT%TZ) on $(hostname)"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
+# apt-get waits (bounded) for the dpkg lock: on a first boot, unattended-upgrades (or cloud-init's own
+# package step) may hold it for minutes, and apt-get would fail at once ("Could not get lock").
+DPKG_LOCK=${TFLAB_DPKG_LOCK:-/var/lib/dpkg/lock-frontend}
+APT_LOCK_WAIT=${TFLAB_APT_LOCK_WAIT:-600}
+dpkg_locked() {  # dpkg takes an fcntl write lock on it (lockf here; flock would not see it)
+  as_root python3 -c 'import fcntl, sys
+try:
+    f = open(sys.argv[1], "a")
+except OSError:
+    sys.exit(1)
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    sys.exit(0)
+sys.exit(1)' "$DPKG_LOCK" 2>/dev/null
+}
+apt_get() {
+  local waited=0
+  if dpkg_locked; then
+    say "the dpkg lock ($DPKG_LOCK) is held (unattended-upgrades after the first boot?): waiting for it, at most ${APT_LOCK_WAIT} s"
+    while dpkg_locked; do
+      if [ "$waited" -ge "$APT_LOCK_WAIT" ]; then
+        say "error: the dpkg lock is still held after ${APT_LOCK_WAIT} s; not run: apt-get $*"
+        return 1
+      fi
+      sleep 1; waited=$((waited + 1))
+    done
+    say "the dpkg lock is free (after ${waited} s)"
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 "$@"
+}
+
 has_gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   has_gpu=1
@@ -70,7 +102,7 @@ else
   if ! check_python "$PY"; then
     if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" >/dev/null 2>&1; then
       say "installing python3-venv"
-      as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      apt_get update -qq && apt_get install -y -qq python3-venv
     fi
     [ -x "$PY" ] || python3 -m venv "$WORKDIR/venv"
     tf="tensorflow"
@@ -107,7 +139,7 @@ fi
 if [ "$serving" = builtin ] && command -v apt-cache >/dev/null 2>&1 && \
    apt-cache policy tensorflow-model-server 2>/dev/null | grep -q "Candidate: [0-9]"; then
   say "installing tensorflow-model-server (apt, CPU only)"
-  if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tensorflow-model-server; then serving=binary; fi
+  if apt_get install -y -qq tensorflow-model-server; then serving=binary; fi
 fi
 if [ "$serving" = builtin ]; then
   say "no Docker with a GPU and no tensorflow_model_server: tflab's stand-in server will serve"

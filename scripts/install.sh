@@ -44,6 +44,10 @@ extras=""
 if [ "$want_test" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; }; then
   apt_install openssh-server openssh-client
 fi
+# tests/cloudbox (the EC2 in a box) boots each instance as a systemd-nspawn container over a debootstrap image.
+if [ "$want_test" = 1 ] && { ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; }; then
+  apt_install systemd-container debootstrap iproute2
+fi
 # tests/users.py gives the test users (two loopback "machines") a system Python of the venv's version:
 # another user cannot enter a pyenv or a venv base under /root.
 if [ "$want_test" = 1 ]; then

@@ -395,7 +395,7 @@ def up(
     console = _console(json_out)
     store = StateStore()
     provider = _provider(region, profile, store.load(name))
-    from tflab.cloud import boot_user_data
+    from tflab.cloud import boot_user_data, packed_user_data
 
     policy = {"enabled": bool(idle_seconds or lifetime_seconds), "idle_seconds": idle_seconds or None,
               "max_lifetime_seconds": lifetime_seconds or None, "keep_until": None}
@@ -414,7 +414,8 @@ def up(
                      "it (behind a proxy or a NAT with several exits, pass --ssh-cidr with yours)")
     spec = LaunchSpec(lab=name, ssh_cidr=cidr, instance_type=instance_type, disk_gb=disk_gb,
                       spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
-                      user_data=boot_user_data(ssh_user or "ubuntu", autostop=policy), shutdown_behavior=behavior,
+                      user_data=packed_user_data(boot_user_data(ssh_user or "ubuntu", autostop=policy)),
+                      shutdown_behavior=behavior,
                       nodes=nodes, placement=placement)
     settings = UpSettings(profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
                           host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure, ssh_host=ssh_host,

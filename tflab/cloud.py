@@ -64,20 +64,21 @@ def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
 
 
 def embedded(name: str, path: str) -> str:
-    """Shell that writes remote/<name> to path on the host, carried gzip + base64 in the user data (EC2
-    takes at most 16 KB of it, in raw form)."""
-    import base64
-    import gzip
-
+    """Shell that writes remote/<name> to path on the host, as a quoted here-document (the whole user data is
+    gzip-compressed, packed_user_data: the file's text compresses there, in one stream with the rest)."""
     from tflab.paths import remote_dir
 
-    code = base64.b64encode(gzip.compress((remote_dir() / name).read_bytes(), mtime=0)).decode()
-    return f"echo {shlex.quote(code)} | base64 -d | gunzip > {shlex.quote(path)}"
+    text = (remote_dir() / name).read_text()
+    end = "TFLAB_" + re.sub(r"\W", "_", name).upper() + "_END"
+    if not text.endswith("\n") or end in text.splitlines():  # a here-document needs both
+        raise TflabError(f"remote/{name} cannot be carried in the user data as a here-document")
+    return f"cat > {shlex.quote(path)} <<'{end}'\n{text}{end}"
 
 
 def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None = None) -> str:
-    """User data that starts the host's bootstrap while the instance boots (run-lab then waits for it),
-    and installs the idle watchdog with the policy autostop (remote/watchdog.py's policy keys).
+    """The boot script (the user data, before packed_user_data compresses it) that starts the host's bootstrap
+    while the instance boots (run-lab then waits for it), and installs the idle watchdog with the policy
+    autostop (remote/watchdog.py's policy keys).
 
     It runs as root at boot: the user is checked (check_ssh_user) and every value is shell-quoted.
     """
@@ -93,6 +94,15 @@ def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None 
             f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
             f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n"
             + (watchdog_boot_script(folder, ssh_user, autostop) if autostop else ""))
+
+
+def packed_user_data(script: str) -> bytes:
+    """The boot script as EC2 gets it: one gzip stream. cloud-init decompresses gzip'd user data before
+    it looks at it ("User-data ... can be gzip-compressed", cloud-init's user data formats), and EC2's
+    16 KB limit is on these raw bytes (before base64), so the script's files fit with room to spare."""
+    import gzip
+
+    return gzip.compress(script.encode(), mtime=0)
 
 
 INSTANCE_TYPE = re.compile(r"[a-z0-9][a-z0-9-]*\.[a-z0-9-]+")  # g4dn.xlarge, u-6tb1.metal, c7i-flex.large

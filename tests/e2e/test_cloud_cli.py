@@ -60,11 +60,13 @@ def test_up_status_list_down_with_the_cli(cli):
     made = lab_resources(cli.ec2, "cli1")
     # The host's bootstrap starts from the user data at boot, as ubuntu, overlapping with `up`'s waits.
     user_data = cli.ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute="userData")
-    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    packed = base64.b64decode(user_data["UserData"]["Value"])
+    assert packed[:2] == b"\x1f\x8b"  # one gzip stream, which cloud-init decompresses before it reads it
+    script = gzip.decompress(packed).decode()
     assert script.startswith("#!/bin/bash") and "/home/ubuntu/tflab/remote/bootstrap.sh" in script
     assert "sudo -u ubuntu -H nohup bash" in script
-    carried = re.search(r"echo (\S+) \| base64 -d \| gunzip > /home/ubuntu/tflab/remote/bootstrap.sh", script).group(1)
-    assert gzip.decompress(base64.b64decode(carried)) == (REMOTE / "bootstrap.sh").read_bytes()  # byte for byte
+    carried = re.search(r"cat > /home/ubuntu/tflab/remote/bootstrap.sh <<'(\w+)'\n(.*?\n)\1\n", script, re.S).group(2)
+    assert carried == (REMOTE / "bootstrap.sh").read_text()  # byte for byte
     assert made["instances"] == [state["instance_id"]] and made["groups"] and made["keys"] == ["tflab-cli1"]
 
     status = cli("status", "--name", "cli1", "--json")
@@ -133,8 +135,8 @@ def test_up_installs_the_idle_watchdog_and_sets_the_shutdown_behaviour(cli):
     instance = json.loads(up.stdout)["instance_id"]
     behavior = cli.ec2.describe_instance_attribute(InstanceId=instance, Attribute="instanceInitiatedShutdownBehavior")
     assert behavior["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
-    script = base64.b64decode(cli.ec2.describe_instance_attribute(
-        InstanceId=instance, Attribute="userData")["UserData"]["Value"]).decode()
+    script = gzip.decompress(base64.b64decode(cli.ec2.describe_instance_attribute(
+        InstanceId=instance, Attribute="userData")["UserData"]["Value"])).decode()
     # The watchdog itself, byte for byte, as a systemd unit started now and at every boot, with the policy.
     code = re.search(r"echo (\S+) \| base64 -d \| gunzip > /home/ubuntu/tflab/remote/watchdog.py", script).group(1)
     assert gzip.decompress(base64.b64decode(shlex.split(code)[0])) == (REMOTE / "watchdog.py").read_bytes()

@@ -49,14 +49,14 @@ def test_the_longest_lab_name_gives_requests_within_aws_limits(aws):
     assert cloud.check_name(LONGEST) == LONGEST and len(LONGEST) == 31
     requests = Requests(aws.session)
     policy = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": 43200, "keep_until": None}
-    state, action = up_lab(aws, lab=LONGEST, user_data=cloud.boot_user_data("ubuntu", autostop=policy))  # as `up`
+    state, action = up_lab(aws, lab=LONGEST, user_data=cloud.packed_user_data(cloud.boot_user_data("ubuntu", autostop=policy)))  # as `up`
     assert action == "created"
 
     (run,) = requests.of("RunInstances")
     token = run["ClientToken"]
     assert len(token) <= 64 and token.isascii(), (len(token), token)  # EC2: "Maximum 64 ASCII characters"
     assert token.startswith(f"tflab-{LONGEST}-")
-    assert len(run["UserData"].encode()) <= 16 * 1024  # "limited to 16 KB, in raw form, before base64"
+    assert isinstance(run["UserData"], bytes) and len(run["UserData"]) <= 16 * 1024  # "16 KB, in raw form, before base64"
     assert len(run["KeyName"]) <= 255 and run["KeyName"].isascii()
 
     (pair,) = requests.of("CreateKeyPair")

@@ -4,6 +4,7 @@ command line, 3 bad input), no traceback, and for `up` nothing asked of AWS, not
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import shlex
 import socket
@@ -123,11 +124,12 @@ def test_the_boot_script_quotes_every_value(tmp_path):
     (tmp_path / "ud.sh").write_text(script)
     checked = subprocess.run(["bash", "-n", str(tmp_path / "ud.sh")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
-    lines = script.splitlines()
+    head, tail = script.split("\nTFLAB_BOOTSTRAP_SH_END\n", 1)  # the bootstrap, carried as a here-document
+    lines, after = head.splitlines(), tail.splitlines()
     folder = "/home/_lab-user1/lab dir; touch x"
-    assert shlex.split(lines[3])[-1] == f"{folder}/remote/bootstrap.sh"  # echo ... | gunzip > (quoted) path
-    assert shlex.split(lines[4]) == ["chown", "-R", "_lab-user1:", folder]
-    assert shlex.split(lines[5])[:8] == ["sudo", "-u", "_lab-user1", "-H", "nohup", "bash",
+    assert shlex.split(lines[3])[:3] == ["cat", ">", f"{folder}/remote/bootstrap.sh"]  # cat > (quoted) path <<'END'
+    assert shlex.split(after[0]) == ["chown", "-R", "_lab-user1:", folder]
+    assert shlex.split(after[1])[:8] == ["sudo", "-u", "_lab-user1", "-H", "nohup", "bash",
                                         f"{folder}/remote/bootstrap.sh", folder]
     assert shlex.split(script.splitlines()[2]) == ["mkdir", "-p", f"{folder}/remote"]
     with pytest.raises(InputError, match="not a valid user name"):
@@ -141,7 +143,7 @@ def test_up_with_an_odd_but_valid_user_boots_with_a_script_bash_reads(moto_serve
     state = json.loads(proc.stdout)
     ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto_server)
     data = ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute="userData")
-    script = base64.b64decode(data["UserData"]["Value"]).decode()
+    script = gzip.decompress(base64.b64decode(data["UserData"]["Value"])).decode()  # one gzip'd script
     checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "sudo -u _lab-user1 -H nohup bash /home/_lab-user1/tflab/remote/bootstrap.sh" in script
