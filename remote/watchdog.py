@@ -1,54 +1,37 @@
 #!/usr/bin/env python3
 """tflab's idle watchdog: runs on the lab host and acts when the lab has been idle too long, or has
-lived past its hard limit, with nothing needed from the user's machine.
+lived past its hard limit, with nothing needed from the user's machine (README: "A GPU lab on AWS").
 
     watchdog.py run  --workdir W [--action stop-services|shutdown] [--interval 30] [--ssh-port 22]
     watchdog.py set  --workdir W [--idle S] [--max-lifetime S] [--keep S] [--off | --on]
     watchdog.py view --workdir W
 
-Files (W is the lab's folder on the host):
-    W/autostop/policy.json   what `set` wrote: idle and lifetime limits, a keep-alive, on/off
-    W/autostop/view.json     the watchdog's view, rewritten at every check: the policy, how long the
-                             lab has been idle, each activity source and whether it is active now,
-                             when it will act, and once it has acted what it did, when and why
+W/autostop/ holds policy.json (what `set` wrote), view.json (rewritten at every check: the policy, the
+idle time, each activity source, when it acts, what it did and why) and, for a lab of several nodes,
+peers.json ({"token": the lab's secret, "peers": ["10.0.0.6", ...]}: each node answers on --peer-port;
+only a question and an answer signed with the token count, and "peers" is never passed on).
 
-Activity (each a named source in the view; any one active keeps the lab):
-    ssh          SSH connections (shells, commands, tunnels) that have lived at least --min-age
-                 seconds and carried more than --ssh-bytes bytes since the last check, less what
-                 they carried for Jupyter (an open notebook tab polls: that alone is not activity).
-                 tflab's own short queries (`tflab autostop`, `tflab status`) never live that long.
-    serving      requests to the model server (bytes on its gRPC or REST port)
-    tensorboard  requests to TensorBoard
-    jupyter      a kernel executing, or an open terminal (Jupyter's API, with the lab's token)
-    gpu          an NVIDIA GPU busier than --gpu-percent (nvidia-smi)
-    step         a lab step running (remote/steps.py)
-    keep         a keep-alive the user set (`tflab autostop --keep 2h`)
-    peers        another node of the same lab active on its own (a lab of several instances: it stops
-                 as one, once none of its nodes has been active for the idle time)
-
-A lab of several instances (`tflab up --nodes N`) lists its other nodes in W/autostop/peers.json
-(["10.0.0.6", ...], or "address:port"). Each node's watchdog then answers on --peer-port (reachable only
-by the lab's own nodes: their security group) with the sources active on its own at its last check, and
-asks the others for theirs; a peer's "peers" source is never passed on, so two idle nodes cannot keep
-each other up.
-
-Actions: `shutdown` powers the machine off (a lab made by `tflab up`: the instance's own
-InstanceInitiatedShutdownBehavior makes that a stop or a terminate, so the host needs no AWS
-credentials; logged-in users get a wall message --warn seconds before). `stop-services` stops the
-lab's services (a --host machine, which is not tflab's to power off), then the watchdog ends.
-
+Fails safe: every file is read without blocking, bounded in size and depth, and only if it is a regular
+file; every value is range-checked; a file it cannot read is no information (a damaged policy keeps the
+last good one) and never stops it acting, nor does a view it cannot write; a time from the future is no
+activity. `shutdown` powers the machine off (`up`'s InstanceInitiatedShutdownBehavior makes that a stop
+or a terminate); `stop-services` (a --host) signals only a process that /proc proves is the one recorded
+in <service>.id as it started (boot, pid, start time, owner, command), and says why it left any other.
 Standard library only: it runs on a freshly booted instance before anything is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
+import math
 import os
 import re
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -58,77 +41,155 @@ import urllib.request
 DEFAULT_POLICY = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": None, "keep_until": None}
 PEER_PORT = 23450  # a lab's nodes ask each other's watchdogs here (TF_CONFIG's ports start at 23456)
 SOURCES = ("ssh", "serving", "tensorboard", "jupyter", "gpu", "step", "keep")  # a node's own; never "peers"
+LIMIT, DEPTH = 65536, 16  # the most bytes and nesting the watchdog reads in any file or answer
+YEAR, SKEW = 366 * 86400.0, 5.0  # the longest duration a policy holds; how far ahead a clock may be
+_JSON = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
 
 
 def now() -> float:
     return time.time()
 
 
-def paths(workdir: str) -> dict:
-    """The watchdog's files in workdir, and the lab's: run-lab may put the lab elsewhere (`--workdir`) and
-    then says where in autostop/lab-dir."""
-    folder = os.path.join(workdir, "autostop")
+def read_text(path: str, limit: int = LIMIT) -> str:
+    """A regular file's text, opened without blocking; a FIFO, device or folder, or more than limit
+    bytes, is a ValueError (so a damaged file never holds or floods the watchdog)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        lab = open(os.path.join(folder, "lab-dir")).read().strip() or workdir
-    except OSError:
-        lab = workdir
-    return {"folder": folder, "policy": os.path.join(folder, "policy.json"), "view": os.path.join(folder, "view.json"),
-            "peers": os.path.join(folder, "peers.json"), "lab": lab, "services": os.path.join(lab, "services")}
-
-
-def ask_peer(peer: str, default_port: int, timeout: float = 2.0, limit: int = 4096) -> list:
-    """The sources a peer's watchdog found active on its own at its last check. Whatever answers there is
-    read for at most timeout seconds in all and limit bytes; anything but the expected answer is no
-    activity (a check never hangs, and a stranger on the port cannot keep the lab up)."""
-    host, _, port = peer.rpartition(":") if peer.count(":") == 1 else (peer, "", "")
-    deadline = time.monotonic() + timeout
-    with socket.create_connection((host, int(port) if port else default_port), timeout=timeout) as s:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         data = b""
         while len(data) <= limit:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the answer took too long")
-            s.settimeout(left)
-            chunk = s.recv(1024)
+            chunk = os.read(fd, limit + 1 - len(data))
             if not chunk:
                 break
             data += chunk
+    finally:
+        os.close(fd)
     if len(data) > limit:
-        raise ValueError("the answer is too long")
-    answer = json.loads(data.decode())
-    active = answer.get("active") if isinstance(answer, dict) else None
-    if not isinstance(active, list):
-        raise ValueError("not a watchdog's answer")
-    return sorted({a for a in active if isinstance(a, str) and a in SOURCES})
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode()
 
 
-def read_json(path: str, default):
+def _constant(name):
+    raise ValueError(f"{name} is not a number")
+
+
+def parse(text: str):
+    """JSON nested at most DEPTH deep, without NaN or Infinity."""
+    depth = 0
+    for token in _JSON.finditer(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token.group(), 0)
+        if depth > DEPTH:
+            raise ValueError(f"nested deeper than {DEPTH}")
+    return json.loads(text, parse_constant=_constant)
+
+
+def read_json(path: str, kind, problems: list, limit: int = LIMIT):
+    """The JSON value of kind in path; None when there is no such file, or (said in problems) it cannot be read."""
     try:
-        with open(path) as f:
-            value = json.load(f)
-        return value if isinstance(value, type(default)) else default
-    except (OSError, ValueError):
-        return default
+        value = parse(read_text(path, limit))
+        if not isinstance(value, kind):
+            raise ValueError("not what the watchdog writes there")
+        return value
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        problems.append(f"{os.path.basename(path)}: {type(exc).__name__}: {exc}; ignored"[:300])
+        return None
 
 
 def write_json(path: str, value) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
-def read_policy(workdir: str) -> dict:
-    """The policy file over the defaults; a value of the wrong type (a hand edit) keeps the default."""
-    policy = dict(DEFAULT_POLICY)
-    for key, value in read_json(paths(workdir)["policy"], {}).items():
-        if key == "enabled" and isinstance(value, bool):
+def number(value, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        low <= value <= high
+
+
+def paths(workdir: str, problems: list | None = None) -> dict:
+    """The watchdog's files in workdir, and the lab's: run-lab may put the lab elsewhere (`--workdir`) and
+    then says where in autostop/lab-dir."""
+    folder = os.path.join(workdir, "autostop")
+    lab = workdir
+    try:
+        told = read_text(os.path.join(folder, "lab-dir"), 4096).strip()
+        if told.startswith("/") and "\0" not in told and "\n" not in told:
+            lab = told
+    except (OSError, ValueError) as exc:
+        if problems is not None and not isinstance(exc, FileNotFoundError):
+            problems.append(f"lab-dir: {exc}; ignored")
+    return {"folder": folder, "policy": os.path.join(folder, "policy.json"), "view": os.path.join(folder, "view.json"),
+            "peers": os.path.join(folder, "peers.json"), "lab": lab, "services": os.path.join(lab, "services")}
+
+
+def valid_policy(doc: dict, last: dict, problems: list, where: str = "policy.json") -> dict:
+    """doc's values over the defaults; a value out of range keeps the last good one (said in problems)."""
+    policy, t = dict(DEFAULT_POLICY), now()
+    ranges = {"idle_seconds": YEAR, "max_lifetime_seconds": YEAR, "keep_until": t + YEAR + SKEW}
+    for key, value in doc.items():
+        if key == "enabled" and isinstance(value, bool) or key in ranges and (value is None or
+                                                                              number(value, 0, ranges[key])):
             policy[key] = value
-        elif key in DEFAULT_POLICY and key != "enabled" and (value is None or (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)):
-            policy[key] = value
+        elif key in DEFAULT_POLICY:
+            policy[key] = last[key]
+            problems.append(f"{where}: {key} {str(value)[:40]} is out of range; kept {last[key]}")
     return policy
+
+
+def read_policy(workdir: str, problems: list, last: dict | None = None) -> dict:
+    """The policy file over the defaults; a damaged file keeps the last good policy (else the defaults)."""
+    last = last or DEFAULT_POLICY
+    before = len(problems)
+    doc = read_json(paths(workdir)["policy"], dict, problems)
+    if doc is None:
+        return dict(last if len(problems) > before else DEFAULT_POLICY)
+    return valid_policy(doc, last, problems)
+
+
+def sign(token: str, *parts: str) -> str:
+    return hmac.new(token.encode(), "\n".join(parts).encode(), "sha256").hexdigest()
+
+
+def receive(s: socket.socket, timeout: float, limit: int, line: bool = False) -> bytes:
+    """What s sends within timeout seconds in all (up to a newline if line), at most limit bytes."""
+    deadline, data = time.monotonic() + timeout, b""
+    while len(data) <= limit and not (line and b"\n" in data):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer took too long")
+        s.settimeout(left)
+        chunk = s.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > limit:
+        raise ValueError("the answer is too long")
+    return data
+
+
+def ask_peer(peer: str, default_port: int, token: str, timeout: float = 2.0, limit: int = 4096) -> list:
+    """The sources a peer's watchdog found active on its own at its last check. The question carries a
+    fresh nonce and the lab token's signature; only an answer signed with the token over that nonce and
+    its list counts (a stranger on the port, or a replay, is no activity), read for timeout s and limit bytes."""
+    host, _, port = peer.rpartition(":") if peer.count(":") == 1 else (peer, "", "")
+    nonce = os.urandom(16).hex()
+    with socket.create_connection((host, int(port) if port else default_port), timeout=timeout) as s:
+        s.sendall(json.dumps({"ask": nonce, "mac": sign(token, "ask", nonce)}).encode() + b"\n")
+        answer = parse(receive(s, timeout, limit).decode())
+    active = answer.get("active") if isinstance(answer, dict) else None
+    if not isinstance(active, list) or not all(isinstance(a, str) for a in active) or \
+            not hmac.compare_digest(str(answer.get("mac")), sign(token, "answer", nonce, *active)):
+        raise ValueError("not this lab's watchdog")
+    return sorted({a for a in active if a in SOURCES})
 
 
 def guarded(source, *args) -> tuple[bool, str]:
@@ -176,7 +237,7 @@ def _when(stamp) -> float:
 
     try:
         return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0.0
 
 
@@ -186,15 +247,17 @@ def jupyter_active(port: int | None, token_file: str, since: float) -> tuple[boo
     if not port:
         return False, "no Jupyter"
     try:
-        token = open(token_file).read().strip()
-        kernels = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernels?token={token}", timeout=5))
-        terminals = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/terminals?token={token}", timeout=5))
-    except (OSError, ValueError):
+        token = read_text(token_file, 4096).strip()
+        kernels, terminals = (parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{what}?token={token}",
+                                                           timeout=5).read(LIMIT).decode())
+                              for what in ("kernels", "terminals"))
+        kernels = [k for k in kernels if isinstance(k, dict)]
+    except (OSError, ValueError, RecursionError, TypeError):
         return False, "not answering"
-    busy = [k.get("id", "?")[:8] for k in kernels if k.get("execution_state") in ("busy", "starting")]
+    busy = [k for k in kernels if k.get("execution_state") in ("busy", "starting")]
     if busy:
         return True, f"{len(busy)} kernel(s) executing"
-    recent = [k for k in kernels if _when(k.get("last_activity")) > since]
+    recent = [k for k in kernels if since < _when(k.get("last_activity")) <= now() + SKEW]
     if recent:
         return True, f"{len(recent)} kernel(s) active since the last check"
     if terminals:
@@ -214,20 +277,109 @@ def gpu_busy(threshold: float) -> tuple[bool, str]:
     return max(values) > threshold, f"utilization {max(values):.0f}%"
 
 
+def proc_read(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read(LIMIT)
+
+
 def step_running(workdir: str) -> tuple[bool, str]:
     """A lab step (remote/steps.py) or the bootstrap (remote/bootstrap.sh: pip, an image pull) running."""
     markers = [os.path.join(workdir, "remote", name).encode() for name in ("steps.py", "bootstrap.sh")]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmdline = f.read()
+                cmdline = proc_read(int(pid), "cmdline")
             except OSError:
                 continue
             for marker in markers:
                 if marker in cmdline:
                     return True, f"{os.path.basename(marker.decode())} (pid {pid})"
     return False, "none"
+
+
+# --------------------------------------------------------------------------- the lab's services
+
+
+def proc_identity(pid: int) -> dict:
+    """What /proc says of a live pid: its start time (clock ticks after boot, stat's field 22), process
+    group, real uid and command line; OSError when there is no such process (or only its zombie)."""
+    fields = proc_read(pid, "stat").rsplit(b")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    if fields[0] == b"Z":
+        raise ProcessLookupError(f"pid {pid} has ended")
+    uid = re.search(rb"\nUid:\s*(\d+)", proc_read(pid, "status"))
+    return {"start": int(fields[19]), "pgid": int(fields[2]), "uid": int(uid.group(1)) if uid else -1,
+            "cmdline": [a.decode(errors="replace") for a in proc_read(pid, "cmdline").split(b"\0")[:-1]]}
+
+
+def runs(argv: list, cmdline: list) -> bool:
+    """Whether a command line is argv's after its exec: the same arguments, and argv[0]'s program (which a
+    #! script's interpreter precedes)."""
+    n = len(argv) - 1
+    return len(cmdline) > n and cmdline[len(cmdline) - n:] == argv[1:] and \
+        os.path.basename(cmdline[-n - 1]) == os.path.basename(argv[0])
+
+
+def service(base: str) -> tuple[int | None, int, str]:
+    """(pid, process group, "") for a service's pid file base.pid when /proc proves the process is the one
+    recorded in base.id as it started (same boot, pid, start time, owner and command); else (None, 0, why)."""
+    try:
+        pid = int(read_text(base + ".pid", 64).strip())
+    except (OSError, ValueError) as exc:
+        return None, 0, f"unreadable ({exc})"
+    if pid <= 1 or pid in (os.getpid(), os.getpgid(0)):
+        return None, 0, f"pid {pid} is never a lab service's"
+    try:
+        record = parse(read_text(base + ".id"))
+        boot = read_text("/proc/sys/kernel/random/boot_id", 64).strip() if os.path.exists(
+            "/proc/sys/kernel/random/boot_id") else ""
+    except FileNotFoundError:
+        return None, 0, f"pid {pid}: nothing recorded when it started, so nothing proves it is the lab's"
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, 0, f"pid {pid}: its record is unreadable ({exc})"
+    try:
+        live = proc_identity(pid)
+    except (OSError, IndexError, ValueError):
+        return None, 0, f"pid {pid} is not running"
+    argv = record.get("argv") if isinstance(record, dict) else None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv) or \
+            record.get("pid") != pid or record.get("boot") != boot:
+        return None, 0, f"pid {pid}: its record is not of this process (another pid or boot)"
+    if record.get("start") != live["start"]:
+        return None, 0, f"pid {pid} is another process now (it started at another time)"
+    if record.get("uid") != live["uid"]:
+        return None, 0, f"pid {pid} belongs to another user"
+    if not runs(argv, live["cmdline"]):
+        return None, 0, f"pid {pid} runs another command"
+    return pid, live["pgid"], ""
+
+
+def stop_services(folder: str) -> dict:
+    """Stop each service with a pid file in folder that is proved to be the lab's (TERM, KILL after 5 s);
+    what was stopped, and each pid file left alone and why."""
+    done = {"stopped": [], "ignored": []}
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".pid")) if os.path.isdir(folder) else []
+    for name in names:
+        base, stopped = os.path.join(folder, name[:-4]), 0
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pid, group, why = service(base)  # proved again before each signal
+            if pid is None:
+                break
+            try:
+                if group == pid and group != os.getpgid(0):
+                    os.killpg(pid, sig)  # its group: a service runs in a session of its own (setsid)
+                else:
+                    os.kill(pid, sig)
+            except OSError:
+                pass
+            stopped = pid
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and service(base)[0] == pid:
+                time.sleep(0.1)
+        if stopped:
+            done["stopped"].append(f"{name[:-4]} (pid {stopped})")
+        elif "is not running" not in why:
+            done["ignored"].append(f"{name}: {why}; not signalled")
+    return done
 
 
 class Watcher:
@@ -244,10 +396,15 @@ class Watcher:
         self.acted = False
         self.warned = False
         self.own_active: list = []  # what this node found active on its own at the last check (told to peers)
+        self.token = ""  # the lab's peers token (peers.json)
         self.listener: socket.socket | None = None
+        seen = read_json(paths(args.workdir)["view"], dict, [])  # the policy it used before a restart
+        self.policy = valid_policy(seen["policy"], DEFAULT_POLICY, []) \
+            if seen and isinstance(seen.get("policy"), dict) else dict(DEFAULT_POLICY)
 
     def answer_peers(self) -> None:
-        """Answer the lab's other nodes on --peer-port, from a thread, once peers.json exists."""
+        """Answer the lab's other nodes on --peer-port, from a thread, once peers.json exists: only a question
+        signed with the lab token, with a signed answer."""
         if self.listener is not None:
             return
         listener = socket.socket(socket.AF_INET6 if ":" in self.args.peer_bind else socket.AF_INET)
@@ -264,9 +421,13 @@ class Watcher:
                     return
                 with conn:
                     try:
-                        conn.settimeout(2)
-                        conn.sendall(json.dumps({"active": self.own_active, "host": socket.gethostname()}).encode())
-                    except OSError:
+                        question, token, active = parse(receive(conn, 2, 512, line=True).decode()), self.token, \
+                            list(self.own_active)
+                        nonce = str(question.get("ask"))[:64]
+                        if token and hmac.compare_digest(str(question.get("mac")), sign(token, "ask", nonce)):
+                            conn.sendall(json.dumps({"active": active, "host": socket.gethostname(),
+                                                     "mac": sign(token, "answer", nonce, *active)}).encode())
+                    except (OSError, ValueError, RecursionError, AttributeError):
                         pass
 
         threading.Thread(target=serve, name="peers", daemon=True).start()
@@ -275,8 +436,8 @@ class Watcher:
         answers, unreachable = [], []
         for peer in peers:
             try:
-                found = ask_peer(peer, self.args.peer_port)
-            except (OSError, ValueError, UnicodeDecodeError) as exc:  # a stopped node, or a stranger: no activity
+                found = ask_peer(peer, self.args.peer_port, self.token)
+            except (OSError, ValueError, RecursionError, UnicodeDecodeError) as exc:  # stopped, or a stranger
                 unreachable.append(f"{peer} ({type(exc).__name__})")
                 continue
             if found:
@@ -286,11 +447,10 @@ class Watcher:
             detail += f"; not answering: {', '.join(unreachable)}"
         return bool(answers), detail
 
-    def sources(self, policy: dict, lab_ports: dict) -> dict:
+    def sources(self, policy: dict, lab_ports: dict, problems: list) -> dict:
         """name -> {"active": bool, "detail": str}"""
         args, t = self.args, now()
-        lab = paths(args.workdir)["lab"]
-        p_services = os.path.join(lab, "services")
+        p = paths(args.workdir, problems)
         connections = tcp_connections()
         moved = {}
         for key, total in connections.items():
@@ -325,24 +485,34 @@ class Watcher:
                            "detail": f"{moved_here} bytes on port {', '.join(map(str, known))}" if known
                            else "no port known yet"}
         try:
-            stamped = os.stat(os.path.join(p_services, "model-server.activity")).st_mtime
+            stamped = os.stat(os.path.join(p["services"], "model-server.activity")).st_mtime
         except OSError:
             stamped = 0.0
-        if stamped > self.last_check:
+        if self.last_check < stamped <= t + SKEW:  # a stamp from the future is no request
             found["serving"] = {"active": True, "detail": "requests since the last check (the server's stamp)"}
-        active, detail = guarded(jupyter_active, lab_ports.get("jupyter"), os.path.join(lab, "jupyter-token"),
+        elif stamped > t + SKEW:
+            problems.append("model-server.activity: stamped in the future; ignored")
+        active, detail = guarded(jupyter_active, lab_ports.get("jupyter"), os.path.join(p["lab"], "jupyter-token"),
                                  self.last_check)
         found["jupyter"] = {"active": active, "detail": detail}
         active, detail = guarded(gpu_busy, args.gpu_percent)
         found["gpu"] = {"active": active, "detail": detail}
-        active, detail = guarded(step_running, lab)
+        active, detail = guarded(step_running, p["lab"])
         found["step"] = {"active": active, "detail": detail}
         keep = policy.get("keep_until")
         found["keep"] = {"active": bool(keep and keep > t),
                          "detail": f"until {time.strftime('%H:%M:%S', time.localtime(keep))}" if keep else "none"}
         self.own_active = sorted(name for name, s in found.items() if s["active"])
-        peers = [p for p in read_json(paths(args.workdir)["peers"], []) if isinstance(p, str) and p]
-        if peers:
+        doc = read_json(p["peers"], (dict, list), problems)
+        doc = {"peers": doc} if isinstance(doc, list) else doc or {}  # a list: before the lab's token
+        peers = doc.get("peers") if isinstance(doc.get("peers"), list) else []
+        peers = [x for x in peers if isinstance(x, str) and re.fullmatch(r"[\w.:\[\]-]{1,255}", x)][:64]
+        token = doc.get("token")
+        self.token = token if isinstance(token, str) and re.fullmatch(r"[0-9a-f]{32,128}", token) else ""
+        if peers and not self.token:
+            found["peers"] = {"active": False, "detail": "peers.json has no lab token (run-lab writes it): "
+                                                         "the other nodes are not asked"}
+        elif peers:
             try:
                 self.answer_peers()
             except OSError as exc:  # the others then see this node as idle: never a reason not to act
@@ -352,23 +522,35 @@ class Watcher:
         return found
 
     def check(self) -> dict:
-        """One check: read the policy, look at every source, act when due; returns the view."""
-        args, t = self.args, now()
+        """One check: read the policy, look at every source, decide; returns the view (written when it can be)."""
+        args, t, problems = self.args, now(), []
         p = paths(args.workdir)
-        policy = read_policy(args.workdir)
-        lab_ports = {k: v for k, v in read_json(os.path.join(p["services"], "ports.json"), {}).items()
-                     if isinstance(v, int)}
-        sources = self.sources(policy, lab_ports)
+        policy = self.policy = read_policy(args.workdir, problems, self.policy)
+        doc = read_json(os.path.join(p["services"], "ports.json"), dict, problems) or {}
+        lab_ports = {k: v for k, v in doc.items() if number(v, 1, 65535) and isinstance(v, int)}
+        try:
+            sources = self.sources(policy, lab_ports, problems)
+        except Exception as exc:  # noqa: BLE001 - counted as active; the lifetime still acts
+            sources = {"check": {"active": True, "detail": f"failed ({type(exc).__name__}: {exc}); counted as active"}}
         self.last_check = t
         active = sorted(name for name, s in sources.items() if s["active"])
         if active:
             self.last_active = t
             self.warned = False
-        idle = t - self.last_active
+        view = self.verdict(policy, t) | {"active": active, "sources": sources, "problems": problems}
+        try:
+            write_json(p["view"], view)
+        except OSError as exc:  # it acts all the same
+            print(f"cannot write {p['view']}: {exc}", flush=True)
+        return view
+
+    def verdict(self, policy: dict, t: float) -> dict:
+        """The view's clock: when the policy acts, and whether now."""
+        args, idle = self.args, t - self.last_active
         view = {"policy": policy, "action": args.action, "host": socket.gethostname(), "pid": os.getpid(),
                 "checked_at": t, "interval_seconds": args.interval, "started_at": self.started,
-                "lifetime_from": self.lifetime_from(), "idle_seconds": round(idle, 1), "active": active,
-                "sources": sources, "acts_at": None, "acts_because": None, "acted": None}
+                "lifetime_from": self.lifetime_from(), "idle_seconds": round(idle, 1), "active": [],
+                "sources": {}, "acts_at": None, "acts_because": None, "acted": None}
         if policy["enabled"]:
             due = []
             if policy.get("idle_seconds"):
@@ -386,7 +568,6 @@ class Watcher:
                 elif view["acts_at"] - t <= args.warn and not self.warned and args.action == "shutdown":
                     self.warned = True
                     wall(f"tflab: this lab stops in {view['acts_at'] - t:.0f} s ({view['acts_because']}); {advice}")
-        write_json(p["view"], view)
         return view
 
     def lifetime_from(self) -> float:
@@ -414,39 +595,7 @@ def act(args, view: dict) -> None:
         command = os.environ.get("TFLAB_WATCHDOG_SHUTDOWN", "shutdown -h now")  # tests replace it
         subprocess.run(shlex.split(command), timeout=60)
         return
-    folder = paths(args.workdir)["services"]
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if not name.endswith(".pid"):
-            continue
-        try:
-            pid = int(open(os.path.join(folder, name)).read())
-        except (OSError, ValueError):
-            continue
-        if pid == os.getpid() or os.getpgid(0) == pid:
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except OSError:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and alive(pid):
-                time.sleep(0.1)
-            if not alive(pid):
-                break
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except PermissionError:
-        return True
-    except OSError:
-        return False
+    view["acted"] |= stop_services(paths(args.workdir)["services"])
 
 
 def run(args) -> int:
@@ -459,9 +608,9 @@ def run(args) -> int:
             return 0
         try:
             view = watcher.check()
-        except Exception as exc:  # noqa: BLE001 - a failed check is logged; the clock keeps its time
+        except Exception as exc:  # noqa: BLE001 - a failed check is logged; the policy's clock still acts
             print(f"check failed: {type(exc).__name__}: {exc}", flush=True)
-            view = {"acted": None}
+            view = watcher.verdict(watcher.policy, now())
         if view["acted"] and not watcher.acted:
             watcher.acted = True  # once: a shutdown takes a while, and is not repeated meanwhile
             print(f"acting: {view['acted']['what']} ({view['acted']['why']})", flush=True)
@@ -469,7 +618,11 @@ def run(args) -> int:
                 act(args, view)
             except Exception as exc:  # noqa: BLE001
                 print(f"acting failed: {type(exc).__name__}: {exc}", flush=True)
-            write_json(paths(args.workdir)["view"], view)
+            print(f"acted: {json.dumps(view['acted'])}", flush=True)
+            try:
+                write_json(paths(args.workdir)["view"], view)
+            except OSError as exc:
+                print(f"cannot write the view: {exc}", flush=True)
             if args.action != "shutdown":
                 return 0
         deadline = time.monotonic() + args.interval
@@ -479,8 +632,12 @@ def run(args) -> int:
 
 
 def set_policy(args) -> int:
-    p = paths(args.workdir)
-    policy = read_policy(args.workdir)
+    for flag, value in (("--idle", args.idle), ("--max-lifetime", args.max_lifetime), ("--keep", args.keep)):
+        if value is not None and not number(value, 0, YEAR):
+            print(f"watchdog: {flag} {value} is not a duration of at most a year", file=sys.stderr)
+            return 2
+    document = shown(args.workdir)
+    policy = document["policy"]
     if args.idle is not None:
         policy["idle_seconds"] = args.idle
     if args.max_lifetime is not None:
@@ -491,16 +648,29 @@ def set_policy(args) -> int:
         policy["enabled"] = False
     if args.on:
         policy["enabled"] = True
-    write_json(p["policy"], policy)
+    try:
+        write_json(paths(args.workdir)["policy"], policy)
+    except OSError as exc:
+        print(f"watchdog: cannot write the policy: {exc}", file=sys.stderr)
+        return 1
     return view(args)
 
 
-def view(args) -> int:
-    p = paths(args.workdir)
-    document = read_json(p["view"], {})
-    document["policy"] = read_policy(args.workdir)
+def shown(workdir: str) -> dict:
+    """The watchdog's last view with the policy it acts on now (a damaged policy file: the last good one)."""
+    problems = []
+    document = read_json(paths(workdir)["view"], dict, problems) or {}
+    last = valid_policy(document["policy"], DEFAULT_POLICY, []) if isinstance(document.get("policy"), dict) \
+        else DEFAULT_POLICY
+    document["policy"] = read_policy(workdir, problems, last)
+    seen = document.get("problems") if isinstance(document.get("problems"), list) else []
+    document["problems"] = list(dict.fromkeys([x for x in seen if isinstance(x, str)] + problems))
     document["now"] = now()
-    print(json.dumps(document))
+    return document
+
+
+def view(args) -> int:
+    print(json.dumps(shown(args.workdir)))
     return 0
 
 
@@ -531,7 +701,7 @@ def parse_args(argv=None):
     v.add_argument("--workdir", required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
-        args.interval = min(max(args.interval, 0.2), 60.0)
+        args.interval = min(max(args.interval, 0.2), 60.0) if math.isfinite(args.interval) else 30.0
     return args
 
 

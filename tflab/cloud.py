@@ -473,24 +473,45 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         return state, "created"
 
 
-def peers_command(state: LabState, index: int) -> str:
-    """Shell that tells node index's idle watchdog the other nodes' private addresses (remote/watchdog.py
-    peers.json), so that the lab stops as one."""
+def peers_token(state: LabState) -> str:
+    """The lab's peers token: the secret its nodes' watchdogs sign their questions and answers with, so that
+    only the lab's own nodes count as each other's activity. Derived from the lab's private key (HMAC-SHA256),
+    which only this machine holds, so `up` and every `run-lab` write the same one; a random one without it."""
+    import hashlib
+    import hmac
+    import secrets
+    from pathlib import Path
+
+    try:
+        key = Path(state.key_path).read_bytes() if state.key_path else b""
+    except OSError:
+        key = b""
+    if not key:
+        return secrets.token_hex(32)
+    return hmac.new(hashlib.sha256(key).digest(), b"tflab peers token\0" + state.name.encode(), "sha256").hexdigest()
+
+
+def peers_command(state: LabState, index: int, token: str) -> str:
+    """Shell that tells node index's idle watchdog the other nodes' private addresses and the lab's token
+    (remote/watchdog.py peers.json, readable by the lab user only), so that the lab stops as one."""
     import json
 
     others = [n["private_ip"] for n in state.nodes if n["index"] != index and n.get("private_ip")]
     folder = f"{WATCHDOG_DIR}/autostop"
-    return f"mkdir -p {folder} && printf %s {shlex.quote(json.dumps(others))} > {folder}/peers.json"
+    document = json.dumps({"token": token, "peers": others})
+    path = f"{folder}/peers.json"
+    return f"mkdir -p {folder} && (umask 077; rm -f {path}; printf %s {shlex.quote(document)} > {path})"
 
 
 def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
     """Each node's watchdog learns the others (best effort: run-lab tells them again)."""
     from tflab.ssh import Connection
 
+    token = peers_token(state)
     for node in state.nodes:
         try:
             with Connection(lab_target(name=state.name, store=store, node=node["index"]), connect_timeout=10) as c:
-                c.run(peers_command(state, node["index"]), step="autostop peers")
+                c.run(peers_command(state, node["index"], token), step="autostop peers", timeout=60)
         except (TflabError, OSError) as exc:
             console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
                          "run-lab does it")

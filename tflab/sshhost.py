@@ -290,7 +290,8 @@ class SshHost(Host):
                    f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then echo kept $(cat {pid_q}); exit 0; fi; "
                    f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
                    f"nohup setsid sh -c {shlex.quote(inner)} "
-                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; echo started $(cat {pid_q})")
+                   f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; "
+                   f"{identity_record('$!', argv, base + '.id')}; echo started $(cat {pid_q})")
         what, pid = self.connection.output(command).strip().splitlines()[-1].split()
         if what == "kept":
             log.info("%s is running already (pid %s) with the same command: kept", name, pid)
@@ -357,8 +358,20 @@ def stop_pid(pid: str, timeout: float = 5.0) -> str:
 
 
 def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
-    """Shell that stops the process group named in a pid file, if it still runs, and removes the file."""
+    """Shell that stops the process group named in a pid file, if it still runs, and removes the file (and
+    its identity record)."""
     p = shlex.quote(path) if quote else f'"{path}"'
-    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p}; fi")
+    record = shlex.quote(path[:-4] + ".id") if quote else f'"${{{path[1:]}%.pid}}.id"'
+    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p} {record}; fi")
+
+
+def identity_record(pid: str, argv: list[str], path: str) -> str:
+    """Shell that records what identifies the service just started as pid (its boot, start time: /proc's stat
+    field 22, owner and command) in path: the idle watchdog signals a pid only when /proc still says all that
+    (remote/watchdog.py `service`), so a pid file left behind never makes it signal another process."""
+    return (f"(p={pid}; s=$(sed 's/^.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f20); [ -n \"$s\" ] && "
+            "printf '{\"pid\": %s, \"start\": %s, \"uid\": %s, \"boot\": \"%s\", \"argv\": %s}' \"$p\" \"$s\" "
+            f"\"$(id -u)\" \"$(cat /proc/sys/kernel/random/boot_id)\" {shlex.quote(json.dumps(argv))} "
+            f"> {shlex.quote(path)}; true)")
 
 

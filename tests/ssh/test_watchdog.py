@@ -22,9 +22,17 @@ from tests.conftest import REMOTE, tflab, wait_until
 from tests.sshd import Sshd
 from tflab import ports
 from tflab.client import ServingClient
+from tflab.sshhost import identity_record
 
 pytestmark = pytest.mark.slow
 IDLE = 4.0  # seconds without activity before the watchdog acts
+TOKEN = "5e" * 32  # a lab's peers token
+
+
+def record_identity(pid: int, argv: list[str], path: Path) -> None:
+    """What identifies a service, recorded by the shell tflab runs on the host as it starts one."""
+    subprocess.run(["sh", "-c", identity_record(str(pid), argv, str(path))], check=True, timeout=30)
+    assert json.loads(path.read_text())["pid"] == pid
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,7 @@ class Lab:
         (services / "ports.json").write_text(json.dumps(lab_ports or {}))
         self.sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
         (services / "sleeper.pid").write_text(str(self.sleeper.pid))
+        record_identity(self.sleeper.pid, ["sleep", "600"], services / "sleeper.id")  # as run-lab records it
         self.cli("set", "--idle", str(IDLE))
         self.proc = subprocess.Popen([sys.executable, str(self.workdir / "remote" / "watchdog.py"), "run",
                                       "--workdir", str(self.workdir), "--action", action, "--ssh-port",
@@ -297,8 +306,9 @@ def test_the_nodes_of_a_lab_of_several_stop_as_one(sshd, tmp_path):
     nodes = {name: Lab(sshd, tmp_path / name, extra=("--peer-port", str(listen[name]), "--peer-bind", "127.0.0.1"))
              for name in "ab"}
     try:
-        for name, other in (("a", "b"), ("b", "a")):
-            (nodes[name].workdir / "autostop" / "peers.json").write_text(json.dumps([f"127.0.0.1:{listen[other]}"]))
+        for name, other in (("a", "b"), ("b", "a")):  # as `up` and run-lab write it (cloud.peers_command)
+            (nodes[name].workdir / "autostop" / "peers.json").write_text(
+                json.dumps({"token": TOKEN, "peers": [f"127.0.0.1:{listen[other]}"]}))
         nodes["a"].cli("set", "--keep", str(IDLE * 2.5))  # node a is active on its own
         nodes["b"].stays_alive_while(lambda: time.sleep(0.2), IDLE * 2, "peers")
         assert "127.0.0.1:%d: keep" % listen["a"] in nodes["b"].view()["sources"]["peers"]["detail"]
@@ -311,10 +321,13 @@ def test_the_nodes_of_a_lab_of_several_stop_as_one(sshd, tmp_path):
 
 
 @pytest.mark.parametrize("answer, pace", [(b"[]", 0), (b'{"active": "keep"}', 0), (b'{"active": ["peers", "x"]}', 0),
-                                          (b"x" * 10000, 0), (b'{"active": ["keep"]}', 0.5)])
+                                          (b"x" * 10000, 0), (b'{"active": ["keep"]}', 0.5), (b'{"active": ["keep"]}', 0),
+                                          (b'{"active": ["keep"], "mac": "' + b"0" * 64 + b'"}', 0),
+                                          (b"[" * 100000, 0)])
 def test_a_stranger_on_the_peer_port_is_no_activity_and_never_holds_a_check(answer, pace):
     """What answers on a node's peer port is read for 2 s and 4 KB at most; anything but a watchdog's answer
-    (or "peers" passed on) counts as no activity, so it can neither keep a lab up nor hang its watchdog."""
+    signed with the lab's token over the question's nonce (or "peers" passed on) counts as no activity, so a
+    stranger can neither keep a lab up nor hang its watchdog."""
     sys.path.insert(0, str(REMOTE))
     import watchdog
 
@@ -334,7 +347,7 @@ def test_a_stranger_on_the_peer_port_is_no_activity_and_never_holds_a_check(answ
 
         threading.Thread(target=serve, daemon=True).start()
         try:  # a trickle is cut at 2 s: its "keep" never arrives whole
-            active = watchdog.ask_peer(f"127.0.0.1:{listener.getsockname()[1]}", 0, timeout=2.0)
+            active = watchdog.ask_peer(f"127.0.0.1:{listener.getsockname()[1]}", 0, TOKEN, timeout=2.0)
         except (OSError, ValueError):
             active = []
     assert active == [], active

@@ -1,0 +1,321 @@
+"""The idle watchdog (remote/watchdog.py) fails safe, tried as a careless or hostile user, a damaged disk
+or a stranger would: it never signals a process it cannot prove is the lab's service, and no damaged file
+(nested 100,000 deep, a FIFO, /dev/zero, a folder, 10 MB, 1e300, Infinity, NaN, a time in 2100) silences it:
+it keeps checking and acts on its policy, even when it cannot write its view. Each watchdog here is the
+real script in a process of its own, checking five times a second; every process it might signal is one
+of this test's own sleeps."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REMOTE, wait_until
+from tflab.sshhost import identity_record
+
+sys.path.insert(0, str(REMOTE))
+import watchdog  # noqa: E402  (remote/ scripts import as plain modules, as on a lab host)
+
+pytestmark = pytest.mark.slow
+NESTED = "[" * 100_000 + "]" * 100_000
+DEEP = "[" * 30_000 + "]" * 30_000  # within the size bound: the depth bound refuses it
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie waiting for its parent does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Host:
+    """A lab folder with its services (sleeps of this test's own, recorded as run-lab records them) and a
+    watchdog that stops them (a --host)."""
+
+    def __init__(self, root: Path):
+        self.workdir = root / "lab"
+        self.services = self.workdir / "services"
+        self.folder = self.workdir / "autostop"
+        self.services.mkdir(parents=True)
+        self.folder.mkdir()
+        self.procs: list[subprocess.Popen] = []
+        self.watchdog: subprocess.Popen | None = None
+
+    def sleep(self, name: str | None = None, record: bool = True) -> subprocess.Popen:
+        """A process of this test's own; with a name, a lab service whose pid file (and, if record, its
+        identity, written by tflab's own shell) is in services/."""
+        proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        self.procs.append(proc)
+        if name:
+            (self.services / f"{name}.pid").write_text(str(proc.pid))
+            if record:
+                subprocess.run(["sh", "-c", identity_record(str(proc.pid), ["sleep", "600"],
+                                                            str(self.services / f"{name}.id"))], check=True, timeout=30)
+        return proc
+
+    def policy(self, **values) -> None:
+        (self.folder / "policy.json").write_text(json.dumps({**watchdog.DEFAULT_POLICY, **values}))
+
+    def start(self, *extra: str) -> None:
+        self.watchdog = subprocess.Popen([sys.executable, str(REMOTE / "watchdog.py"), "run", "--workdir",
+                                          str(self.workdir), "--interval", "0.2", "--ssh-port", "1", *extra],
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         start_new_session=True)
+
+    def view(self) -> dict:
+        try:
+            return json.loads((self.folder / "view.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acted(self, timeout: float = 30) -> str:
+        """The watchdog's output once it has acted and ended (stop-services)."""
+        try:
+            out, _ = self.watchdog.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the watchdog did not act within {timeout} s") from None
+        assert "acting: stop-services" in out, out
+        return out
+
+    def close(self) -> None:
+        for proc in [self.watchdog, *self.procs]:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def host(tmp_path):
+    made = Host(tmp_path)
+    yield made
+    made.close()
+
+
+def damage(path: Path, kind: str) -> None:
+    """Replace path with a damaged file of the given kind."""
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+    if kind in ("nested", "deep"):
+        path.write_text(NESTED if kind == "nested" else DEEP)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.write(b'{"idle_seconds": 1, "x": "' + b"a" * 10_000_000 + b'"}')
+    elif kind == "numbers":
+        path.write_text('{"idle_seconds": 1e300, "max_lifetime_seconds": Infinity, "keep_until": NaN, "enabled": 1}')
+
+
+KINDS = ["nested", "deep", "fifo", "dev-zero", "folder", "huge", "numbers"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_with_every_file_damaged_the_watchdog_still_acts_on_the_maximum_lifetime(host, kind):
+    """The policy, peers, ports, lab-dir, Jupyter token and activity files, and view.json itself, all
+    damaged the same way after the first check: the watchdog keeps its last good policy, and stops the
+    lab's service when its maximum lifetime has passed (the view cannot even be written: view.json is
+    damaged too, and a folder or FIFO cannot be replaced by a file)."""
+    service = host.sleep("model-server")
+    host.policy(idle_seconds=None, max_lifetime_seconds=3)
+    host.start()
+    wait_until(lambda: host.view().get("checked_at"), 20, what="the first check")
+    for path in (host.folder / "policy.json", host.folder / "peers.json", host.services / "ports.json",
+                 host.folder / "lab-dir", host.workdir / "jupyter-token", host.services / "model-server.activity",
+                 host.folder / "view.json"):
+        damage(path, kind)
+    out = host.acted()
+    assert "past its maximum lifetime of 3 s" in out
+    service.wait(10)  # the lab's service was stopped
+    assert "check failed" not in out, out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_policy_before_the_first_check_is_no_information(host, kind):
+    """A watchdog that starts with a damaged policy and no earlier view works on the defaults (said in its
+    view), and `view` and `set` answer at once: `set` writes a good policy over a damaged file."""
+    damage(host.folder / "policy.json", kind)
+    host.start()
+    view = wait_until(lambda: host.view().get("checked_at") and host.view(), 20, what="the first check")
+    assert view["policy"] == watchdog.DEFAULT_POLICY
+    assert any(p.startswith("policy.json: ") for p in view["problems"]), view["problems"]
+    shown = json.loads(subprocess.run([sys.executable, str(REMOTE / "watchdog.py"), "view", "--workdir",
+                                       str(host.workdir)], capture_output=True, text=True, timeout=30,
+                                      check=True).stdout)
+    assert shown["policy"]["idle_seconds"] == 3600
+    done = subprocess.run([sys.executable, str(REMOTE / "watchdog.py"), "set", "--workdir", str(host.workdir),
+                           "--idle", "2"], capture_output=True, text=True, timeout=30)
+    if kind in ("folder",):  # a folder is not replaced: said in one line
+        assert done.returncode == 1 and done.stderr.startswith("watchdog: cannot write the policy"), done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["policy"]["idle_seconds"] == 2
+        assert json.loads((host.folder / "policy.json").read_text())["idle_seconds"] == 2
+
+
+@pytest.mark.parametrize("keep", ["1e300", "Infinity", "NaN", "-1", '"soon"', str(4102444800)])  # last: 2100
+def test_a_keep_alive_out_of_range_keeps_nothing_and_the_idle_lab_is_stopped(host, keep):
+    """keep_until 1e300 made it fail on every check with an OverflowError (and never act); a keep-alive in
+    2100 kept the lab for ever. Any keep_until beyond a year from now (or not a time) is refused."""
+    service = host.sleep("tensorboard")
+    host.policy(idle_seconds=2)
+    host.start()
+    wait_until(lambda: host.view().get("checked_at"), 20, what="the first check")
+    text = (host.folder / "policy.json").read_text().replace('"keep_until": null', f'"keep_until": {keep}')
+    (host.folder / "policy.json").write_text(text)  # not JSON (Infinity, NaN): the last good policy is kept
+    out = host.acted()
+    assert "idle for 2 s" in out
+    service.wait(10)
+    assert host.view()["policy"]["keep_until"] is None
+
+
+def test_an_activity_stamp_from_the_future_is_no_activity(host):
+    """The model server's activity file stamped in 2100 kept the lab alive for ever."""
+    service = host.sleep("model-server")
+    stamp = host.services / "model-server.activity"
+    stamp.touch()
+    os.utime(stamp, (4102444800, 4102444800))
+    host.policy(idle_seconds=2)
+    host.start()
+    out = host.acted()
+    assert "idle for 2 s" in out
+    service.wait(10)
+    assert "model-server.activity: stamped in the future; ignored" in host.view()["problems"]
+    assert host.view()["sources"]["serving"]["active"] is False
+
+
+def test_a_jupyter_kernel_active_in_the_future_is_no_activity(tmp_path):
+    """Jupyter's answer is read bounded, and a kernel's last_activity from the future does not count."""
+    kernels = [{"id": "k", "execution_state": "idle", "last_activity": "2100-01-01T00:00:00.000000Z"}]
+    answers = {"/api/kernels": json.dumps(kernels), "/api/terminals": "[]"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = answers[self.path.split("?")[0]].encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "jupyter-token"
+    token.write_text("t" * 48)
+    try:
+        port = server.server_address[1]
+        assert watchdog.jupyter_active(port, str(token), time.time() - 30) == (False, "1 kernel(s) idle")
+        kernels[0]["last_activity"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        answers["/api/kernels"] = json.dumps(kernels)
+        assert watchdog.jupyter_active(port, str(token), time.time() - 30)[0] is True  # a real one counts
+        answers["/api/kernels"] = NESTED
+        assert watchdog.jupyter_active(port, str(token), time.time() - 30) == (False, "not answering")
+    finally:
+        server.shutdown()
+
+
+def test_only_a_process_proved_to_be_the_lab_service_is_signalled(host):
+    """Pid files naming pid 1, 0, -1, the watchdog itself, a stranger (a live process of this test's own:
+    the same user, no record), a reused pid (a record whose start time, boot, owner or command is not the
+    live process's), garbage, or a FIFO: each is left alone and said in the view; the lab's own service
+    (recorded by tflab's shell as it started) is stopped."""
+    service = host.sleep("model-server")
+    strangers = {}
+    for name in ("unrecorded", "reused", "other-boot", "other-user", "other-command", "other-pid"):
+        strangers[name] = host.sleep(name, record=name != "unrecorded")
+    forged = {"reused": {"start": -1}, "other-boot": {"boot": "0" * 36}, "other-user": {"uid": os.getuid() + 4242},
+              "other-command": {"argv": ["python3", "model_server.py"]}, "other-pid": {"pid": service.pid}}
+    for name, change in forged.items():
+        record = host.services / f"{name}.id"
+        document = json.loads(record.read_text())
+        if name == "reused":  # the pid's previous owner started earlier
+            change = {"start": document["start"] - 1}
+        record.write_text(json.dumps(document | change))
+    for name, text in (("init", "1"), ("zero", "0"), ("minus", "-1"), ("garbage", "12ab"), ("huge", "9" * 40)):
+        (host.services / f"{name}.pid").write_text(text)
+    os.mkfifo(host.services / "fifo.pid")
+    host.policy(idle_seconds=2)
+    host.start()
+    wait_until(lambda: host.view().get("pid"), 20, what="the first check")
+    own = host.view()["pid"]  # the watchdog's own pid, with a record that would pass as its own
+    (host.services / "self.pid").write_text(str(own))
+    subprocess.run(["sh", "-c", identity_record(str(own), [sys.executable, str(REMOTE / "watchdog.py")],
+                                                str(host.services / "self.id"))], check=True, timeout=30)
+    out = host.acted()
+    service.wait(10)
+    for name, proc in strangers.items():
+        assert alive(proc.pid), f"{name} was signalled"
+    ignored = json.loads(out.split("acted: ", 1)[1].splitlines()[0])["ignored"]
+    said = {line.split(":")[0]: line for line in ignored}
+    assert set(said) == {f"{n}.pid" for n in [*strangers, "init", "zero", "minus", "garbage", "huge", "fifo", "self"]}
+    assert "pid 1 is never a lab service's" in said["init.pid"] and "pid 0 is never" in said["zero.pid"]
+    assert f"pid {own} is never" in said["self.pid"]
+    assert "nothing proves it is the lab's" in said["unrecorded.pid"]
+    assert "another process now" in said["reused.pid"] and "another user" in said["other-user.pid"]
+    assert "runs another command" in said["other-command.pid"] and "not a regular file" in said["fifo.pid"]
+    assert "another pid or boot" in said["other-boot.pid"] and "another pid or boot" in said["other-pid.pid"]
+
+
+def test_a_service_that_ended_leaves_a_pid_its_successor_may_reuse_unsignalled(host):
+    """A recorded service that ended: its pid is free for anyone. The record no longer matches whatever
+    runs with that pid (its start time), so nothing is signalled; an ended service is not said as left
+    alone (there is nothing to stop)."""
+    old = host.sleep("tensorboard")
+    old.kill()
+    old.wait(10)
+    assert watchdog.service(str(host.services / "tensorboard"))[0] is None
+    assert "not running" in watchdog.service(str(host.services / "tensorboard"))[2]
+    survivor = host.sleep()
+    record = json.loads((host.services / "tensorboard.id").read_text())
+    # The same record with the survivor's pid (as if it had reused the pid): its start time differs.
+    (host.services / "tensorboard.pid").write_text(str(survivor.pid))
+    (host.services / "tensorboard.id").write_text(json.dumps(record | {"pid": survivor.pid}))
+    assert "another process now" in watchdog.service(str(host.services / "tensorboard"))[2]
+    done = watchdog.stop_services(str(host.services))
+    assert done["stopped"] == [] and alive(survivor.pid)
+
+
+def test_a_script_service_is_proved_by_its_interpreter_and_arguments(tmp_path):
+    """A service started as a #! script runs as its interpreter with the script's path: still the same
+    command (watchdog.runs)."""
+    assert watchdog.runs(["tensorboard", "--logdir", "x"], ["/venv/bin/python3", "/venv/bin/tensorboard", "--logdir",
+                                                            "x"])
+    assert watchdog.runs(["sleep", "600"], ["sleep", "600"])
+    assert not watchdog.runs(["sleep", "600"], ["sleep", "601"])
+    assert not watchdog.runs(["tensorboard", "--logdir", "x"], ["/usr/bin/python3", "evil.py", "--logdir", "x"])
+    assert not watchdog.runs(["sleep", "600"], [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reading_a_damaged_file_never_blocks_nor_floods(tmp_path, kind):
+    path = tmp_path / "file.json"
+    path.touch()
+    damage(path, kind)
+    problems: list = []
+    value = watchdog.read_json(str(path), dict, problems)
+    if kind == "numbers":  # read, and refused value by value
+        assert value is None and "Infinity is not a number" in problems[0]
+        policy = watchdog.valid_policy({"idle_seconds": 1e300, "keep_until": 1e300, "enabled": 1},
+                                       watchdog.DEFAULT_POLICY, problems)
+        assert policy == watchdog.DEFAULT_POLICY and len(problems) == 4
+    else:
+        assert value is None and len(problems) == 1, problems
+        expected = {"nested": "larger than", "deep": "nested deeper", "huge": "larger than"}.get(kind, "not a regular")
+        assert expected in problems[0], problems
+
