@@ -622,16 +622,16 @@ def stopped_why(inst) -> str | None:
 
 
 def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
-    """The lab's watchdog view, asked over SSH (a short query, not activity); {"error": ...} when it
-    cannot be had."""
+    """The lab's watchdog view, asked over SSH (a short query, not activity) within 5 s to connect and 15 s
+    to answer, and checked (autostop.read_view); {"error": ...} when it cannot be had."""
     from tflab.autostop import autostop
     from tflab.ssh import Connection
 
     try:
         target = lab_target(name=name, store=store)
         with Connection(target, connect_timeout=5) as connection:
-            return autostop(connection, WATCHDOG_DIR)
-    except (TflabError, OSError, ValueError) as exc:
+            return autostop(connection, WATCHDOG_DIR, timeout=15)
+    except (TflabError, OSError, ValueError, EOFError) as exc:
         return {"error": str(exc)}
 
 
