@@ -69,10 +69,40 @@ def embedded(name: str, path: str) -> str:
     from tflab.paths import remote_dir
 
     text = (remote_dir() / name).read_text()
+    if name.endswith(".py"):
+        text = without_comments(text)
     end = "TFLAB_" + re.sub(r"\W", "_", name).upper() + "_END"
     if not text.endswith("\n") or end in text.splitlines():  # a here-document needs both
         raise TflabError(f"remote/{name} cannot be carried in the user data as a here-document")
     return f"cat > {shlex.quote(path)} <<'{end}'\n{text}{end}"
+
+
+def without_comments(source: str) -> str:
+    """Python source without its comments and docstrings: the same program in fewer bytes of user data (EC2
+    takes 16 KB), since remote/watchdog.py explains itself at length."""
+    import ast
+    import io
+    import tokenize
+
+    lines = source.splitlines(keepends=True)
+    dropped: set[int] = set()  # lines to leave out (blank lines inside a string stay)
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and len(body) > 1 \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            dropped.update(range(body[0].lineno - 1, body[0].end_lineno))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        row = token.start[0] - 1
+        if token.type == tokenize.COMMENT and row > 0 and row not in dropped:  # the #! line stays
+            code = lines[row][:token.start[1]].rstrip()
+            if code:
+                lines[row] = code + "\n"
+            else:
+                dropped.add(row)
+        elif token.type == tokenize.NL and not lines[row].strip():  # a blank line between statements
+            dropped.add(row)
+    return "".join(line for row, line in enumerate(lines) if row not in dropped)
 
 
 def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None = None) -> str:
