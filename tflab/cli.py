@@ -444,19 +444,12 @@ def status(
     """Show a lab: state (and why it stopped), type, address, uptime, what it costs, its autostop
     watchdog (idle for how long, when it acts), ports."""
     from tflab.cloud import status as lab_status
-    from tflab.state import DamagedStateError, StateStore, check_name
+    from tflab.state import StateStore, check_name
 
     store = StateStore()
-    try:
-        state = store.load(check_name(name))
-    except DamagedStateError:  # described from its tags, the damage said (or the error, if nothing is there)
-        state = None
-    provider = _provider(region, profile, state)
+    provider = _provider(region, profile, store.load(check_name(name)))  # a damaged state: its error, no AWS call
     doc = lab_status(provider, store, name, ask_host=not no_host)
-    console = _console(json_out)
-    if doc.get("local_state_error"):
-        console.warn(doc["local_state_error"])
-    console.result(doc, _status_text(doc))
+    _console(json_out).result(doc, _status_text(doc))
 
 
 @app.command("list")

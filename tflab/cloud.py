@@ -667,25 +667,15 @@ def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
 
 def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dict:
     """The lab's status from the cloud (and the local state when there is one): what it costs, and
-    (ask_host) its watchdog's view, asked over SSH while it runs. A damaged state file does not stop it:
-    the lab is described from its tags, and the damage is said (local_state_error)."""
-    from tflab.state import DamagedStateError
-
-    damaged = None
-    try:
-        state = store.load(check_name(name))
-    except DamagedStateError as exc:
-        state, damaged = None, exc
+    (ask_host) its watchdog's view, asked over SSH while it runs. A damaged state file is its one-line
+    error (DamagedStateError), before any AWS call: `down` is what works from the tags alone."""
+    state = store.load(check_name(name))
     instances = provider.find_instances(name)
-    if not instances and damaged is not None:
-        raise damaged
     if not instances and state is None:
         raise NotFoundError(f"no lab named '{name}' in {provider.region}",
                             hint="`tflab list` shows the labs in a region; `tflab up` makes one")
     doc = describe(state, instances, name, provider.region)
     doc["region"] = provider.region
-    if damaged is not None:
-        doc["local_state_error"] = f"{damaged.message}; {damaged.hint}"
     if doc["exists"]:
         inst = next(i for i in instances if i.id == doc["instance_id"])
         doc |= costs(provider, instances, name)
