@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -105,19 +107,71 @@ def _raised_in_sdk(exc: BaseException) -> bool:
     return False
 
 
+# The regions every account may use: those launched before 2019-03-20. Any later one is an opt-in region,
+# disabled until the account enables it ("Enable or disable AWS Regions in your account", AWS Account
+# Management Reference Guide); a request there with the account's keys fails as InvalidClientTokenId (STS),
+# AuthFailure (EC2) or UnrecognizedClientException (JSON services), as if the keys were wrong.
+DEFAULT_REGIONS = frozenset({
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "sa-east-1", "eu-west-1", "eu-west-2",
+    "eu-west-3", "eu-central-1", "eu-north-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3",
+    "ap-southeast-1", "ap-southeast-2"})
+# IAM's denial messages (IAM User Guide, "Troubleshoot access denied error messages"): "User: <arn> is not
+# authorized to perform: <action> on resource: <arn> because no identity-based policy allows the <action>
+# action", or "... with an explicit deny in a service control policy". EC2 puts this after its own "You are
+# not authorized to perform this operation.", then "Encoded authorization failure message: ..." (decodable
+# with `aws sts decode-authorization-message`).
+DENIED_ACTION = re.compile(r"not authorized to perform:\s*([a-z0-9-]+:[A-Za-z0-9*]+)")
+CLOCK_SKEW = ("RequestExpired", "RequestTimeTooSkewed", "RequestInTheFuture")
+_REGION: contextvars.ContextVar[str | None] = contextvars.ContextVar("tflab_aws_region", default=None)
+
+
+def opt_in_region(region: str | None) -> bool:
+    """Whether the region is one an account must enable first (launched after 2019-03-20)."""
+    return bool(region) and region not in DEFAULT_REGIONS and not region.startswith(("cn-", "us-gov-", "us-iso"))
+
+
 def from_client_error(exc, action: str, **context) -> InfraError:
     """The infra error for an AWS error code."""
     err = exc.response.get("Error", {})
     code = err.get("Code", "")
-    message = err.get("Message", "") or str(exc)
-    if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
-        return PermissionDenied(action, message.split("Encoded authorization failure message")[0].strip(" ."))
-    if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"):
+    message = " ".join((err.get("Message", "") or str(exc)).split())
+    # An XML error body where the service speaks JSON (botocore then gives the HTTP status as the code): seen
+    # from proxies and from moto's IAM access control, which answers every service in XML. Read it anyway.
+    if message.startswith("<?xml") and "<Message>" in message:
+        code = re.search(r"<Code>([^<]*)</Code>", message).group(1) if "<Code>" in message else code
+        message = message.split("<Message>", 1)[1].split("</Message>", 1)[0]
+    region = context.get("region") or _REGION.get()
+    if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedException"):
+        detail = message.split("Encoded authorization failure message")[0].strip(" .")
+        named = DENIED_ACTION.search(detail)
+        return PermissionDenied(named.group(1) if named else action, detail,
+                                explicit="explicit deny" in detail.lower(), called=action)
+    if code == "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
+        # RunInstances with spot market options creates the Spot service-linked role on first use, which
+        # needs iam:CreateServiceLinkedRole ("Service-linked role for Spot Instance requests", EC2 User Guide).
+        return PermissionDenied("iam:CreateServiceLinkedRole", message, called=action).with_hint(
+            "the first spot instance of an account needs the Spot service-linked role: create it once with "
+            "`aws iam create-service-linked-role --aws-service-name spot.amazonaws.com` (as an administrator), "
+            "or grant iam:CreateServiceLinkedRole for spot.amazonaws.com (`tflab iam-policy --spot`)")
+    if code in CLOCK_SKEW or "signature expired" in message.lower():
+        # "Signature expired: 20220127T001427Z is now earlier than 20220127T014428Z (... - 15 min.)": AWS
+        # refuses a request signed more than 15 minutes away from its own time (Common Errors: RequestExpired).
+        return CredentialsError(f"AWS refused the request's time ({code}: {message})",
+                                hint="check the system clock (`date -u` against the real time; enable NTP, e.g. "
+                                     "`timedatectl set-ntp true`); if it is right, your temporary credentials may "
+                                     "have expired: refresh them")
+    if code in ("ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"):
         return CredentialsError("your AWS credentials have expired",
                                 hint="refresh them (`aws sso login`, or new temporary credentials) and try again")
     if code in ("AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-                "InvalidAccessKeyId"):
-        return CredentialsError(f"AWS did not accept your credentials ({code})",
+                "InvalidAccessKeyId", "InvalidSignatureException"):
+        if opt_in_region(region) and code != "SignatureDoesNotMatch":
+            return CredentialsError(f"AWS did not accept your credentials in {region} ({code}: {message})",
+                                    hint=f"{region} is an opt-in region: if your account has not enabled it, "
+                                         f"enable it (`aws account enable-region --region-name {region}`, or the "
+                                         "console's Account page; it takes minutes) or use another --region; "
+                                         "else check the access key of your profile (`aws configure list`)")
+        return CredentialsError(f"AWS did not accept your credentials ({code}: {message})",
                                 hint="check the access key and secret of your profile (`aws configure list`)")
     if code in ("VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded"):
         quota_code, quota_name = family_quota(context.get("instance_type", ""), context.get("spot", False))
@@ -138,6 +192,32 @@ def _tags(resource: dict) -> list[dict]:
     return resource.get("Tags") or []
 
 
+def no_prompt_off_a_terminal(session) -> None:
+    """A profile that assumes a role with mfa_serial makes botocore ask for the MFA code on the terminal
+    (getpass). Off a terminal there is nobody to answer: say so, instead of blocking on /dev/tty or reading
+    end-of-file (which click reports as an interrupt)."""
+    import sys
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        return
+    try:
+        assume_role = session._session.get_component("credential_provider").get_provider("assume-role")
+    except Exception as exc:  # a session without botocore's resolver (or a future botocore): keep its own
+        log.info("cannot replace the MFA prompt: %s", exc)
+        return
+
+    def refuse(prompt: str) -> str:
+        serial = prompt.replace("Enter MFA code for", "").strip(" :")
+        raise CredentialsError(f"your AWS profile asks for an MFA code ({serial}), and there is no terminal to "
+                               "type it in",
+                               hint="run tflab in a terminal (it asks for the code), or give it credentials "
+                                    "that need no prompt: `eval \"$(aws configure export-credentials --profile "
+                                    "<profile> --format env)\"` (the AWS CLI asks for the code once and caches "
+                                    "the role's credentials)")
+
+    assume_role._prompter = refuse
+
+
 class AwsProvider(Provider):
     """Provider on EC2. Waits poll every `poll` seconds (tests use a short one)."""
 
@@ -149,9 +229,11 @@ class AwsProvider(Provider):
         self.poll = poll
         self._config = config
         self._clients: dict[str, object] = {}
+        no_prompt_off_a_terminal(session)
 
     def client(self, service: str):
         """One client per service, made on first use."""
+        _REGION.set(self.region)  # what an error of the call about to be made is told (opt-in regions)
         if service not in self._clients:
             with translated(f"{service} client"):
                 self._clients[service] = self.session.client(service, region_name=self.region, config=self._config)
@@ -263,7 +345,10 @@ class AwsProvider(Provider):
             zone=raw.get("Placement", {}).get("AvailabilityZone"),
             launch_time=launched.isoformat() if hasattr(launched, "isoformat") else launched,
             spot=raw.get("InstanceLifecycle") == "spot", image_id=raw.get("ImageId"), key_name=raw.get("KeyName"),
-            security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups", [])), lab=tags.lab_of(_tags(raw)),
+            security_groups=tuple(g["GroupId"] for g in raw.get("SecurityGroups") or
+                                  # (moto lists a launch's network interface groups there only)
+                                  next(iter(raw.get("NetworkInterfaces") or []), {}).get("Groups", [])),
+            lab=tags.lab_of(_tags(raw)),
             state_reason=raw.get("StateReason", {}).get("Message") or raw.get("StateTransitionReason") or None,
             node=tags.node_of(_tags(raw)))
 
@@ -424,7 +509,7 @@ class AwsProvider(Provider):
         params = {
             "ImageId": image.id, "InstanceType": spec.instance_type, "MinCount": spec.nodes, "MaxCount": spec.nodes,
             "InstanceInitiatedShutdownBehavior": spec.shutdown_behavior,
-            "KeyName": key_name, "SecurityGroupIds": [security_group],
+            "KeyName": key_name,
             "TagSpecifications": tags.tag_specifications(spec.lab, "instance", "volume"),
             "BlockDeviceMappings": [{"DeviceName": image.root_device, "Ebs": {
                 "VolumeSize": spec.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}],
@@ -442,8 +527,16 @@ class AwsProvider(Provider):
         context = {"instance_type": spec.instance_type, "region": self.region, "spot": spec.spot, "image": image.id}
         for subnet, zone in self._subnets(spec):
             attempt = dict(params, ClientToken=limits.client_token(spec.lab))  # fresh per attempt, <= 64 chars
+            # The public address asked for at launch, as SkyPilot does (sky/provision/aws/instance.py,
+            # _create_instances): a subnet that does not auto-assign one (every non-default subnet, unless
+            # MapPublicIpOnLaunch is set) would leave the lab unreachable. AssociatePublicIpAddress exists only
+            # on a network interface, and then the subnet and security groups move there too: RunInstances
+            # refuses them both at the top level and in NetworkInterfaces (InvalidParameterCombination).
+            interface = {"DeviceIndex": 0, "Groups": [security_group], "DeleteOnTermination": True,
+                         "AssociatePublicIpAddress": spec.public_address}
             if subnet:
-                attempt["SubnetId"] = subnet
+                interface["SubnetId"] = subnet
+            attempt["NetworkInterfaces"] = [interface]
             where = zone or subnet or self.region
             progress(f"launching {spec.nodes} x {spec.instance_type} in {where}" if spec.nodes > 1 else
                      f"launching {spec.instance_type} in {where}")
@@ -483,18 +576,43 @@ class AwsProvider(Provider):
                                   hint="`tflab status` shows where it is; `tflab down` removes it")
             time.sleep(self.poll)
 
-    def wait_running(self, instance_id: str, timeout: float, progress: Progress) -> Instance:
+    def wait_running(self, instance_id: str, timeout: float, progress: Progress, public: bool = True) -> Instance:
         def check():
             inst = self._describe_instance(instance_id)
             if inst.state in ("shutting-down", "terminated", "stopped"):
                 raise CloudError(f"instance {instance_id} is {inst.state} instead of running",
                                  code="InstanceStopped",
                                  hint="spot capacity may have been reclaimed; `tflab down`, then try again")
-            if inst.state == "running" and inst.public_ip:
+            address = inst.public_ip if public else inst.private_ip
+            if inst.state == "running" and address:
                 return inst, inst.state
-            return None, inst.state if inst.state != "running" else "running, no public address yet"
+            return None, inst.state if inst.state != "running" else \
+                f"running, no {'public' if public else 'private'} address yet"
 
         return self._poll(f"instance {instance_id} to run", timeout, check, progress)
+
+    def subnet_reaches_internet(self, subnet_id: str) -> bool | None:
+        """Whether the subnet routes 0.0.0.0/0 to an internet gateway (its own route table, else its VPC's
+        main one: "Route tables", Amazon VPC User Guide): only there does a public address reach the
+        instance. None where the route tables may not be read (ec2:DescribeRouteTables denied).
+        SkyPilot decides a subnet is public the same way (sky/provision/aws/config.py, _is_subnet_public)."""
+        try:
+            with translated("ec2:DescribeSubnets"):
+                subnets = self.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+            vpc = subnets[0]["VpcId"]
+            with translated("ec2:DescribeRouteTables"):
+                tables = self.ec2.describe_route_tables(
+                    Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])["RouteTables"]
+                if not tables:  # no table of its own: the VPC's main route table applies
+                    tables = self.ec2.describe_route_tables(
+                        Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                 {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+        except PermissionDenied as exc:
+            log.info("cannot read the route tables of %s: %s", subnet_id, exc)
+            return None
+        return any(route.get("DestinationCidrBlock") == "0.0.0.0/0" and
+                   str(route.get("GatewayId", "")).startswith("igw-") and route.get("State", "active") == "active"
+                   for table in tables for route in table.get("Routes", []))
 
     def host_key_fingerprints(self, instance_id: str, timeout: float, progress: Progress) -> dict[str, str]:
         def check():
@@ -527,9 +645,10 @@ class AwsProvider(Provider):
 
             self._poll("the instances to terminate", timeout, all_terminated, progress)
             removed += [f"instance {i}" for i in ids]
-        with translated("ec2:DescribeVolumes"):
-            volumes = self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"]
-        for v in volumes:  # volumes are deleted with their instance; any left over go now
+        # The look-ups below that `up` never made may be denied: the instances are gone by now, and what is
+        # left bills nothing (key pairs, placement groups) or went with them (volumes: DeleteOnTermination).
+        volumes, _ = self._optional_lookup(lambda: self._lab_volumes(lab), "volumes")
+        for v in volumes or []:  # volumes are deleted with their instance; any left over go now
             if v.get("State") in ("available", "error"):
                 with translated("ec2:DeleteVolume"):
                     self.ec2.delete_volume(VolumeId=v["VolumeId"])
@@ -539,11 +658,13 @@ class AwsProvider(Provider):
         for g in groups:
             self._delete_group(g["GroupId"], timeout=min(timeout, 300), progress=progress)
             removed.append(f"security group {g['GroupId']}")
-        for name in self._lab_key_pairs(lab):
+        pairs, _ = self._optional_lookup(lambda: self._lab_key_pairs(lab), "key pairs")
+        for name in pairs if pairs is not None else [self.key_name(lab)]:  # unlisted: by its name, as `up` does
             with translated("ec2:DeleteKeyPair"):
                 self.ec2.delete_key_pair(KeyName=name)
-            removed.append(f"key pair {name}")
-        for name in self._lab_placement_groups(lab):  # empty now: its instances are terminated
+            removed.append(f"key pair {name}" + (" (deleted by name)" if pairs is None else ""))
+        placement, _ = self._optional_lookup(lambda: self._lab_placement_groups(lab), "placement groups")
+        for name in placement or []:  # empty now: its instances are terminated
             try:
                 with translated("ec2:DeletePlacementGroup"):
                     self.ec2.delete_placement_group(GroupName=name)
@@ -569,6 +690,18 @@ class AwsProvider(Provider):
 
         self._poll(f"security group {group_id} to be deletable", timeout, attempt, progress)
 
+    def _optional_lookup(self, lookup, what: str):
+        """(what lookup() found, None), or (None, a note) where the look-up is denied."""
+        try:
+            return lookup(), None
+        except PermissionDenied as exc:
+            log.info("could not look for the lab's %s: %s", what, exc)
+            return None, f"{what} not checked (no permission for {exc.action})"
+
+    def _lab_volumes(self, lab: str) -> list[dict]:
+        with translated("ec2:DescribeVolumes"):
+            return self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"]
+
     def _lab_key_pairs(self, lab: str) -> list[str]:
         with translated("ec2:DescribeKeyPairs"):
             pairs = self.ec2.describe_key_pairs(Filters=tags.lab_filter(lab))["KeyPairs"]
@@ -591,11 +724,12 @@ class AwsProvider(Provider):
 
     def leftovers(self, lab: str) -> Leftovers:
         instances = tuple(i.id for i in self.find_instances(lab, live_only=False) if i.state != "terminated")
-        with translated("ec2:DescribeVolumes"):
-            volumes = tuple(v["VolumeId"] for v in self.ec2.describe_volumes(Filters=tags.lab_filter(lab))["Volumes"])
         with translated("ec2:DescribeSecurityGroups"):
             groups = tuple(g["GroupId"] for g in
                            self.ec2.describe_security_groups(Filters=tags.lab_filter(lab))["SecurityGroups"])
-        return Leftovers(instances, volumes, groups, tuple(self._lab_key_pairs(lab)),
-                         tuple(self._lab_placement_groups(lab)))
+        volumes, no_volumes = self._optional_lookup(lambda: self._lab_volumes(lab), "volumes")
+        pairs, no_pairs = self._optional_lookup(lambda: self._lab_key_pairs(lab), "key pairs")
+        placement, no_placement = self._optional_lookup(lambda: self._lab_placement_groups(lab), "placement groups")
+        return Leftovers(instances, tuple(v["VolumeId"] for v in volumes or []), groups, tuple(pairs or ()),
+                         tuple(placement or ()), unchecked=tuple(n for n in (no_volumes, no_pairs, no_placement) if n))
 

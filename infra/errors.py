@@ -17,19 +17,36 @@ class InfraError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def with_hint(self, hint: str) -> "InfraError":
+        """The same error with another hint (a case its class's own hint does not fit)."""
+        self.hint = hint
+        return self
+
 
 class CredentialsError(InfraError):
     """No credentials, or expired or invalid ones, or no region."""
 
 
 class PermissionDenied(InfraError):
-    """The credentials may not perform an action."""
+    """The credentials may not perform an action: the one AWS named in its message, else the call's own.
 
-    def __init__(self, action: str, detail: str = ""):
-        super().__init__(f"not authorized to perform {action}" + (f": {detail}" if detail else ""),
-                         hint=f"grant the permission {action} to your IAM user or role, or use a profile that has it "
-                              "(--profile)")
+    explicit: AWS said "with an explicit deny" (a Deny statement, a permissions boundary, or an
+    organisation's service control policy): granting the permission in the user's own policy does not
+    help, only whoever wrote the deny can lift it.
+    """
+
+    def __init__(self, action: str, detail: str = "", *, explicit: bool = False, called: str | None = None):
+        via = f" (needed by {called})" if called and called != action else ""
+        if explicit:
+            hint = (f"an explicit deny refuses {action} (an organisation's service control policy, a permissions "
+                    "boundary or a Deny statement): granting it yourself does not help; ask your AWS administrator, "
+                    "or use a profile it does not apply to (--profile)")
+        else:
+            hint = (f"grant the permission {action} to your IAM user or role (`tflab iam-policy` prints all that "
+                    "tflab needs), or use a profile that has it (--profile)")
+        super().__init__(f"not authorized to perform {action}{via}" + (f": {detail}" if detail else ""), hint=hint)
         self.action = action
+        self.explicit = explicit
 
 
 class QuotaError(InfraError):

@@ -37,6 +37,9 @@ class LaunchSpec:
     shutdown_behavior: str = "stop"  # what the instance's own shutdown does (the idle watchdog's): stop | terminate
     nodes: int = 1  # instances of the lab, launched together in one zone (index 0 is the chief)
     placement: str = "cluster"  # with nodes > 1: "cluster" (a cluster placement group, where the type allows) | "none"
+    # Ask for a public IPv4 address at launch (whatever the subnet's own setting); False only where the lab
+    # is reached at its private address (--ssh-host over a VPN, in a subnet without an internet gateway).
+    public_address: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class Leftovers:
     security_groups: tuple[str, ...] = ()
     key_pairs: tuple[str, ...] = ()
     placement_groups: tuple[str, ...] = ()
+    # What could not be looked at (a look-up the credentials may not make), in words: `down` says so.
+    unchecked: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -175,8 +180,13 @@ class Provider(ABC):
         """Start a stopped instance."""
 
     @abstractmethod
-    def wait_running(self, instance_id: str, timeout: float, progress: Progress) -> Instance:
-        """Wait until the instance runs and has a public address."""
+    def wait_running(self, instance_id: str, timeout: float, progress: Progress, public: bool = True) -> Instance:
+        """Wait until the instance runs and has a public address (public=False: a private one)."""
+
+    @abstractmethod
+    def subnet_reaches_internet(self, subnet_id: str) -> bool | None:
+        """Whether a public address in the subnet is reachable (it routes to an internet gateway); None when
+        that cannot be read."""
 
     @abstractmethod
     def host_key_fingerprints(self, instance_id: str, timeout: float, progress: Progress) -> dict[str, str]:
@@ -184,11 +194,14 @@ class Provider(ABC):
 
     @abstractmethod
     def teardown(self, lab: str, progress: Progress, timeout: float = 900.0) -> list[str]:
-        """Remove every resource tagged with the lab; returns what was removed (descriptions)."""
+        """Remove every resource tagged with the lab; returns what was removed (descriptions). It needs no
+        permission that `up` did not need: a look-up for what bills nothing (key pairs, placement groups) or
+        goes with the instances (their volumes) is skipped where it is denied, after the instances are gone."""
 
     @abstractmethod
     def leftovers(self, lab: str) -> Leftovers:
-        """What is still tagged with the lab (terminated instances excepted)."""
+        """What is still tagged with the lab (terminated instances excepted); look-ups that are denied for
+        what bills nothing or goes with the instances are listed in `unchecked` instead of failing."""
 
     @abstractmethod
     def volume_gb(self, lab: str) -> int:

@@ -646,6 +646,25 @@ def autostop(
     console.result(view, render(view, target.display))
 
 
+@app.command("iam-policy")
+def iam_policy(
+    nodes: bool = typer.Option(True, "--nodes/--no-nodes",
+                               help="With what `up --nodes N` needs (a cluster placement group)."),
+    spot: bool = typer.Option(True, "--spot/--no-spot",
+                              help="With what `up --spot` needs (the spot price; the Spot service-linked role once)."),
+) -> None:
+    """Print the least-privilege IAM policy tflab needs (JSON; infra/iam-policy.json), to attach to the
+    IAM user or role you run it as: e.g. `tflab iam-policy > tflab.json; aws iam put-user-policy --user-name
+    NAME --policy-name tflab --policy-document file://tflab.json`. --no-nodes --no-spot: one-node on-demand
+    labs only."""
+    import json
+
+    from infra.iam import iam_policy as policy_for
+
+    policy = policy_for(nodes=nodes, spot=spot)
+    _console(False).result(policy, json.dumps(policy, indent=2))
+
+
 @app.command("ssh-config")
 def ssh_config(name: LabName = "lab") -> None:
     """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""

@@ -397,7 +397,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                              "reusing it")
             if wait or action == "started":
                 with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run") as update:
-                    nodes = [provider.wait_running(i.id, wait_timeout, update) for i in nodes]
+                    nodes = [provider.wait_running(i.id, wait_timeout, update, public=not settings.ssh_host)
+                             for i in nodes]
             if not store.key_path(name).exists():
                 console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "
                              "SSH to it needs that key")
@@ -442,6 +443,23 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         if spec.nodes > 1 and spec.placement == "cluster" and not placement:
             console.note(f"{itype.name} cannot join a cluster placement group: the nodes are launched in one zone "
                          "without one")
+        if spec.subnet_id:  # a public address reaches the lab only where the subnet routes to an internet gateway
+            reaches = provider.subnet_reaches_internet(spec.subnet_id)
+            if reaches is False and not settings.ssh_host:
+                raise InputError(f"subnet {spec.subnet_id} has no route to an internet gateway (0.0.0.0/0 to an "
+                                 "igw-): a public address there would not reach the lab",
+                                 hint="pass --subnet-id of a public subnet (or leave it out: the default VPC's), or "
+                                      "--ssh-host with the address you reach the lab at (a VPN to the subnet)")
+            if reaches is False:  # reached over a VPN: no public address to pay for, none to wait for
+                import dataclasses
+
+                spec = dataclasses.replace(spec, public_address=False)
+                console.info(f"subnet {spec.subnet_id} has no route to an internet gateway: no public address; "
+                             f"the lab is reached at {settings.ssh_host}")
+            elif reaches is None:
+                console.note(f"the route tables of subnet {spec.subnet_id} could not be read (no permission for "
+                             "ec2:DescribeRouteTables): a public address is asked for, which reaches the lab only "
+                             "if the subnet routes to an internet gateway")
         if not confirm(f"Launch {many}{itype.name} for lab '{name}' in {provider.region}?"):
             raise Cancelled("cancelled; nothing was created")
 
@@ -464,9 +482,10 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             console.info(f"launched {', '.join(i.id for i in nodes)} in {inst.zone}")
             prints: list[dict] = [{} for _ in nodes]
             if wait:
-                with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run with a public address") \
-                        as update:
-                    nodes = [provider.wait_running(i.id, wait_timeout, update) for i in nodes]
+                with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run"
+                                     + ("" if settings.ssh_host else " with a public address")) as update:
+                    nodes = [provider.wait_running(i.id, wait_timeout, update, public=not settings.ssh_host)
+                             for i in nodes]
                 inst = nodes[0]
                 with console.waiting("reading the SSH host key fingerprints from the console output") as update:
                     deadline = time.monotonic() + host_key_timeout  # one wait for them all
@@ -614,13 +633,24 @@ def costs(provider, instances: list, lab: str) -> dict:
     spot lab, else the bundled on-demand estimate), its volumes, and the cost since they last started."""
     from infra.pricing import GP3_USD_PER_GB_HOUR, PUBLIC_IPV4_USD_PER_HOUR, on_demand
 
+    from infra.errors import PermissionDenied
+
     inst = lab_instances(instances)[0]
-    spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
+    notes = []  # look-ups `up` never needed may be denied: the status degrades, and says how
+    try:
+        spot = provider.spot_price(inst.instance_type, inst.zone) if inst.spot and inst.zone else None
+    except PermissionDenied as exc:
+        spot = None
+        notes.append(f"spot price not read (no permission for {exc.action}): the on-demand price instead")
     listed = on_demand(inst.instance_type, provider.region)
     each = spot if spot is not None else (listed.usd_per_hour if listed else None)
     running = [i for i in instances if i.state == "running"]
     price = each * len(running or instances) if each is not None else None  # what bills now, or when started
-    gb = provider.volume_gb(lab)
+    try:
+        gb = provider.volume_gb(lab)
+    except PermissionDenied as exc:
+        gb = 0
+        notes.append(f"disk not counted (no permission for {exc.action})")
     hours = _age_hours(inst.launch_time) or 0.0
     instance_cost = sum((_age_hours(i.launch_time) or 0.0) * each for i in running) \
         if running and each is not None else None
@@ -636,7 +666,8 @@ def costs(provider, instances: list, lab: str) -> dict:
             "since": inst.launch_time,
             "cost_usd_estimate": {"instance": round(instance_cost, 2) if instance_cost is not None else None,
                                   "public_ipv4": round(ipv4_cost, 2), "disk": round(disk_cost, 2),
-                                  "total": round((instance_cost or 0.0) + ipv4_cost + disk_cost, 2)}}
+                                  "total": round((instance_cost or 0.0) + ipv4_cost + disk_cost, 2)},
+            "notes": notes}
 
 
 def stopped_why(inst) -> str | None:
@@ -774,4 +805,8 @@ def down(provider, store: StateStore, name: str, console: Console, *, confirm: C
                              hint=f"run `tflab down --name {name}` again; if it stays, remove them in the console")
         store.delete(name)
         console.info(f"lab '{name}' removed: {', '.join(removed)}; nothing tagged with it is left")
-        return {"name": name, "region": provider.region, "removed": removed, "left": [], "clean": True}
+        for unchecked in left.unchecked:  # denied look-ups of what bills nothing, or went with the instances
+            console.note(f"{unchecked}: the instances are gone, and their volumes with them (deleted on "
+                         "termination); key pairs and placement groups bill nothing")
+        return {"name": name, "region": provider.region, "removed": removed, "left": [], "clean": True,
+                "unchecked": list(left.unchecked)}
