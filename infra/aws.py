@@ -530,8 +530,9 @@ class AwsProvider(Provider):
             # The public address asked for at launch, as SkyPilot does (sky/provision/aws/instance.py,
             # _create_instances): a subnet that does not auto-assign one (every non-default subnet, unless
             # MapPublicIpOnLaunch is set) would leave the lab unreachable. AssociatePublicIpAddress exists only
-            # on a network interface, and then the subnet and security groups move there too: RunInstances
-            # refuses them both at the top level and in NetworkInterfaces (InvalidParameterCombination).
+            # on a network interface, and then the subnet and security groups move there too (RunInstances API
+            # Reference, SecurityGroupIds: "If you specify a network interface, you must specify any security
+            # groups as part of the network interface instead of using this parameter"; SubnetId likewise).
             interface = {"DeviceIndex": 0, "Groups": [security_group], "DeleteOnTermination": True,
                          "AssociatePublicIpAddress": spec.public_address}
             if subnet:

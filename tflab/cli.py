@@ -346,7 +346,9 @@ def up(
                                                 help="The SSM parameter holding the image id "
                                                      "[default: the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04)]."),
     ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="Who may SSH in [default: this machine's public address /32]."),
-    subnet_id: Optional[str] = typer.Option(None, "--subnet-id", help="Launch in this subnet [default: the default VPC's]."),
+    subnet_id: Optional[str] = typer.Option(None, "--subnet-id", help="Launch in this subnet [default: the default VPC's]; "
+                                                               "a public address is asked for, so it needs a route to "
+                                                               "an internet gateway (else --ssh-host, over a VPN)."),
     ssh_host: Optional[str] = typer.Option(None, "--ssh-host", help="Reach the lab at this address instead of its public one (VPN, forwarded port)."),
     ssh_port: Optional[int] = typer.Option(None, "--ssh-port", help="SSH port of --ssh-host [default: 22]."),
     ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="SSH user [default: ubuntu]."),
