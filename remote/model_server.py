@@ -18,14 +18,17 @@ written for either works against both:
   --model_config_file_poll_wait_seconds, --monitoring_config_file (Prometheus metrics over REST),
   --enable_batching (allowed_batch_sizes, padding and large batch splitting included), --grpc_socket_path,
   --saved_model_tags, --enable_signature_method_name_check, --enable_model_warmup, --max_num_load_retries,
-  --load_retry_interval_micros, --tensorflow_*_parallelism.
+  --load_retry_interval_micros, --tensorflow_*_parallelism, --prefer_tflite_model (a model.tflite through
+  TensorFlow's TF Lite interpreter, as servables/tensorflow/tflite_session.cc serves it).
 
 Each version runs, as in TF Serving, in a TensorFlow session over the SavedModel's graph, fed and
 fetched by the tensor names of its SignatureDefs. As TF Serving does, it watches each model's base path
 for numeric version folders, serves those its version policy wants (the highest one by default), and
 loads a newly exported version without a restart (the old one ends); a version that fails to load is
-retried, and a model of the first config whose version never loads stops the server, as there. Errors
-carry TF Serving's status codes and messages.
+retried, and a model of the first config whose version never loads stops the server, as there; its ports
+open once the first config has loaded (server.cc). A fed tensor's shape is not checked against the
+signature's, as TensorFlow's runtime does not check it. Errors carry TF Serving's status codes and messages.
+What an unloaded version held is given back (release_memory), and the metrics label only served models.
 
 Any local user (and anyone through the SSH tunnel) can reach it, so requests are bounded: see the
 limits below. A request over a limit gets a short error (gRPC INVALID_ARGUMENT or RESOURCE_EXHAUSTED,
@@ -176,17 +179,15 @@ class LoadedVersion:
         self.specs: dict = {}
 
     def spec(self, tf, signature_name: str) -> tuple:
-        """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings, dims or None, the known
-        dimensions as ((index, size), ...))} and its sorted output keys, read once from its SignatureDef."""
+        """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings)} and its sorted output keys,
+        read once from its SignatureDef."""
         found = self.specs.get(signature_name)
         if found is None:
             sig = self.signature_defs[signature_name]
             inputs = {}
             for key, info in sig.inputs.items():
                 want = tf.as_dtype(info.dtype)
-                dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-                known = tuple((i, d) for i, d in enumerate(dims or ()) if d >= 0)
-                inputs[key] = (want, None if want == tf.string else np.dtype(want.as_numpy_dtype), dims, known)
+                inputs[key] = (want, None if want == tf.string else np.dtype(want.as_numpy_dtype))
             found = self.specs[signature_name] = (inputs, tuple(sorted(sig.outputs)))
         return found
 
@@ -233,6 +234,127 @@ class LoadedVersion:
                     batcher = self.batchers[key] = Batcher(fn, self.batching)
         return batcher
 
+
+
+def tflite_signature_defs(content: bytes) -> dict:
+    """The SignatureDefs a TF Lite model carries in its metadata, as TF Serving reads them
+    (tflite_session.cc -> tensorflow/lite/tools/signature/signature_def_util.cc GetSignatureDefMap): the metadata
+    entry "signature_defs_metadata" names a buffer holding a FlexBuffer map of signature key -> serialized
+    SignatureDef. {} when there is none."""
+    from flatbuffers import flexbuffers
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() != b"signature_defs_metadata":
+            continue
+        data = model.Buffers(entry.Buffer()).DataAsNumpy()
+        if not isinstance(data, np.ndarray):
+            return {}
+        found = {}
+        table = flexbuffers.GetRoot(data.tobytes()).AsMap
+        for key, value in zip(table.Keys, table.Values):
+            key, sig = key.AsKey, meta_graph_pb2.SignatureDef()
+            sig.ParseFromString(value.AsStringBytes if value.IsString else value.AsBlob)
+            found[key] = sig
+        return found
+    return {}
+
+
+class TfLiteVersion(LoadedVersion):
+    """One version served from its model.tflite (--prefer_tflite_model) through TensorFlow's TF Lite interpreter
+    (tf.lite.Interpreter), as TF Serving's TfLiteSession serves it (servables/tensorflow/saved_model_bundle_factory.cc
+    LoadTfLiteModel, tflite_session.cc): the SignatureDefs stored in the model's metadata (tflite_signature_defs),
+    each tensor name matched to a TF Lite tensor, with its ":N" suffix dropped when only that matches; a model
+    without them gets one, serving_default, of every input and output tensor keyed by its name without a ":N"
+    suffix (TfToTfLiteLegacyTensorName), method tensorflow/serving/predict. (Like TF Serving, it does not read the
+    signatures TF Lite's converter writes into the model's own signature table.) An input whose
+    shape differs from the tensor's is resized to it before the run (TfLiteSession::Run ResizeInputTensor). One
+    interpreter per version, one run at a time (TF Serving keeps a pool of them: --num_tflite_pools...)."""
+
+    def __init__(self, tf, path: str, version: int, tags: list[str], config=None):
+        import warnings
+
+        from tensorflow.core.protobuf import meta_graph_pb2
+
+        self.version = version
+        self.path = path
+        with open(os.path.join(path, "model.tflite"), "rb") as f:
+            content = f.read()
+        with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT will replace it
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(model_content=content)
+        self.interpreter.allocate_tensors()
+        details = {d["index"]: d for d in self.interpreter.get_input_details() + self.interpreter.get_output_details()}
+        self.indices = {d["name"]: index for index, d in details.items()}  # TF Lite tensor name -> index
+        self.shapes = {index: tuple(int(n) for n in d["shape"]) for index, d in details.items()}  # inputs' now
+
+        def info(index: int):  # tflite_session.cc TfLiteTensorToTensorInfo: name, dtype, the tensor's dims
+            item = meta_graph_pb2.TensorInfo(name=details[index]["name"],
+                                             dtype=tf.as_dtype(details[index]["dtype"]).as_datatype_enum)
+            for size in details[index]["shape"]:
+                item.tensor_shape.dim.add().size = int(size)
+            return item
+
+        def fix_name(tensor_info, what: str) -> None:  # tflite_session.cc FixTfLiteTensorName
+            for name in (tensor_info.name, tensor_info.name.split(":", 1)[0]):
+                if name in self.indices:
+                    tensor_info.name = name
+                    return
+            raise ServingError("INTERNAL", f"{what} references an unknown tensor: Unknown tensor "
+                                           f"'{clip(tensor_info.name, 80)}'.")
+
+        self.signature_defs = tflite_signature_defs(content)
+        for sig in self.signature_defs.values():
+            for alias, tensor_info in sig.inputs.items():
+                fix_name(tensor_info, f"Signature input {clip(alias, 60)}")
+            for alias, tensor_info in sig.outputs.items():
+                fix_name(tensor_info, f"Signature output {clip(alias, 60)}")
+        if not self.signature_defs:  # "No signature def found in TFLite model. Generating one."
+            sig = self.signature_defs[DEFAULT_SIGNATURE] = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+            for d in self.interpreter.get_input_details():
+                sig.inputs[d["name"].split(":", 1)[0]].CopyFrom(info(d["index"]))
+            for d in self.interpreter.get_output_details():
+                sig.outputs[d["name"].split(":", 1)[0]].CopyFrom(info(d["index"]))
+        self.session = None
+        self.callables: dict = {}
+        self.lock = threading.Lock()
+        self.batching = None
+        self.batchers: dict = {}
+        self.specs: dict = {}
+
+    def runner(self, signature_name: str, input_keys: tuple, output_keys: tuple):
+        sig = self.signature_defs[signature_name]
+        return self.tensor_runner(tuple(sig.inputs[k].name for k in input_keys),
+                                  tuple(sig.outputs[k].name for k in output_keys))
+
+    def tensor_runner(self, feeds: tuple, fetches: tuple):
+        """A callable feeding and fetching TF Lite tensors by name: inputs resized when their shape differs, one
+        run at a time on the version's interpreter, outputs copied out of it."""
+        try:
+            inputs = [self.indices[name] for name in feeds]
+            outputs = [self.indices[name] for name in fetches]
+        except KeyError as exc:
+            raise ServingError("INTERNAL", f"Unknown tensor '{clip(exc.args[0], 80)}'.") from None
+        interpreter = self.interpreter
+
+        def run(*arrays):
+            with self.lock:
+                resized = False
+                for index, array in zip(inputs, arrays):
+                    if self.shapes[index] != array.shape:
+                        interpreter.resize_tensor_input(index, list(array.shape))
+                        self.shapes[index] = array.shape
+                        resized = True
+                if resized:
+                    interpreter.allocate_tensors()
+                for index, array in zip(inputs, arrays):
+                    interpreter.set_tensor(index, array)
+                interpreter.invoke()
+                return [interpreter.get_tensor(index).copy() for index in outputs]
+        return run
 
 
 @dataclass(frozen=True)
@@ -570,6 +692,7 @@ class Models:
         self.starting: set = set()  # the models of the first config whose first load decides if the server starts
         self.start_error: str | None = None
         self.unloaded = threading.Event()  # a version was unloaded since the memory was last released
+        self.prefer_tflite = False  # --prefer_tflite_model: a version folder's model.tflite is served through TF Lite
 
     def check_labels(self, entries: list[tuple]) -> None:
         """server_core.cc UpdateModelVersionLabelMap: a label may name only a version available now; with
@@ -689,13 +812,34 @@ class Models:
         return list(self.by_name.values())
 
 
-def numeric_versions(base_path: str) -> list[int]:
-    """The version folders under base_path, ascending (only complete, all-digit names)."""
+def version_folders(base_path: str) -> dict[int, str]:
+    """The version folders under base_path as {version: folder name}, ascending. As TF Serving reads them
+    (sources/storage_path/file_system_storage_path_source.cc IndexChildrenByVersion, AspireVersion): a folder
+    whose name reads as a number (absl::SimpleAtoi into an int64) is that version, loaded from the folder as
+    named, so 00000123 is version 123 loaded from <base>/00000123; of two folders naming the same version (00000123
+    and 123) the last in name order is loaded, with a warning. Here only ASCII digits are read (SimpleAtoi also
+    takes a sign and surrounding blanks)."""
     try:
-        names = os.listdir(base_path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(base_path, n)))
+        names = sorted(os.listdir(base_path))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return {}
+    found: dict[int, str] = {}
+    for name in names:
+        if not (name.isascii() and name.isdigit()) or int(name) >= 2 ** 63:
+            continue
+        if not os.path.isdir(os.path.join(base_path, name)):
+            continue
+        version = int(name)
+        if version in found:
+            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
+                        "ignored.", version, clip(name, 60), clip(found[version], 60))
+        found[version] = name
+    return dict(sorted(found.items()))
+
+
+def numeric_versions(base_path: str) -> list[int]:
+    """The versions under base_path, ascending (version_folders)."""
+    return list(version_folders(base_path))
 
 
 def wanted_versions(policy: tuple, on_disk: list[int]) -> set[int]:
@@ -736,7 +880,8 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
     """Load the versions the policy wants that are not loaded; unload those it no longer wants."""
     if model.removed:
         return
-    on_disk = numeric_versions(model.base_path)
+    folders = version_folders(model.base_path)
+    on_disk = list(folders)
     wanted = wanted_versions(model.policy, on_disk)
     for version in [v for v in model.retries if v not in wanted]:  # basic_manager.cc CancelLoadServableRetry
         _, _, error = model.retries.pop(version)
@@ -754,8 +899,11 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
         with model.lock:
             model.states[version] = ("LOADING", "")
         try:
-            loaded = LoadedVersion(tf, os.path.join(model.base_path, str(version)), version,
-                                   models.tags if models else ["serve"], models.session_config if models else None)
+            path = os.path.join(model.base_path, folders[version])
+            kind = TfLiteVersion if models is not None and models.prefer_tflite and \
+                os.path.isfile(os.path.join(path, "model.tflite")) else LoadedVersion
+            loaded = kind(tf, path, version,
+                        models.tags if models else ["serve"], models.session_config if models else None)
             loaded.batching = models.batching if models else None
             if models is not None and models.warmup:
                 warm_up(tf, model.name, loaded)
@@ -1026,28 +1174,19 @@ def signature_for(loaded: LoadedVersion, spec):
 
 def check_inputs(tf, specs: dict, inputs: dict) -> None:
     """The request's inputs against the SignatureDef (specs, from LoadedVersion.spec): names (predict_util.cc,
-    cc/saved_model/util.cc), dtypes, shapes."""
+    cc/saved_model/util.cc) and dtypes. Not shapes: TF Serving feeds each tensor in place of the placeholder the
+    signature names (predict_util.cc RunPredict -> Session::Run), and TensorFlow's C++ runtime checks a feed's
+    dtype, never its shape against the placeholder's (only Python's Session.run does), so a [1] tensor fed where
+    the signature declares [None, 1] runs, and a shape the graph's ops cannot take fails with the op's own
+    error. What a request may carry is bounded on the request itself (rows, elements: check_tensor_proto)."""
     if inputs.keys() != specs.keys():
         check_input_names(set(specs), set(inputs))
     for key, value in inputs.items():
-        want, np_dtype, dims, known = specs[key]
+        want, np_dtype = specs[key]
         if (value.dtype.kind not in "OSU") if np_dtype is None else (value.dtype != np_dtype):
             raise ServingError("INVALID_ARGUMENT",
                                f"Expects arg[{clip(key, 60)}] to be {dtype_name(want)} but "
                                f"{dtype_name(tf.as_dtype(value.dtype))} is provided")
-        if dims is not None:
-            shape = value.shape
-            fits = len(dims) == len(shape)
-            if fits:
-                for i, d in known:
-                    if shape[i] != d:
-                        fits = False
-                        break
-            if not fits:
-                shown = [None if d < 0 else d for d in dims]
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"input '{clip(key, 60)}' has shape {list(value.shape)}, "
-                                   f"the signature expects {shown}")
 
 
 def check_input_names(expected: set, given: set) -> None:
@@ -2336,7 +2475,7 @@ def make_rest_handler(tf, models: Models, timeout_seconds: float | None = DEFAUL
 UNIMPLEMENTED_FLAGS = {
     "enable_per_model_batching_params",
     "num_load_threads", "num_unload_threads", "flush_filesystem_caches", "use_alts_credentials",
-    "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup", "prefer_tflite_model",
+    "platform_config_file", "grpc_channel_arguments", "num_request_iterations_for_warmup",
     "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
     "xla_cpu_compilation_enabled", "enable_cors_support",
     "remove_unused_fields_from_bundle_metagraph", "response_tensor_serialization_option",
@@ -2371,6 +2510,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wait between load retries (default one minute)")
     p.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const="true", default="false",
                    help="a config may give a new version label to a version not loaded yet (as at start)")
+    p.add_argument("--prefer_tflite_model", nargs="?", const="true", default="false",
+                   help="serve a version folder's model.tflite through TF Lite when it has one")
     p.add_argument("--enable_grpc_healthcheck_service", nargs="?", const="true", default="false",
                    help="serve gRPC's standard health service (grpc.health.v1.Health Check)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -2419,8 +2560,19 @@ def read_model_config(path: str) -> list[tuple]:
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
-    with open(path) as f:
-        text_format.Parse(f.read(), config)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        # The words of protobuf's C++ text-format parser, which TF Serving's ParseProtoTextFile (util/proto_util.h)
+        # uses: "Error parsing text-format <message type>: <line>:<column>: <what>".
+        import re
+
+        where = f"{exc.GetLine()}:{exc.GetColumn()}: " if exc.GetLine() is not None else ""
+        what = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        raise ServingError("INVALID_ARGUMENT", f"Error parsing text-format {config.DESCRIPTOR.full_name}: "
+                                               f"{where}{clip(what, 200)}") from None
     if config.WhichOneof("config") != "model_config_list":
         raise ServingError("INVALID_ARGUMENT", "only model_config_list is supported")
     return config_entries(config)
@@ -2486,6 +2638,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     models.max_load_retries = max(0, args.max_num_load_retries)
     models.load_retry_interval = max(0, args.load_retry_interval_micros) / 1e6  # negative: no wait (retrier.cc)
     models.allow_unavailable_labels = is_true(args.allow_version_labels_for_unavailable_models)
+    models.prefer_tflite = is_true(args.prefer_tflite_model)
     try:
         models.configure(entries)
     except ServingError as err:  # a version label for a version not available (at start, none is)
@@ -2516,6 +2669,21 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
                 poll_once(tf, model, models)
         models.wait_settled(added, stop, active)
 
+    # The first loads, with their retries, before any port is opened: TF Serving's Server::BuildAndStart
+    # (model_servers/server.cc) creates its ServerCore, which loads the first config and waits for it
+    # (load_servables_fast.cc), and only then adds its listening ports and starts; until then a client's
+    # connection is refused rather than accepted and left waiting.
+    for model in models.all():
+        poll_once(tf, model, models)
+    while not stop.is_set() and models.starting and (wait := next_retry_in(models)) is not None:
+        wait_in_main_thread(stop, wait)
+        for model in models.all():
+            poll_once(tf, model, models)
+    models.check_start(stop)
+    if models.start_error:
+        return FAILED_TO_START
+    if stop.is_set():  # a signal while the first loads were retried: never listen
+        return 0
     prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
                          maximum_concurrent_rpcs=max(1, args.threads) * MAX_RPCS_PER_THREAD,
@@ -2539,18 +2707,6 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
         except RuntimeError:
             print(f"model_server: cannot listen on unix:{args.grpc_socket_path}", file=sys.stderr, flush=True)
             return 3
-    for model in models.all():
-        poll_once(tf, model, models)  # serve what is there before saying we run
-    # As TF Serving, retry what failed before listening (load_servables_fast.cc waits for the first load).
-    while not stop.is_set() and models.starting and (wait := next_retry_in(models)) is not None:
-        wait_in_main_thread(stop, wait)
-        for model in models.all():
-            poll_once(tf, model, models)
-    models.check_start(stop)
-    if models.start_error:
-        return FAILED_TO_START
-    if stop.is_set():  # a signal while the first loads were retried: never listen
-        return 0
     server.start()
     serving.set()
     rest = None

@@ -132,3 +132,67 @@ def stub(server):
     from tflab.client import serving_apis
 
     return serving_apis().prediction_service_pb2_grpc.PredictionServiceStub(server["client"]._channel)
+
+
+def export_half_plus(tf, path: str, b: float = 2.0) -> None:
+    """TF Serving's test model, built as its testdata/saved_model_half_plus_two.py builds it (TF1): y = 0.5 x + b,
+    x float32 declared [None, 1], in the predict signature serving_default ({"x"} -> {"y"}). b = 2 is upstream's
+    half_plus_two, b = 3 its half_plus_three."""
+    v1 = tf.compat.v1
+    sm = v1.saved_model
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 1], name="x")
+        a, offset = tf.Variable(0.5, name="a"), tf.Variable(b, name="b")
+        y = tf.identity(a * x + offset, name="y")
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = sm.Builder(path)
+            builder.add_meta_graph_and_variables(
+                session, ["serve"], signature_def_map={"serving_default": sm.predict_signature_def({"x": x}, {"y": y})})
+            builder.save()
+
+
+def export_half_plus_tflite(tf, path: str, b: float = 2.0, with_signature_def: bool = False) -> None:
+    """<path>/model.tflite: y = 0.5 x + b converted with tf.lite.TFLiteConverter from a TF1 session, as upstream's
+    saved_model_half_plus_two.py writes saved_model_half_plus_two_tflite (input "x", output "y", shape [1, 1]).
+    with_signature_def: as its saved_model_half_plus_two_tflite_with_sigdef, the input tensor is "tflite_input" and
+    the model's metadata carries the predict SignatureDef {"x": tflite_input:0} -> {"y": y:0} under
+    serving_default, stored as tensorflow/lite/tools/signature/signature_def_util.cc SetSignatureDefMap stores it
+    (metadata "signature_defs_metadata": a FlexBuffer map of key -> serialized SignatureDef; that tool is not in
+    TensorFlow's Python package, so it is written here with the flatbuffers package TF Lite's tools use)."""
+    import os
+
+    import numpy as np
+    from flatbuffers import flexbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [1, 1], name="tflite_input" if with_signature_def else "x")
+        a, offset = tf.Variable(0.5, name="a"), tf.Variable(b, name="b")
+        y = tf.identity(a * x + offset, name="y")
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            content = v1.lite.TFLiteConverter.from_session(session, [x], [y]).convert()
+            signature = v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+    if with_signature_def:
+        table = flexbuffers.Builder()
+        with table.Map():
+            table.Key("serving_default")
+            # A FlexBuffer string holding the serialized proto's bytes, as C++'s fbb.String(key, serialized) writes
+            # (the Python builder's String() takes text only).
+            table._WriteBlob(signature.SerializeToString(), append_zero=True, type_=flexbuffers.Type.STRING)
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(bytes(table.Finish()), np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = "signature_defs_metadata", len(model.buffers) - 1
+        model.metadata = list(model.metadata or []) + [entry]
+        content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "model.tflite"), "wb") as f:
+        f.write(content)
