@@ -118,8 +118,12 @@ def test_status_of_a_spot_lab_without_the_spot_price_history_degrades_with_a_not
                     message=TAG_ON_CREATE.replace("ec2:CreateTags", "ec2:DescribeSpotPriceHistory"))
     aws.faults.fail("DescribeVolumes", "UnauthorizedOperation", status=403, times=5,
                     message=TAG_ON_CREATE.replace("ec2:CreateTags", "ec2:DescribeVolumes"))
+    from infra.pricing import on_demand
+
     doc = cloud.status(aws.provider, aws.store, "lab", ask_host=False)
-    assert doc["state"] == "running" and doc["hourly_usd"] == 0.526  # the list price, said so
+    listed = on_demand("g4dn.xlarge", aws.provider.region)
+    assert doc["state"] == "running" and doc["hourly_usd"] == listed.usd_per_hour  # the list price, said so
+    assert doc["price_source"] == listed.source and doc["volume_gb"] == 0
     assert doc["notes"] == ["spot price not read (no permission for ec2:DescribeSpotPriceHistory): the on-demand "
                             "price instead", "disk not counted (no permission for ec2:DescribeVolumes)"]
     aws.faults.rules.clear()
