@@ -351,8 +351,10 @@ class SshHost(Host):
 
 
 def stop_pid(pid: str, timeout: float = 5.0) -> str:
-    """Shell that stops a process group (TERM, then KILL after timeout)."""
-    return (f"(p={pid}; kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
+    """Shell that stops a process group (TERM, then KILL after timeout). A pid that is not a number above 1
+    (a damaged pid file: 1 would signal every process the user may, 0 the caller's own group) is left alone."""
+    return (f"(p={pid}; case $p in ''|*[!0-9]*|0|1) exit 0;; esac; "
+            "kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
             f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
             f"kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null; exit 0)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,3 +140,20 @@ def test_a_service_run_lab_starts_is_recorded_so_the_watchdog_can_prove_it(targe
         wait_until(lambda: not host.service_alive(again), 30, what="its zombie to be reaped")
         assert not (folder / "sleeper.pid").exists() and not (folder / "sleeper.id").exists()
 
+
+
+@pytest.mark.parametrize("text, signalled", [("1", False), ("0", False), ("-1", False), ("", False),
+                                             ("1 2", False), ("$(echo 1)", False), ("4242", True)])
+def test_tflab_itself_never_signals_pid_1_or_its_own_group_from_a_pid_file(tmp_path, text, signalled):
+    """`down` and a restarted service stop what a pid file names (sshhost.stop_pid_file): a damaged one naming
+    pid 1 (every process the user may signal), 0 (the caller's own group) or anything but a pid is left alone.
+    The shell's kill is replaced by a function that only writes down what it was asked (nothing is signalled)."""
+    from tflab.sshhost import stop_pid_file
+
+    pid_file, asked = tmp_path / "svc.pid", tmp_path / "asked"
+    pid_file.write_text(text)
+    spy = f'kill() {{ echo "$*" >> {asked}; [ "$1" != -0 ]; }}; '  # -0: "is it alive", answered no
+    subprocess.run(["sh", "-c", spy + stop_pid_file(str(pid_file))], check=True, timeout=30)
+    said = asked.read_text().splitlines() if asked.exists() else []
+    assert said == (["-TERM -4242", "-0 4242"] if signalled else []), said
+    assert not pid_file.exists()
