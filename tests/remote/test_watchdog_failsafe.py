@@ -319,3 +319,35 @@ def test_reading_a_damaged_file_never_blocks_nor_floods(tmp_path, kind):
         expected = {"nested": "larger than", "deep": "nested deeper", "huge": "larger than"}.get(kind, "not a regular")
         assert expected in problems[0], problems
 
+
+
+@pytest.mark.parametrize("b_knows", ["another lab's token", "no token (an older peers.json)"])
+def test_a_node_of_another_lab_is_no_activity(tmp_path, b_knows):
+    """Two watchdogs answering each other on their peer ports, node a active on its own (a keep-alive): with
+    the same token b would be kept (tests/ssh/test_watchdog.py); with another lab's token, or none, a's answer
+    is not activity (a does not even answer a question signed with another token) and b stops its idle lab."""
+    from tflab import ports
+
+    listen = {name: ports.free_port() for name in "ab"}
+    nodes = {name: Host(tmp_path / name) for name in "ab"}
+    try:
+        tokens = {"a": "a1" * 32, "b": "b2" * 32}
+        for name, other in (("a", "b"), ("b", "a")):
+            peers = [f"127.0.0.1:{listen[other]}"]
+            document = {"token": tokens[name], "peers": peers} if name == "a" or "another" in b_knows else peers
+            (nodes[name].folder / "peers.json").write_text(json.dumps(document))
+        nodes["a"].policy(idle_seconds=2, keep_until=time.time() + 120)
+        nodes["b"].policy(idle_seconds=2)
+        service = nodes["b"].sleep("model-server")
+        for name in "ab":
+            nodes[name].start("--peer-port", str(listen[name]), "--peer-bind", "127.0.0.1")
+        out = nodes["b"].acted()
+        assert "idle for 2 s" in out
+        service.wait(10)
+        detail = nodes["b"].view()["sources"]["peers"]["detail"]
+        assert ("not answering: 127.0.0.1:%d" % listen["a"] in detail if "another" in b_knows
+                else "no lab token" in detail), detail
+        assert nodes["a"].watchdog.poll() is None  # a, kept alive on its own, runs on
+    finally:
+        for node in nodes.values():
+            node.close()
