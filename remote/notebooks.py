@@ -7,7 +7,8 @@ Usage: python3 notebooks.py FOLDER [--remote-dir DIR] [--workdir DIR] [--port 90
 Each notebook runs its step of the lab interactively, as the original lab did in Jupyter, with the
 same TensorFlow 2 code tflab runs (remote/steps.py), and the gRPC client against the served model.
 The notebooks are nbformat 4.5 (every cell has a stable `id`, so JupyterLab has nothing to add and
-does not mark a notebook modified when it opens it). With --kernel-dir, the lab's Python kernel spec
+does not mark a notebook modified when it opens it; the notebooks are written with this Python's
+language_info, so run this script with the kernel's Python). With --kernel-dir, the lab's Python kernel spec
 is written there too (`<DIR>/kernels/python3/kernel.json`; Jupyter finds it through JUPYTER_PATH=DIR):
 TensorFlow's C++ log lines stay out of the cells (see kernel_spec). Standard library only.
 """
@@ -17,7 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
+
+KERNEL_DISPLAY_NAME = "Python 3 (ipykernel)"  # ipykernel's own name for its kernel spec
 
 
 def notebook(stem: str, cells: list[tuple[str, str]]) -> dict:
@@ -27,8 +31,12 @@ def notebook(stem: str, cells: list[tuple[str, str]]) -> dict:
                    "source": text.strip("\n").splitlines(keepends=True),
                    **({"outputs": [], "execution_count": None} if kind == "code" else {})}
                   for index, (kind, text) in enumerate(cells, start=1)],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                     "language_info": {"name": "python"}},
+        # What JupyterLab writes once the kernel answers (the kernel spec's display name, ipykernel's
+        # language_info for this Python): the same already, so opening a notebook changes nothing in it.
+        "metadata": {"kernelspec": {"display_name": KERNEL_DISPLAY_NAME, "language": "python", "name": "python3"},
+                     "language_info": {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                                       "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                                       "pygments_lexer": "ipython3", "version": platform.python_version()}},
         "nbformat": 4, "nbformat_minor": 5,
     }
 
@@ -38,6 +46,7 @@ def lab_notebooks(remote_dir: str, workdir: str, port: int, tensorboard_url: str
     order and sorted after the lab's `run-<N>`: TensorBoard's Graphs tab opens on the first run in its
     order, which stays the lab's."""
     logs = os.path.join(workdir, "logs")
+    plots = os.path.join(workdir, "plots")
     tensorboard = (f"through run-lab's tunnel: [{tensorboard_url}]({tensorboard_url})" if tensorboard_url
                    else "on the lab host's TensorBoard port (`tflab tunnel` brings it here)")
     setup = f"import os\nimport sys\nsys.path.insert(0, {remote_dir!r})\nimport numpy as np\nimport tensorflow as tf\nimport steps"
@@ -73,18 +82,20 @@ def lab_notebooks(remote_dir: str, workdir: str, port: int, tensorboard_url: str
                          f"`your-run-<N>`. TensorBoard shows it, {tensorboard}: SCALARS has `loss`, GRAPHS "
                          "the step's namespaces (`weights`, `gradients`, `GradientDescent`, ...)."),
             ("code", setup),
-            ("code", f"logdir = os.path.join({logs!r}, steps.next_run({logs!r}, 'your-run'))\n"
-                     "report = steps.train(tf, steps=100, learning_rate=0.001, num_examples=60, seed=1, logdir=logdir,\n"
-                     "                     plot_path=logdir + '.png')['report']\n"
+            ("code", f"run = steps.next_run({logs!r}, 'your-run')\n"
+                     f"report = steps.train(tf, steps=100, learning_rate=0.001, num_examples=60, seed=1,\n"
+                     f"                     logdir=os.path.join({logs!r}, run),\n"
+                     f"                     plot_path=os.path.join({plots!r}, run + '.png'))['report']\n"
                      "report['final_loss']"),
         ]),
         "4-export.ipynb": notebook("export", [
             ("markdown", "# 4. Export a SavedModel for TensorFlow Serving\nThe next version appears under "
                          f"`{os.path.join(workdir, 'models', 'nn')}/`, and the server loads it without a restart."),
             ("code", setup),
-            ("code", f"logdir = os.path.join({logs!r}, steps.next_run({logs!r}, 'your-run'))\n"
-                     "trained = steps.train(tf, steps=500, learning_rate=0.001, num_examples=60, seed=2, logdir=logdir,\n"
-                     "                      plot_path=logdir + '.png')\n"
+            ("code", f"run = steps.next_run({logs!r}, 'your-run')\n"
+                     f"trained = steps.train(tf, steps=500, learning_rate=0.001, num_examples=60, seed=2,\n"
+                     f"                      logdir=os.path.join({logs!r}, run),\n"
+                     f"                      plot_path=os.path.join({plots!r}, run + '.png'))\n"
                      f"exported = steps.export(tf, trained['model'], {os.path.join(workdir, 'models')!r}, 'nn', None)\n"
                      "print('served as version', exported['version'], 'of', exported['model_name'])"),
         ]),
@@ -118,13 +129,13 @@ def kernel_spec(python: str) -> dict:
     """
     return {"argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                      "--IPKernelApp.capture_fd_output=False"],
-            "display_name": "Python 3 (ipykernel)", "language": "python",
+            "display_name": KERNEL_DISPLAY_NAME, "language": "python",
             "env": {"TF_CPP_MIN_LOG_LEVEL": "2"}, "metadata": {"debugger": True}}
 
 
 def write_json(path: str, content: dict) -> None:
     """Write content, unless the file holds it already (an open notebook is not touched by a rerun)."""
-    text = json.dumps(content, indent=1) + "\n"
+    text = json.dumps(content, indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as Jupyter saves
     try:
         with open(path) as f:
             if f.read() == text:

@@ -444,7 +444,15 @@ def export(tf, neuron: SingleNeuron, models_dir: str, model_name: str, version: 
     staging = os.path.join(model_dir, f".{version}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    tf.saved_model.save(module, staging, signatures={"prediction": predict, "serving_default": predict})
+    # TensorFlow logs "Assets written to: <the staging folder>" at INFO, which an interactive session (Jupyter)
+    # shows: a path the user never sees again. The line below says where the model is.
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("WARNING")
+    try:
+        tf.saved_model.save(module, staging, signatures={"prediction": predict, "serving_default": predict})
+    finally:
+        tf_logger.setLevel(level)
     os.rename(staging, final)
     say("export", f"SavedModel version {version} written to {final} in {time.perf_counter() - started:.2f} s "
         "(signature 'prediction': input [None, 1] -> output [None, 1])")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install tflab into ./.venv on a fresh Debian/Ubuntu machine (Python 3.10+).
 #   scripts/install.sh          tflab and everything the lab needs
-#   scripts/install.sh --test   the same plus the test needs (pytest, moto, an OpenSSH server)
+#   scripts/install.sh --test   the same plus the test needs (pytest, moto, an OpenSSH server, Chromium)
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,10 @@ extras=""
 # The tests run a real sshd, and tunnels through the system's ssh client (and the paramiko fallback).
 if [ "$want_test" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; }; then
   apt_install openssh-server openssh-client
+fi
+# tests/browser drives Debian's Chromium through Playwright (pip); Playwright's own browser download is not used.
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null; then
+  apt_install chromium
 fi
 # tests/cloudbox (the EC2 in a box) boots each instance as a systemd-nspawn container over a debootstrap image.
 if [ "$want_test" = 1 ] && { ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; }; then

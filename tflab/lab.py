@@ -224,6 +224,8 @@ class LabRun:
         env = quiet_tensorflow_env()
         server, services = self._start_services(ports, env)
         host.forward(ports, LOCAL_PORTS, console)
+        if "jupyter" in ports:  # after the tunnels: its TensorBoard notebook links TensorBoard as they bring it
+            services["jupyter"] = self._start_jupyter(ports, env)
         steps = self._steps(env)
         timings = {"steps": self._steps_seconds}
         result = self._predict(steps["export"]["version"], services["model-server"], prepared, timings)
@@ -274,15 +276,25 @@ class LabRun:
         services["tensorboard"] = self._start(
             "tensorboard", tensorboard_command(host, logs_root, ports["tensorboard"]), env, ports["tensorboard"],
             f"TensorBoard on 127.0.0.1:{ports['tensorboard']} over {logs_root}")
-        if "jupyter" in ports:
-            notebooks = posixpath.join(workdir, "notebooks")
-            host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
-                      host.remote_dir, "--workdir", workdir, "--port", str(ports["serving"])],
-                     step="notebooks", timeout=60)
-            services["jupyter"] = self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
-                                              {"JUPYTER_TOKEN_FILE": host.jupyter_token_file}, ports["jupyter"],
-                                              f"JupyterLab on 127.0.0.1:{ports['jupyter']} over {notebooks}")
         return server, services
+
+    def _start_jupyter(self, ports: dict[str, int], env: dict) -> Service:
+        """The lab's notebooks (remote/notebooks.py), then JupyterLab over them. Its kernels run the lab's
+        kernel spec (found through JUPYTER_PATH), which keeps TensorFlow's C++ log lines out of the cells;
+        Jupyter itself gets the quiet TensorFlow environment too."""
+        host = self.host
+        workdir = host.workdir
+        notebooks = posixpath.join(workdir, "notebooks")
+        jupyter_path = posixpath.join(workdir, "jupyter")
+        host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
+                  host.remote_dir, "--workdir", workdir, "--port", str(ports["serving"]),
+                  "--tensorboard-url", f"http://127.0.0.1:{host.local_port('tensorboard')}/",
+                  "--kernel-dir", jupyter_path, "--python", host.python], step="notebooks", timeout=60)
+        return self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
+                           {**env, "JUPYTER_TOKEN_FILE": host.jupyter_token_file, "JUPYTER_PATH": jupyter_path,
+                            # the lab's layout (open tabs) is the lab's, not mixed with the user's other JupyterLabs
+                            "JUPYTERLAB_WORKSPACES_DIR": posixpath.join(jupyter_path, "workspaces")},
+                           ports["jupyter"], f"JupyterLab on 127.0.0.1:{ports['jupyter']} over {notebooks}")
 
     def _alive(self, service: Service) -> Callable[[], None]:
         """A check that raises when waiting for service is pointless: it died, or the way here is gone."""
