@@ -571,6 +571,9 @@ def tunnel(
     accept_new_host_key: AcceptNewHostKey = False,
     forward: Optional[List[str]] = typer.Option(None, "--forward", "-L", help="Another forward, LOCAL:REMOTE (repeatable)."),
     no_lab_ports: bool = typer.Option(False, "--no-lab-ports", help="Only the --forward ports, not the lab's."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="run-lab's --workdir on the host, where it records "
+                                                                  "the ports its services chose [default: the lab's; "
+                                                                  "~/tflab for --host]."),
     reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
     client: str = typer.Option("auto", "--client", envvar="TFLAB_TUNNEL_CLIENT",
                                click_type=click.Choice(["auto", "openssh", "paramiko"], case_sensitive=False),
@@ -581,18 +584,23 @@ def tunnel(
 ) -> None:
     """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
     Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops.
+    Where a port was taken on the host, run-lab moved the service to another: the tunnel goes there.
     The host key is verified by tflab first; the forwards then run in the system's `ssh` where present."""
-    from tflab.ports import LAB_PORTS
     from tflab.ssh import Connection
-    from tflab.tunnels import Forward, choose_client, forward_until_interrupted, parse_forward
+    from tflab.tunnels import choose_client, forward_until_interrupted, host_ports, lab_forwards, parse_forward
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
-    forwards = [] if no_lab_ports else [Forward(n, remote, local) for n, (remote, local) in LAB_PORTS.items()]
-    forwards += [parse_forward(spec) for spec in forward or []]
-    if not forwards:
+    extra = [parse_forward(spec) for spec in forward or []]
+    if no_lab_ports and not extra:
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
+    console = _console(json_out)
+    connection = Connection(target)
+    if workdir is None:
+        workdir = "~/tflab" if host is not None else _recorded_workdir(name)
+    chosen = host_ports(connection, workdir) if workdir and not no_lab_ports else {}
+    forwards = [] if no_lab_ports else lab_forwards(chosen, console)
     client = choose_client(client)
-    forward_until_interrupted(Connection(target), forwards, _console(json_out), reconnect_tries, client)
+    forward_until_interrupted(connection, forwards + extra, console, reconnect_tries, client)
 
 
 @app.command()
@@ -667,20 +675,40 @@ def iam_policy(
     _console(False).result(policy, json.dumps(policy, indent=2))
 
 
+def _recorded_workdir(name: str) -> str | None:
+    """run-lab's workdir on a lab's host, as run-lab recorded it in the lab's state (None before any run)."""
+    from tflab.state import StateStore
+
+    state = StateStore().load(name)
+    return state.workdir if state is not None else None
+
+
 @app.command("ssh-config")
 def ssh_config(name: LabName = "lab") -> None:
     """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
     from tflab.cloud import lab_target
-    from tflab.ports import LAB_PORTS
     from tflab.ssh import openssh_config
+    from tflab.tunnels import lab_forwards
 
     target = lab_target(name=name)
     console = _console(False)
     if not Path(target.known_hosts).exists():
         console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "
                      "the host key, or ssh refuses the host (StrictHostKeyChecking)")
+    chosen: dict[str, int] = {}
+    workdir = _recorded_workdir(name)
+    if workdir and Path(target.known_hosts).exists():  # the ports the lab's services chose on its host
+        from tflab.ssh import Connection
+        from tflab.tunnels import host_ports
+
+        try:
+            with Connection(target) as connection:
+                chosen = host_ports(connection, workdir)
+        except TflabError as exc:
+            console.note(f"could not read the ports the lab's services use on its host ({exc.message}); "
+                         "the lab's own ports are forwarded")
     lines = openssh_config(f"tflab-{name}", target)
-    lines += [f"  LocalForward 127.0.0.1:{local} 127.0.0.1:{remote}" for remote, local in LAB_PORTS.values()]
+    lines += [f"  LocalForward 127.0.0.1:{f.local_port} 127.0.0.1:{f.remote_port}" for f in lab_forwards(chosen, console)]
     console.result({}, "\n".join(lines))
 
 

@@ -423,6 +423,41 @@ class Tunnels:
         return f"http://127.0.0.1:{self.local_ports[name]}{path}"
 
 
+def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
+    """The ports the lab's services chose on the host, by name ({} when run-lab recorded none there).
+
+    run-lab records them in <workdir>/services/ports.json on the host (where a port is taken there, its
+    service moves to another). One command on the host; opens the connection."""
+    import json
+    import shlex
+
+    folder = '"$HOME"' + shlex.quote(workdir[1:]) if workdir.startswith("~/") else shlex.quote(workdir)
+    text = connection.open().output(f"cat {folder}/services/ports.json 2>/dev/null; true", timeout=30.0)
+    try:
+        recorded = json.loads(text or "{}")
+    except ValueError:
+        log.warning("the lab's ports.json on the host is not JSON: %r", text[:200])
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {name: port for name, port in recorded.items()
+            if name in ports.LAB_PORTS and isinstance(port, int) and 0 <= port < 65536}
+
+
+def lab_forwards(chosen: dict[str, int], console: Console | None = None) -> list[Forward]:
+    """The lab's forwards, to the ports its services chose on the host (host_ports) where it recorded
+    them, else to the lab's own ports; a service it runs without (REST off: port 0) is not forwarded."""
+    forwards = []
+    for name, (default, local) in ports.LAB_PORTS.items():
+        remote = chosen.get(name, default)
+        if not remote:
+            continue
+        if remote != default and console is not None:
+            console.note(f"{name}: port {default} was taken on the host, so the lab's service listens on {remote}")
+        forwards.append(Forward(name, remote, local))
+    return forwards
+
+
 def forward_until_interrupted(connection: Connection, forwards: list[Forward], console: Console, tries: int,
                               client: str | None = None) -> None:
     """Forward until Ctrl-C (KeyboardInterrupt), saying where; when SSH drops, reconnect with bounded
