@@ -190,7 +190,8 @@ class Provider(ABC):
 
     @abstractmethod
     def host_key_fingerprints(self, instance_id: str, timeout: float, progress: Progress) -> dict[str, str]:
-        """The SSH host key fingerprints from the console output; {} when they do not appear in time."""
+        """The SSH host key fingerprints from the console output; {} when they do not appear in time
+        (PermissionDenied where the console output may not be read)."""
 
     @abstractmethod
     def teardown(self, lab: str, progress: Progress, timeout: float = 900.0) -> list[str]:

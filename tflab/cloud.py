@@ -359,7 +359,7 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
     (or, with accept_new_host_key, trusted on first use). An instance that runs but does not answer
     SSH in time is kept (and said so): `down` removes it.
     """
-    from infra.errors import AmiError, InfraError, LabBusy
+    from infra.errors import AmiError, InfraError, LabBusy, PermissionDenied
     from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
     from infra.provider import Created
 
@@ -489,9 +489,17 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 inst = nodes[0]
                 with console.waiting("reading the SSH host key fingerprints from the console output") as update:
                     deadline = time.monotonic() + host_key_timeout  # one wait for them all
-                    prints = [provider.host_key_fingerprints(i.id, max(0.0, deadline - time.monotonic()), update)
-                              for i in nodes]
-                if not all(prints):
+                    try:
+                        prints = [provider.host_key_fingerprints(i.id, max(0.0, deadline - time.monotonic()),
+                                                                 update) for i in nodes]
+                    except PermissionDenied as exc:  # a look-up the lab does without: said
+                        denied = f"the console output was not read (no permission for {exc.action}): the " \
+                                 "host keys are checked when tflab first connects"
+                    else:
+                        denied = None
+                if denied:
+                    console.note(denied)
+                elif not all(prints):
                     console.note("the host key fingerprints are not in the console output yet; "
                                  "they are read again when tflab first connects")
         except KeyboardInterrupt:
