@@ -75,10 +75,14 @@ def main() -> int:
 
 
 def _control(box, stop: threading.Event) -> None:
-    """Lines on stdin, for tests' faults: `kill INSTANCE_ID` pulls an instance's plug; EOF does nothing."""
+    """Lines on stdin, for tests' faults, each answered by one JSON line: `kill INSTANCE_ID` pulls an instance's
+    plug; `mask-sshd` masks ssh.service in the layer of the next instance launched. EOF does nothing."""
     for line in sys.stdin:
         words = line.split()
-        if len(words) == 2 and words[0] == "kill":
+        if words == ["mask-sshd"]:
+            box.mask_sshd_next = True
+            print(json.dumps({"mask-sshd": "next launch"}), flush=True)
+        elif len(words) == 2 and words[0] == "kill":
             container = box.container(words[1])
             if container is not None:
                 container.kill()

@@ -112,6 +112,7 @@ class Container:
         self.lock = threading.RLock()
         self.public_ip: str | None = None
         self.booted_once = False
+        self.mask_sshd = False  # a fault for tests: the layer's sshd masked before the first boot
         for path in (self.upper, self.work, self.merged):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -172,6 +173,10 @@ class Container:
             self.mount()
             if not self.booted_once and not (self.merged / "var/lib/cloud/seed/nocloud/meta-data").exists():
                 self.seed()
+                if self.mask_sshd:
+                    unit = self.merged / "etc/systemd/system/ssh.service"
+                    unit.unlink(missing_ok=True)
+                    unit.symlink_to("/dev/null")
             self.plug(public_ip)
             self.expected_exit = False
             console = open(self.console, "ab")
@@ -252,6 +257,7 @@ class Box:
         self.server = None
         self.endpoint = ""
         self.spawner = Spawner()
+        self.mask_sshd_next = False  # a fault for tests: the next instances launched have sshd masked
 
     # ---- addresses
     def allocate_public(self) -> str:
@@ -285,6 +291,7 @@ class Box:
         container = Container(self, instance)
         with self.lock:
             self.containers[instance.id] = container
+            container.mask_sshd, self.mask_sshd_next = self.mask_sshd_next, False
         self._power_on(container)
 
     def _power_on(self, container: Container) -> None:

@@ -41,16 +41,18 @@ class RunningBox:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
+def read_line(proc: subprocess.Popen, timeout: float, what: str, stream=None) -> str:
+    """One line of proc's stdout (or stream), at most timeout seconds."""
+    stream = stream or proc.stdout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the box exited ({proc.returncode}) before {what}")
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        ready, _, _ = select.select([stream], [], [], 1.0)
         if ready:
-            line = proc.stdout.readline()
+            line = stream.readline()
             if line:
                 return line
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited ({proc.returncode}) before {what}")
     raise TimeoutError(f"no {what} in {timeout:.0f} s")
 
 
