@@ -25,7 +25,22 @@ ROUNDS = 4
 
 @pytest.fixture(scope="module")
 def endpoint():
-    with moto_endpoint(PARAMETER) as url:
+    """A moto server whose CreateKeyPair is atomic, as EC2's is: moto checks the name, makes the key, then stores
+    it, and two requests in its server's threads can both pass the check (seen: 1 round in 10 made two labs).
+    Only that check-and-store is made one step; everything else is moto's own."""
+    import threading
+    from unittest import mock
+
+    from moto.ec2.models.key_pairs import KeyPairBackend
+
+    original = KeyPairBackend.create_key_pair
+    lock = threading.Lock()
+
+    def atomic(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    with mock.patch.object(KeyPairBackend, "create_key_pair", atomic), moto_endpoint(PARAMETER) as url:
         yield url
 
 
