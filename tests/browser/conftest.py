@@ -61,6 +61,23 @@ def lab(tmp_path_factory):
                 SshHost(conn).stop_all_services(f"{workdir}/services")
         finally:
             sshd.stop()
+        assert left_in(workdir) == []  # Jupyter's kernels (their cwd is the notebooks' folder) ended with it
+
+
+def left_in(folder) -> list[str]:
+    """Live processes that mention folder on their command line or run in it."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if str(folder) in cmdline or cwd.startswith(str(folder)):
+            found.append(f"{pid} {cmdline}")
+    return found
 
 
 @pytest.fixture(scope="module")
