@@ -122,7 +122,10 @@ DEFAULT_REGIONS = frozenset({
 # with `aws sts decode-authorization-message`).
 DENIED_ACTION = re.compile(r"not authorized to perform:\s*([a-z0-9-]+:[A-Za-z0-9*]+)")
 CLOCK_SKEW = ("RequestExpired", "RequestTimeTooSkewed", "RequestInTheFuture")
+ENCODED = re.compile(r"Encoded authorization failure message:\s*(\S+)")
 _REGION: contextvars.ContextVar[str | None] = contextvars.ContextVar("tflab_aws_region", default=None)
+# How the provider of the call about to be made decodes an encoded authorization failure message (or None).
+_DECODER: contextvars.ContextVar = contextvars.ContextVar("tflab_aws_decoder", default=None)
 
 
 def opt_in_region(region: str | None) -> bool:
@@ -144,8 +147,18 @@ def from_client_error(exc, action: str, **context) -> InfraError:
     if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedException"):
         detail = message.split("Encoded authorization failure message")[0].strip(" .")
         named = DENIED_ACTION.search(detail)
-        return PermissionDenied(named.group(1) if named else action, detail,
-                                explicit="explicit deny" in detail.lower(), called=action)
+        denied, explicit = (named.group(1) if named else action), "explicit deny" in detail.lower()
+        encoded, decoder = ENCODED.search(message), _DECODER.get()
+        if encoded and not named and decoder:  # EC2's text may not name it: its encoded message does
+            decoded = decoder(encoded.group(1))
+            if decoded:
+                denied, explicit = decoded["action"], decoded["explicit"]
+            else:
+                return PermissionDenied(denied, detail, explicit=explicit, called=action).with_hint(
+                    f"grant the permission {action} (or what it needs besides: `aws sts decode-authorization-"
+                    "message` decodes AWS's message, which tflab could not) to your IAM user or role "
+                    "(`tflab iam-policy` prints all that tflab needs), or use a profile that has it (--profile)")
+        return PermissionDenied(denied, detail, explicit=explicit, called=action)
     if code == "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
         # RunInstances with spot market options creates the Spot service-linked role on first use, which
         # needs iam:CreateServiceLinkedRole ("Service-linked role for Spot Instance requests", EC2 User Guide).
@@ -234,6 +247,7 @@ class AwsProvider(Provider):
     def client(self, service: str):
         """One client per service, made on first use."""
         _REGION.set(self.region)  # what an error of the call about to be made is told (opt-in regions)
+        _DECODER.set(self.decode_authorization_message)
         if service not in self._clients:
             with translated(f"{service} client"):
                 self._clients[service] = self.session.client(service, region_name=self.region, config=self._config)
@@ -244,6 +258,20 @@ class AwsProvider(Provider):
         return self.client("ec2")
 
     # ------------------------------------------------------------------ identity, image, type, quota
+
+    def decode_authorization_message(self, encoded: str) -> dict | None:
+        """{"action", "explicit"} from the encoded message of a denial (STS DecodeAuthorizationMessage: "the
+        requested action", and "whether the request was denied due to an explicit deny"); None where it
+        cannot be decoded (sts:DecodeAuthorizationMessage denied, or any other failure: the denial stands)."""
+        import json
+
+        try:
+            sts = self.client("sts")
+            decoded = json.loads(sts.decode_authorization_message(EncodedMessage=encoded)["DecodedMessage"])
+            return {"action": str(decoded["context"]["action"]), "explicit": bool(decoded.get("explicitDeny"))}
+        except Exception as exc:  # never worse than the denial itself
+            log.info("could not decode the authorization failure message: %s", exc)
+            return None
 
     def whoami(self) -> str:
         with translated("sts:GetCallerIdentity"):

@@ -5,6 +5,8 @@ this policy, then without each action in turn). sts:GetCallerIdentity needs no p
 are required to perform this operation", STS API Reference). Its statements, by Sid:
 
 - TflabEveryLab: `up`, `status`, `list`, `down` of any lab (the tags on create need ec2:CreateTags too);
+- TflabSayWhichPermissionIsMissing: where EC2's denial names no action, its encoded message is decoded
+  (sts:DecodeAuthorizationMessage) so that the error names the one missing (else: the call's own);
 - TflabLabsOfSeveralNodes: `up --nodes N` (N > 1) makes and `down` removes a cluster placement group;
 - TflabSpotPrice: `status` and `list` of a spot lab read the spot price (without it: the on-demand price);
 - TflabSpotServiceLinkedRoleOnce: the first `up --spot` of an account creates the Spot service-linked

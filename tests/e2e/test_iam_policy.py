@@ -27,8 +27,9 @@ PARAMETER = "/test/dlami/iam-ami"
 UP = ["--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER, "--host-key-timeout", "0",
       "--ssh-host", "127.0.0.1", "--ssh-port", "1", "--ssh-timeout", "1", "--yes"]
 # What moto's flows cannot call: moto deletes a terminated instance's volumes itself (so no volume is left
-# for DeleteVolume), and it never creates the Spot service-linked role (so RunInstances never needs it).
-NOT_IN_MOTO = {"ec2:DeleteVolume", "iam:CreateServiceLinkedRole"}
+# for DeleteVolume), it never creates the Spot service-linked role (so RunInstances never needs it), and its
+# denials name their action in plain text, with no encoded message to decode (tests/infra/test_real_aws.py).
+NOT_IN_MOTO = {"ec2:DeleteVolume", "iam:CreateServiceLinkedRole", "sts:DecodeAuthorizationMessage"}
 # Look-ups a lab does without, saying so (the console output's host keys are then checked over SSH);
 # DescribePlacementGroups only where the lab has one node (`up --nodes 2` needs it: tested below).
 DEGRADES = {"servicequotas:GetServiceQuota", "ec2:GetConsoleOutput", "ec2:DescribeSpotPriceHistory",

@@ -189,6 +189,41 @@ def test_a_denial_names_the_action_aws_named(aws):
     nothing_left(aws)
 
 
+ENCODED_ONLY = "You are not authorized to perform this operation. Encoded authorization failure message: eyJ-made-up"
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_a_denial_that_names_no_action_is_decoded(aws, explicit):
+    import json
+
+    # DecodeAuthorizationMessage's answer (STS API Reference; the AWS CLI example's DecodedMessage).
+    decoded = {"allowed": False, "explicitDeny": explicit, "matchedStatements": {"items": []},
+               "failures": {"items": []}, "context": {"principal": {"id": "AIDAEXAMPLE", "arn": USER},
+                                                      "action": "ec2:CreateTags",
+                                                      "resource": "arn:aws:ec2:us-west-2:123456789012:instance/*",
+                                                      "conditions": {"items": []}}}
+    aws.faults.fail("RunInstances", "UnauthorizedOperation", status=403, message=ENCODED_ONLY)
+    aws.faults.respond("DecodeAuthorizationMessage", {"DecodedMessage": json.dumps(decoded)})
+    with pytest.raises(PermissionDenied) as info:
+        up_lab(aws)
+    assert info.value.action == "ec2:CreateTags" and info.value.explicit == explicit
+    assert info.value.message == ("not authorized to perform ec2:CreateTags (needed by ec2:RunInstances): You are "
+                                  "not authorized to perform this operation")
+    assert ("administrator" in info.value.hint) == explicit
+    nothing_left(aws)
+
+
+def test_an_encoded_denial_that_cannot_be_decoded_names_the_call_and_how_to_decode_it(aws):
+    aws.faults.fail("RunInstances", "UnauthorizedOperation", status=403, message=ENCODED_ONLY)
+    aws.faults.fail("DecodeAuthorizationMessage", "AccessDenied", status=403,
+                    message=f"User: {USER} is not authorized to perform: sts:DecodeAuthorizationMessage")
+    with pytest.raises(PermissionDenied) as info:
+        up_lab(aws)
+    assert info.value.action == "ec2:RunInstances" and "aws sts decode-authorization-message" in info.value.hint
+    assert "DecodeAuthorizationMessage" in aws.faults.calls
+    nothing_left(aws)
+
+
 def test_an_explicit_deny_sends_the_user_to_an_administrator(aws):
     aws.faults.fail("RunInstances", "UnauthorizedOperation", status=403, message=SCP)
     with pytest.raises(PermissionDenied) as info:
