@@ -235,3 +235,27 @@ def test_the_kernel_spec_keeps_tensorflows_cpp_log_out_of_the_cells(tmp_path):
 
     found = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")]).get_kernel_spec("python3")
     assert found.argv == spec["argv"] and found.env == spec["env"]  # Jupyter reads it as written
+
+
+def test_in_the_labs_kernel_tensorflow_imports_without_a_line_of_stderr_and_prints_reach_the_cell(tmp_path, monkeypatch):
+    """A real kernel from the lab's spec (as Jupyter starts it): importing TensorFlow sends no stream to
+    stderr (JupyterLab draws those red), while print and tf.print still reach the cell."""
+    from jupyter_client.manager import start_new_kernel
+
+    write_notebooks(tmp_path / "nb", "--kernel-dir", str(tmp_path / "jupyter"), "--python", sys.executable)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    manager, client = start_new_kernel(kernel_name="python3", startup_timeout=120)
+    try:
+        assert "--IPKernelApp.capture_fd_output=False" in manager.kernel_spec.argv  # the lab's spec, found
+        streams: list[tuple[str, str]] = []
+        reply = client.execute_interactive(
+            "import tensorflow as tf\ntf.constant(1.0) + 1\ntf.print('from tf.print')\nprint('from print')",
+            timeout=180, output_hook=lambda m: streams.append((m["content"]["name"], m["content"]["text"]))
+            if m["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok"
+        assert [name for name, _ in streams if name == "stderr"] == [], streams
+        assert "from tf.print" in "".join(text for _, text in streams)
+        assert "from print" in "".join(text for _, text in streams)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
