@@ -218,8 +218,8 @@ class SshHost(Host):
                                                  for name, port in ports.items() if port], avoid=avoid)
         self.tunnels.start(wait=False)  # the system's ssh logs in while the steps run
         for name, (wanted, got) in self.tunnels.moved.items():
-            why = "its service listens there (the host is this machine)" if wanted in avoid else "in use"
-            console.note(f"local port {wanted} ({name}) is {why}; using {got} instead")
+            why = "the lab's own service there (the host is this machine)" if wanted in avoid else "another program"
+            console.note(f"local port {wanted} ({name}) is taken by {why}; using {got} instead")
 
     def local_port(self, name: str) -> int:
         if "tunnels_ready" not in self.marks:  # first use: the forwards must be up now
