@@ -189,7 +189,10 @@ def render(report: Report) -> str:
         f"  {'x':>6} {'predicted':>10} {'noise-free':>11}"]
     lines += [f"  {p.x:>6g} {p.predicted:>10.4f} {p.noise_free:>11g}" for p in report.predictions]
     a = report.artifacts
-    lines += ["", f"TensorBoard  {report.tensorboard.url}"]
+    lines += [""]
+    if report.urls.get("serving_rest"):
+        lines.append(f"REST         {report.urls['serving_rest']}")
+    lines.append(f"TensorBoard  {report.tensorboard.url}")
     if report.jupyter:
         lines.append(f"Jupyter      {report.jupyter.url}   ({len(report.jupyter.notebooks)} notebooks)")
     lines += [f"Plot         {a.plot}", f"Logs         {a.logdir}", f"SavedModel   {a.saved_model}"]

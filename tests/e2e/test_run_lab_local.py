@@ -196,6 +196,8 @@ def test_keep_running_serves_until_ctrl_c(tmp_path):
         reader.join(10)
     assert proc.returncode == 0, "".join(err_lines)[-3000:]
     assert "Predictions over gRPC" in out
+    # The summary names the REST API too, where this machine reaches it.
+    assert f"REST         http://127.0.0.1:{local_ports['--rest-port']}/v1/models/nn" in out
     assert processes_mentioning(str(tmp_path)) == []
     for port in local_ports.values():
         assert ports.is_free(port)
