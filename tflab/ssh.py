@@ -311,6 +311,12 @@ class Connection:
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        try:  # a host that vanished (a dead instance sends no RST): paramiko's keep-alives expect no answer, so
+            # the kernel ends the connection once they stay unacknowledged for 3 intervals, as OpenSSH's
+            # ServerAliveInterval 15 x ServerAliveCountMax 3 does (else a read waits for TCP's ~15 min).
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(3 * self.keepalive * 1000))
+        except (OSError, AttributeError):
+            pass
         self.host_key_note = policy.recorded
         return client
 
@@ -394,6 +400,9 @@ class Connection:
         finally:  # however this ends (a signal here too), the channel closes and the command with it
             channel.close()
         result = CommandResult((command,), status, "\n".join(tail), time.monotonic() - started)
+        if status == -1 and not self.is_open:  # paramiko's -1: the channel closed with no status, the host went
+            raise UnreachableError(f"the SSH connection to {self.target.display} was lost during {step}",
+                                   hint="check that the host still runs (`tflab status`), then try again")
         if check and status != 0:
             raise LabStepError(step, f"exited with status {status} on {self.target.display}", status=status,
                                tail=result.tail)

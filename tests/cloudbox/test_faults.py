@@ -1,0 +1,70 @@
+"""Faults on the cloud path, in the EC2 in a box: an instance whose sshd never comes up, and an instance that
+dies under a running `run-lab`. Each ends with one clear error, within its limit, and `down` leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.cloudbox.box import leftovers
+from tests.cloudbox.conftest import SSH_CIDR, instances, wait_for
+
+pytestmark = [pytest.mark.cloudbox, pytest.mark.timeout(1800)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("tflab: error:")]
+
+
+def test_an_instance_without_sshd_fails_up_within_its_limit(box, cli):
+    assert box.send("mask-sshd") == {"mask-sshd": "next launch"}
+    up = cli("up", "--name", "nossh", "--yes", *SSH_CIDR, "--ssh-timeout", "45", timeout=600)
+    assert up.returncode == 5, up.stderr  # a host that did not answer in time
+    (error,) = error_lines(up.stderr)
+    assert "198.51.100." in error and "kept" in error, up.stderr  # which address, and that the instance is kept
+    assert "hint: `tflab up --name nossh` waits again; `tflab down --name nossh` removes it" in up.stderr
+    # The host keys were read from the console all the same (cloud-init makes them, sshd or not).
+    status = cli("status", "--name", "nossh", "--json", timeout=120)
+    assert json.loads(status.stdout)["host_key_fingerprints"], status.stdout + status.stderr
+    (instance,) = instances(box, "nossh")
+    down = cli("down", "--name", "nossh", "--yes", timeout=600)
+    assert down.returncode == 0, down.stderr
+    assert leftovers([instance["InstanceId"]]) == {"containers": [], "netns": [], "links": [], "mounts": [],
+                                                   "layers": []}
+
+
+def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli):
+    up = cli("up", "--name", "doomed", "--yes", "--json", *SSH_CIDR, timeout=600)
+    assert up.returncode == 0, up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    env = {**box.env, "TFLAB_HOME": str(cli.home)}
+    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "doomed"], cwd=cli.home,
+                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
+    reader.start()
+    try:
+        # run-lab is on the instance: it waits for the boot-time bootstrap (its log shown)
+        wait_for(lambda: any("bootstrap |" in line for line in lines) or run.poll() is not None, 300,
+                 "run-lab showing the bootstrap's log", interval=1)
+        assert run.poll() is None, "".join(lines)
+        assert box.send(f"kill {instance}") == {"killed": instance}
+        run.wait(300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    reader.join(30)
+    stderr = "".join(lines)
+    assert run.returncode == 5, stderr[-3000:]  # the host stopped answering
+    (error,) = error_lines(stderr)
+    assert "doomed" in error or "198.51.100." in error, stderr[-3000:]
+    down = cli("down", "--name", "doomed", "--yes", timeout=600)
+    assert down.returncode == 0, down.stderr
+    assert leftovers([instance]) == {"containers": [], "netns": [], "links": [], "mounts": [], "layers": []}
