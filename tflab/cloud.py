@@ -396,8 +396,9 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 console.info(f"lab '{name}' exists already ({', '.join(f'{i.id} {i.state}' for i in nodes)}); "
                              "reusing it")
             if wait or action == "started":
+                reached_at = settings.ssh_host or (previous.ssh_host if previous else None)  # e.g. a VPN
                 with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run") as update:
-                    nodes = [provider.wait_running(i.id, wait_timeout, update, public=not settings.ssh_host)
+                    nodes = [provider.wait_running(i.id, wait_timeout, update, public=not reached_at)
                              for i in nodes]
             if not store.key_path(name).exists():
                 console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "

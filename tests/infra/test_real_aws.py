@@ -84,6 +84,10 @@ def test_over_a_vpn_a_private_subnet_launches_without_a_public_address_and_does_
                for i in r["Instances"]]
     assert "PublicIpAddress" not in inst and inst["PrivateIpAddress"]
     assert state.ssh_host == "10.7.1.99" and "no public address" in aws.err.getvalue()
+    # Stopped (its watchdog), then started again by an `up` without --ssh-host: still reached over the VPN.
+    aws.ec2.stop_instances(InstanceIds=[state.instance_id])
+    again, action = up_in(aws, subnet)
+    assert action == "started" and again.ssh_host == "10.7.1.99" and again.public_ip is None
     cloud.down(aws.provider, aws.store, "lab", aws.console, confirm=lambda q: True)
     nothing_left(aws)
 
