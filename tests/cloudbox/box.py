@@ -24,6 +24,7 @@ id, veths VETH_PREFIX..., layers under STATE/<box id>/) and close() removes it a
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import ipaddress
 import json
@@ -388,6 +389,8 @@ class Box:
         self.close()
 
     def open(self) -> None:
+        for gone in sweep_dead_boxes():
+            log.info("removed what a box that died left: %s", gone)
         if Path("/sys/class/net", BRIDGE).exists():
             raise RuntimeError(f"the bridge {BRIDGE} exists already: another box runs here (or a dead one left it: "
                                f"`ip link del {BRIDGE}`)")
@@ -424,6 +427,46 @@ class Box:
         if Path("/sys/class/net", BRIDGE).exists():
             sh("ip", "link", "del", BRIDGE, check=False)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _box_alive(home: Path) -> bool:
+    pid = home.name.removeprefix("box-")
+    try:
+        return pid.isdigit() and b"tests.cloudbox" in Path("/proc", pid, "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def sweep_dead_boxes() -> list[str]:
+    """Remove what a box killed without its cleanup (kill -9) left: its containers, mounts, network namespaces,
+    veths and layers, found under STATE/box-<pid> of a process that is gone, and the bridge if no box lives."""
+    removed = []
+    homes = sorted(STATE.glob("box-*")) if STATE.exists() else []
+    alive = [home for home in homes if _box_alive(home)]
+    for home in homes:
+        if home in alive:
+            continue
+        for proc in Path("/proc").iterdir():  # its containers (the parent-death signal powers them off; if not)
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if argv.startswith(b"systemd-nspawn") and str(home).encode() in argv:
+                with contextlib.suppress(OSError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+        for layer in (p for p in home.iterdir() if p.is_dir()):
+            merged = layer / "merged"
+            if os.path.ismount(merged):
+                sh("umount", "-l", str(merged), check=False)
+            sh("ip", "link", "del", VETH_PREFIX + layer.name.removeprefix("i-")[-11:], check=False)
+            if Path("/run/netns", NETNS_PREFIX + layer.name).exists():
+                sh("ip", "netns", "del", NETNS_PREFIX + layer.name, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+        removed.append(str(home))
+    if not alive and Path("/sys/class/net", BRIDGE).exists():
+        sh("ip", "link", "del", BRIDGE, check=False)
+        removed.append(f"bridge {BRIDGE}")
+    return removed
 
 
 _HOOKED: dict = {}
