@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import model_server
+import tfserving.batching
 from tests.conftest import REMOTE, wait_until
 from tests.remote.serving_models import export_census, export_rows, fill_input, run_directly, stub
 from tflab import ports
@@ -363,7 +364,7 @@ def test_requests_within_the_batch_timeout_share_the_one_open_batch_even_with_a_
 def test_a_request_that_gives_up_waiting_leaves_the_queue_and_no_slot_behind(monkeypatch):
     """A request waits at most BATCH_WAIT_SECONDS for its batch (then DEADLINE_EXCEEDED); its rows leave the
     queue and the batch slot it may have been handed passes on, so later requests still run."""
-    monkeypatch.setattr(model_server, "BATCH_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(tfserving.batching, "BATCH_WAIT_SECONDS", 0.5)  # read where the Batcher lives
     batcher, seen, release = held_batcher()
     first = threading.Thread(target=lambda: batcher.submit([np.ones((1, 2), np.float32)], 1))
     first.start()
