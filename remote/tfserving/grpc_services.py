@@ -16,7 +16,7 @@ from .bundle import CLASSIFY_METHOD, REGRESS_METHOD
 from .predict import fill_tensor_proto, predict
 from .core import config_entries, select_version
 from .inference import classify_or_regress, fill_model_spec, multi_inference
-from .metrics import stamp_activity
+from .metrics import Activity
 from .metadata import model_metadata, model_status
 
 if TYPE_CHECKING:
@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("tflab.model_server")
 
 
-def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reload=None):
-    """The PredictionService and ModelService servicers over the models."""
+def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reload=None,
+                       activity: Activity | None = None):
+    """The PredictionService and ModelService servicers over the models (requests stamp activity, when given)."""
     import grpc
     from tensorflow_serving.apis import (classification_pb2, model_management_pb2, model_service_pb2_grpc,
                                          predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
     local = threading.local()
+    activity = activity if activity is not None else Activity(None)
 
     def abort(context, err: ServingError):
         local.code = err.code_name
@@ -47,7 +49,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
                     try:
                         return method(self, request, context)
                     finally:
-                        stamp_activity()
+                        activity.stamp()
                 return stamped
 
             def call(self, request, context):
@@ -58,7 +60,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
                     local.code = "OK"
                     return answer
                 finally:
-                    stamp_activity()
+                    activity.stamp()
                     metrics.record(request.model_spec.name, api, "GRPC", local.code,
                                    (time.perf_counter() - started) * 1e6)
             return call
@@ -124,7 +126,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
                 return abort(context, err)
             except Exception as exc:
                 return abort(context, runtime_error(exc))
-            stamp_activity()
+            activity.stamp()
             return response
 
         def GetModelMetadata(self, request, context):

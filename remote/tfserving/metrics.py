@@ -17,22 +17,25 @@ import time
 UNKNOWN_MODEL_LABEL = "(unknown)"
 
 
-# tflab's idle watchdog (remote/watchdog.py) counts model requests by this file's time, which every
-# request moves (at most once a second); run-lab sets it. Not a TF Serving flag: an environment variable.
-ACTIVITY_FILE = os.environ.get("TFLAB_ACTIVITY_FILE")
-_last_stamp = [0.0]
+class Activity:
+    """tflab's idle watchdog (remote/watchdog.py) counts model requests by the time of a file, which every
+    request moves (at most once a second); run-lab names it in the environment variable TFLAB_ACTIVITY_FILE
+    (not a TF Serving flag). Without a path, stamp() does nothing."""
 
+    def __init__(self, path: str | None):
+        self.path = path
+        self.last = 0.0
 
-def stamp_activity() -> None:
-    """Mark that a request came (for the watchdog), cheaply."""
-    now = time.time()
-    if ACTIVITY_FILE and now - _last_stamp[0] >= 1.0:
-        _last_stamp[0] = now
-        try:
-            with open(ACTIVITY_FILE, "a"):
-                os.utime(ACTIVITY_FILE, None)
-        except OSError:
-            pass
+    def stamp(self) -> None:
+        """Mark that a request came (for the watchdog), cheaply."""
+        now = time.time()
+        if self.path and now - self.last >= 1.0:
+            self.last = now
+            try:
+                with open(self.path, "a"):
+                    os.utime(self.path, None)
+            except OSError:
+                pass
 
 
 class Metrics:

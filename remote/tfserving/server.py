@@ -18,9 +18,9 @@ from .status import ServingError, clip
 from .limits import MAX_GRPC_MESSAGE_BYTES, MAX_RPCS_PER_THREAD
 from .batching import read_batching_parameters
 from .core import Models, next_retry_in, poll_once, read_model_config, watch, watch_config
-from .metrics import Metrics
+from .metrics import Activity, Metrics
 from .grpc_services import health_service, make_grpc_services
-from .rest import BoundedHTTPServer, make_rest_handler
+from .rest import BoundedHTTPServer, RestApi, RestHandler
 from .flags import is_true, parse_args
 
 
@@ -131,7 +131,8 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
         return FAILED_TO_START
     if stop.is_set():  # a signal while the first loads were retried: never listen
         return 0
-    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload)
+    activity = Activity(os.environ.get("TFLAB_ACTIVITY_FILE"))  # for tflab's idle watchdog
+    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload, activity)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
                          maximum_concurrent_rpcs=max(1, args.threads) * MAX_RPCS_PER_THREAD,
                          options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)])
@@ -159,10 +160,8 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     rest = None
     if args.rest_api_port:
         timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
-        rest = BoundedHTTPServer((args.host, args.rest_api_port),
-                                 make_rest_handler(tf, models, timeout, metrics, metrics_path,
-                                                   is_true(args.rest_api_enable_cors_support)),
-                                 args.rest_api_num_threads)
+        api = RestApi(tf, models, timeout, metrics, metrics_path, is_true(args.rest_api_enable_cors_support), activity)
+        rest = BoundedHTTPServer((args.host, args.rest_api_port), RestHandler, args.rest_api_num_threads, api)
         threading.Thread(target=rest.serve_forever, name="rest", daemon=True).start()
         print(f"Exporting HTTP/REST API at:{args.host}:{args.rest_api_port} ...", flush=True)
     elif metrics_path:
