@@ -52,9 +52,11 @@ class LoadedVersion:
         self.batchers: dict = {}
         self.specs: dict = {}
 
-    def spec(self, tf, signature_name: str) -> tuple:
+    def spec(self, signature_name: str) -> tuple:
         """A signature's inputs as {key: (tf dtype, numpy dtype or None for strings)} and its sorted output keys,
         read once from its SignatureDef."""
+        import tensorflow as tf
+
         found = self.specs.get(signature_name)
         if found is None:
             sig = self.signature_defs[signature_name]

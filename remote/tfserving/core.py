@@ -66,8 +66,7 @@ class ModelState:
 class Models:
     """Every model the server serves (one from --model_name, or a --model_config_file's list)."""
 
-    def __init__(self, tf, tags: list[str], warmup: bool = False):
-        self.tf = tf
+    def __init__(self, tags: list[str], warmup: bool = False):
         self.tags = tags
         self.warmup = warmup
         self.session_config = None  # a ConfigProto (--tensorflow_*_parallelism)
@@ -252,8 +251,10 @@ def unload_all(model: ModelState) -> None:
         model.loaded = {}
 
 
-def warm_up(tf, name: str, loaded: LoadedVersion) -> None:
+def warm_up(name: str, loaded: LoadedVersion) -> None:
     """Replay assets.extra/tf_serving_warmup_requests (PredictionLog records), as --enable_model_warmup does."""
+    import tensorflow as tf
+
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = os.path.join(loaded.path, "assets.extra", "tf_serving_warmup_requests")
@@ -263,15 +264,17 @@ def warm_up(tf, name: str, loaded: LoadedVersion) -> None:
     for record in tf.compat.v1.io.tf_record_iterator(path):
         entry = prediction_log_pb2.PredictionLog.FromString(record)
         if entry.WhichOneof("log_type") == "predict_log":
-            predict(tf, loaded, entry.predict_log.request)
+            predict(loaded, entry.predict_log.request)
         count += 1
         if count >= 1000:  # TF Serving's kMaxNumRecordsPerFile
             break
     log.info("warmed up %s version %d with %d requests", name, loaded.version, count)
 
 
-def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
+def poll_once(model: ModelState, models: Models | None = None) -> None:
     """Load the versions the policy wants that are not loaded; unload those it no longer wants."""
+    import tensorflow as tf
+
     if model.removed:
         return
     folders = version_folders(model.base_path)
@@ -301,10 +304,10 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
             loaded.batching = models.batching if models else None
             loaded.method_name_check = models.method_name_check if models else False
             if models is not None and models.warmup:
-                warm_up(tf, model.name, loaded)
-            warm_default(tf, loaded)
+                warm_up(model.name, loaded)
+            warm_default(loaded)
         except Exception as exc:  # a broken export must not stop the server
-            load_failed(tf, model, version, failed + 1, exc, models)
+            load_failed(model, version, failed + 1, exc, models)
             continue
         model.retries.pop(version, None)
         with model.lock:
@@ -325,14 +328,14 @@ def poll_once(tf, model: ModelState, models: Models | None = None) -> None:
             models.unloaded.set()
 
 
-def load_failed(tf, model: ModelState, version: int, failed: int, exc, models: Models | None) -> None:
+def load_failed(model: ModelState, version: int, failed: int, exc, models: Models | None) -> None:
     """A failed attempt to load a version (core/loader_harness.cc Load, util/retrier.cc Retry): another is due
     after --load_retry_interval_micros until --max_num_load_retries retries have failed; then the version ends
     with the last error (its state stays LOADING in between, as there)."""
     servable = f"{{name: {model.name} version: {version}}}"
     log.error("Loading servable: %s failed: %s", servable, clip(exc))
     error = (clip(load_error_message(exc, models.tags if models is not None else ["serve"])),
-             load_error_code(tf, exc))
+             load_error_code(exc))
     retries = models.max_load_retries if models is not None else 0
     if failed <= retries:
         model.retries[version] = (failed, time.monotonic() + models.load_retry_interval, error)
@@ -360,10 +363,12 @@ def load_error_message(exc, tags: list[str]) -> str:
     return f"could not load: {exc}"
 
 
-def load_error_code(tf, exc) -> int:
+def load_error_code(exc) -> int:
     """The status code GetModelStatus gives a version that failed to load: TensorFlow's own for its errors,
     NOT_FOUND when the SavedModel has no MetaGraphDef with the --saved_model_tags (as TF's C++ loader says,
     loader.cc "Could not find meta graph def matching supplied tags"), else FAILED_PRECONDITION."""
+    import tensorflow as tf
+
     if isinstance(exc, tf.errors.OpError) and exc.error_code:
         return exc.error_code
     if "MetaGraphDef associated with tags" in str(exc):
@@ -371,7 +376,7 @@ def load_error_code(tf, exc) -> int:
     return 9  # FAILED_PRECONDITION
 
 
-def warm_default(tf, loaded: LoadedVersion) -> None:
+def warm_default(loaded: LoadedVersion) -> None:
     """One call of a [None, k] float signature, so the first request does not pay for the first run."""
     for name, sig in loaded.signature_defs.items():
         if len(sig.inputs) != 1 or sig.method_name != PREDICT_METHOD:
@@ -403,7 +408,7 @@ def release_memory() -> None:
              (time.perf_counter() - started) * 1e3)
 
 
-def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
+def watch(models: Models, interval: float, stop: threading.Event) -> None:
     """Poll every model's base path until stop is set; after versions were unloaded, release their memory."""
     while not stop.is_set():
         if models.unloaded.is_set():  # one poll interval after the unload: requests that held them have ended
@@ -412,7 +417,7 @@ def watch(tf, models: Models, interval: float, stop: threading.Event) -> None:
         for model in models.all():
             try:
                 with models.poll_lock:
-                    poll_once(tf, model, models)
+                    poll_once(model, models)
             except Exception:  # keep watching whatever happens
                 log.exception("polling %s failed", model.base_path)
         models.check_start(stop)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tflab.model_server")
 
 
-def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reload=None,
+def make_grpc_services(models: Models, metrics: Metrics | None = None, reload=None,
                        activity: Activity | None = None):
     """The PredictionService and ModelService servicers over the models (requests stamp activity, when given)."""
     import grpc
@@ -80,7 +80,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
             try:
                 need_spec(request)
                 _, loaded = select_version(models, request.model_spec)
-                name, outputs = predict(tf, loaded, request)
+                name, outputs = predict(loaded, request)
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:  # a TensorFlow runtime error on bad data
@@ -109,7 +109,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
             try:
                 need_spec(request)
                 _, loaded = select_version(models, request.model_spec)
-                classify_or_regress(tf, loaded, request.model_spec, request.input, method, response.result)
+                classify_or_regress(loaded, request.model_spec, request.input, method, response.result)
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:
@@ -121,7 +121,7 @@ def make_grpc_services(tf, models: Models, metrics: Metrics | None = None, reloa
         def MultiInference(self, request, context):
             """multi_inference_helper.cc RunMultiInferenceWithServerCore (not counted in the metrics, as there)."""
             try:
-                response = multi_inference(tf, models, request)
+                response = multi_inference(models, request)
             except ServingError as err:
                 return abort(context, err)
             except Exception as exc:

@@ -126,8 +126,10 @@ def tensor_shape_text(value) -> str:
     return "[" + ",".join(str(d) for d in value.shape) + "]"
 
 
-def data_type_name(tf, value) -> str:
+def data_type_name(value) -> str:
     """A numpy array's dtype as TensorFlow's DataType_Name: DT_FLOAT, DT_STRING..."""
+    import tensorflow as tf
+
     from tensorflow.core.framework import types_pb2
 
     if value.dtype.kind in "OSU":
@@ -135,7 +137,7 @@ def data_type_name(tf, value) -> str:
     return types_pb2.DataType.Name(tf.as_dtype(value.dtype).as_datatype_enum)
 
 
-def classification_result(tf, sig, num_examples: int, names: tuple, values: list, result) -> None:
+def classification_result(sig, num_examples: int, names: tuple, values: list, result) -> None:
     """classifier.cc PostProcessClassificationResult: checks the classes and scores tensors, then fills result."""
     classes_name = sig.outputs["classes"].name if "classes" in sig.outputs else None
     scores_name = sig.outputs["scores"].name if "scores" in sig.outputs else None
@@ -151,7 +153,7 @@ def classification_result(tf, sig, num_examples: int, names: tuple, values: list
         if value.ndim != 2:
             raise ServingError("INVALID_ARGUMENT", f"Expected Tensor shape: [batch_size num_classes] but got "
                                                    f"{tensor_shape_text(value)}")
-        got = data_type_name(tf, value)
+        got = data_type_name(value)
         if got != want:
             raise ServingError("INVALID_ARGUMENT", f"Expected {what} Tensor of {want}. Got: {got}")
         if value.shape[0] != num_examples:
@@ -174,7 +176,7 @@ def classification_result(tf, sig, num_examples: int, names: tuple, values: list
                 entry.score = score_rows[i][c]
 
 
-def regression_result(tf, sig, num_examples: int, names: tuple, values: list, result) -> None:
+def regression_result(sig, num_examples: int, names: tuple, values: list, result) -> None:
     """regressor.cc PostProcessRegressionResult: checks the outputs tensor, then fills result."""
     wanted = sig.outputs["outputs"].name
     value = next((v for n, v in zip(names, values) if n == wanted), None)
@@ -186,7 +188,7 @@ def regression_result(tf, sig, num_examples: int, names: tuple, values: list, re
     if value.shape[0] != num_examples:
         raise ServingError("INVALID_ARGUMENT", f"Input batch size did not match output batch size: {num_examples} "
                                                f"vs. {value.shape[0]}")
-    got = data_type_name(tf, value)
+    got = data_type_name(value)
     if got != "DT_FLOAT":
         raise ServingError("INVALID_ARGUMENT", f"Expected output Tensor of DT_FLOAT.  Got: {got}")
     if value.size != num_examples:
@@ -204,10 +206,12 @@ def fill_model_spec(spec, name: str, signature_name: str, version: int) -> None:
     spec.version.value = version
 
 
-def classify_or_regress(tf, loaded: LoadedVersion, spec, input_proto, method: str, result) -> str:
+def classify_or_regress(loaded: LoadedVersion, spec, input_proto, method: str, result) -> str:
     """RunClassify / RunRegress on a loaded version: fills result (a ClassificationResult or a
     RegressionResult); returns the signature's name. Runs through the batch queue with --enable_batching, as
     TF Serving's BatchingSession batches a run that feeds and fetches a whole signature."""
+    import tensorflow as tf
+
     check_example_limits(input_proto)
     name, sig = inference_signature(loaded, spec, method)
     input_name, output_names = preprocess_inference(sig, method, loaded.method_name_check)
@@ -221,14 +225,16 @@ def classify_or_regress(tf, loaded: LoadedVersion, spec, input_proto, method: st
     by_name = dict(zip(fetches, values))
     outputs = [by_name[n] for n in output_names]
     fill = classification_result if method == CLASSIFY_METHOD else regression_result
-    fill(tf, sig, len(examples), output_names, outputs, result)
+    fill(sig, len(examples), output_names, outputs, result)
     return name
 
 
-def multi_inference(tf, models: Models, request):
+def multi_inference(models: Models, request):
     """multi_inference.cc TensorFlowMultiInferenceRunner::Infer (through multi_inference_helper.cc, which
     takes the version the first task names): several classify/regress signatures of one model over the same
     examples, in one session run."""
+    import tensorflow as tf
+
     from tensorflow_serving.apis import inference_pb2, model_pb2
 
     first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
@@ -267,8 +273,8 @@ def multi_inference(tf, models: Models, request):
     for task, name, sig in plan:
         result = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
-            classification_result(tf, sig, len(examples), fetch_names, values, result.classification_result)
+            classification_result(sig, len(examples), fetch_names, values, result.classification_result)
         else:
-            regression_result(tf, sig, len(examples), fetch_names, values, result.regression_result)
+            regression_result(sig, len(examples), fetch_names, values, result.regression_result)
         fill_model_spec(result.model_spec, task.model_spec.name, task.model_spec.signature_name, loaded.version)
     return response

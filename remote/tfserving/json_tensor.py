@@ -85,8 +85,10 @@ def predictions_json(outputs: dict, columnar: bool) -> str:
     return '{"predictions": [' + ", ".join(rows) + "]}"
 
 
-def json_to_array(tf, value, info, name: str):
+def json_to_array(value, info, name: str):
     """A JSON value as a numpy array of the TensorInfo's dtype, refused as json_tensor.cc refuses it."""
+    import tensorflow as tf
+
     import base64
 
     dtype = tf.as_dtype(info.dtype)

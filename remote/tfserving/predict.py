@@ -46,7 +46,7 @@ def check_rows(alias: str, rows: int) -> None:
                                                f"{MAX_ROWS_PER_REQUEST} rows per request")
 
 
-def check_tensor_proto(tf, alias: str, proto, budget: int) -> int:
+def check_tensor_proto(alias: str, proto, budget: int) -> int:
     """Check a request's TensorProto before tf.make_ndarray allocates it; returns its element count.
 
     TensorFlow's own rules (tensorflow/core/framework/tensor.cc, Tensor::FromProto): the shape must be
@@ -56,6 +56,8 @@ def check_tensor_proto(tf, alias: str, proto, budget: int) -> int:
     (tensorflow/cc/saved_model/util.cc). On top of that: more values than elements are refused, and so
     are more rows than MAX_ROWS_PER_REQUEST and more elements than budget.
     """
+    import tensorflow as tf
+
     from tensorflow.core.framework import types_pb2
 
     def refuse(why: str) -> ServingError:
@@ -90,7 +92,7 @@ def check_tensor_proto(tf, alias: str, proto, budget: int) -> int:
     return count
 
 
-def read_input(tf, alias: str, proto, budget: int) -> tuple:
+def read_input(alias: str, proto, budget: int) -> tuple:
     """A request TensorProto as (numpy array, elements), checked first: float32 with a full tensor_content or
     float_val directly, anything else through check_tensor_proto and tf.make_ndarray."""
     if proto.dtype == 1 and not proto.tensor_shape.unknown_rank:  # DT_FLOAT, the lab's dtype
@@ -104,15 +106,17 @@ def read_input(tf, alias: str, proto, budget: int) -> tuple:
                         return np.frombuffer(content, "<f4").reshape(dims), count
                 elif len(proto.float_val) == count:
                     return np.array(proto.float_val, np.float32).reshape(dims), count
-    count = check_tensor_proto(tf, alias, proto, budget)
+    count = check_tensor_proto(alias, proto, budget)
     try:
-        return tensor_from_proto(tf, proto), count
+        return tensor_from_proto(proto), count
     except Exception as exc:
         raise ServingError("INVALID_ARGUMENT", f"could not read an input tensor: {clip(exc, 100)}") from exc
 
 
-def tensor_from_proto(tf, proto):
+def tensor_from_proto(proto):
     """A request TensorProto (already checked) as a numpy array: the common float32 forms directly."""
+    import tensorflow as tf
+
     if proto.dtype == 1:  # DT_FLOAT, the lab's dtype: skip tf.make_ndarray's generic path
         shape = [d.size for d in proto.tensor_shape.dim]
         count = math.prod(shape)
@@ -133,13 +137,15 @@ def signature_for(loaded: LoadedVersion, spec):
     return name, sig
 
 
-def check_inputs(tf, specs: dict, inputs: dict) -> None:
+def check_inputs(specs: dict, inputs: dict) -> None:
     """The request's inputs against the SignatureDef (specs, from LoadedVersion.spec): names (predict_util.cc,
     cc/saved_model/util.cc) and dtypes. Not shapes: TF Serving feeds each tensor in place of the placeholder the
     signature names (predict_util.cc RunPredict -> Session::Run), and TensorFlow's C++ runtime checks a feed's
     dtype, never its shape against the placeholder's (only Python's Session.run does), so a [1] tensor fed where
     the signature declares [None, 1] runs, and a shape the graph's ops cannot take fails with the op's own
     error. What a request may carry is bounded on the request itself (rows, elements: check_tensor_proto)."""
+    import tensorflow as tf
+
     if inputs.keys() != specs.keys():
         check_input_names(set(specs), set(inputs))
     for key, value in inputs.items():
@@ -192,8 +198,10 @@ def call_batched(loaded: LoadedVersion, key: tuple, fn, arrays: list):
     return fn(*arrays)
 
 
-def run(tf, loaded: LoadedVersion, signature_name: str, sig, inputs: dict, outputs: tuple) -> dict:
+def run(loaded: LoadedVersion, signature_name: str, sig, inputs: dict, outputs: tuple) -> dict:
     """Run a signature on checked inputs; returns alias -> numpy array."""
+    import tensorflow as tf
+
     keys = tuple(sorted(inputs))
     fn = loaded.runner(signature_name, keys, outputs)
     arrays = [inputs[k] for k in keys]
@@ -204,22 +212,22 @@ def run(tf, loaded: LoadedVersion, signature_name: str, sig, inputs: dict, outpu
     return dict(zip(outputs, values))
 
 
-def predict(tf, loaded: LoadedVersion, request) -> dict:
+def predict(loaded: LoadedVersion, request) -> dict:
     """Predict on a loaded version: check, convert, run. Returns (signature name, alias -> array)."""
     name, sig = signature_for(loaded, request.model_spec)
     if loaded.method_name_check and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
         raise ServingError("INTERNAL", f"Expected prediction signature method_name to be one of "
                                        f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
                                        f"Was: {clip(sig.method_name, 60)}")
-    specs, all_outputs = loaded.spec(tf, name)
+    specs, all_outputs = loaded.spec(name)
     outputs = output_keys(sig, request.output_filter, all_outputs)
     declared = 0
     inputs = {}
     for key, proto in request.inputs.items():  # each checked before it is allocated
-        inputs[key], count = read_input(tf, key, proto, MAX_ELEMENTS_PER_REQUEST - declared)
+        inputs[key], count = read_input(key, proto, MAX_ELEMENTS_PER_REQUEST - declared)
         declared += count
-    check_inputs(tf, specs, inputs)
-    return name, run(tf, loaded, name, sig, inputs, outputs)
+    check_inputs(specs, inputs)
+    return name, run(loaded, name, sig, inputs, outputs)
 
 
 # An output's numpy dtype -> (its DataType's number in tensorflow/core/framework/types.proto, the TensorProto

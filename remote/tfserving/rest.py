@@ -105,7 +105,6 @@ class RestApi:
     --rest_api_timeout_in_ms of every socket read or write (None: none), the Prometheus metrics and their path
     (--monitoring_config_file), --rest_api_enable_cors_support, and the watchdog's activity stamp."""
 
-    tf: object
     models: Models
     timeout_seconds: float | None = DEFAULT_REST_TIMEOUT_MS / 1000
     metrics: Metrics | None = None
@@ -323,10 +322,10 @@ class RestHandler(BaseHTTPRequestHandler):
         _, loaded = select_version(self.api.models, spec)
         if verb == "classify":
             result = classification_pb2.ClassificationResult()
-            classify_or_regress(self.api.tf, loaded, spec, input_proto, CLASSIFY_METHOD, result)
+            classify_or_regress(loaded, spec, input_proto, CLASSIFY_METHOD, result)
             return classification_json(result)
         result = regression_pb2.RegressionResult()
-        classify_or_regress(self.api.tf, loaded, spec, input_proto, REGRESS_METHOD, result)
+        classify_or_regress(loaded, spec, input_proto, REGRESS_METHOD, result)
         return regression_json(result)
 
     def predict(self, spec, raw: bytes) -> str:
@@ -367,14 +366,14 @@ class RestHandler(BaseHTTPRequestHandler):
                     raise ServingError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
                                                            "as multiple input tensors required as per tensorinfo_map")
                 (key, info), = infos.items()
-                inputs = {key: json_to_array(self.api.tf, value, info, key)}
+                inputs = {key: json_to_array(value, info, key)}
             else:
                 inputs = {}
                 for key in sorted(infos):
                     if key not in value:
                         raise ServingError("INVALID_ARGUMENT", f"Missing named input: {clip(key, 60)} in 'inputs' "
                                                                "object.")
-                    inputs[key] = json_to_array(self.api.tf, value[key], infos[key], key)
+                    inputs[key] = json_to_array(value[key], infos[key], key)
         else:
             raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
         for key, value in inputs.items():
@@ -383,8 +382,8 @@ class RestHandler(BaseHTTPRequestHandler):
             if value.size > MAX_ELEMENTS_PER_REQUEST:
                 raise ServingError("INVALID_ARGUMENT", f"{clip(key, 60)} has {value.size} elements; this server "
                                                        f"takes at most {MAX_ELEMENTS_PER_REQUEST} per request")
-        check_inputs(self.api.tf, loaded.spec(self.api.tf, name)[0], inputs)
-        outputs = run(self.api.tf, loaded, name, sig, inputs, tuple(sorted(sig.outputs)))
+        check_inputs(loaded.spec(name)[0], inputs)
+        outputs = run(loaded, name, sig, inputs, tuple(sorted(sig.outputs)))
         return predictions_json(outputs, columnar)
 
     def rows(self, instances: list, infos: dict) -> dict:
@@ -402,7 +401,7 @@ class RestHandler(BaseHTTPRequestHandler):
                     raise ServingError("INVALID_ARGUMENT", f"Expecting value/list but got object at item {i} "
                                                            "of input list")
             (key, info), = infos.items()
-            return {key: json_to_array(self.api.tf, instances, info, key)}
+            return {key: json_to_array(instances, info, key)}
         columns = {k: [] for k in infos}
         for i, item in enumerate(instances):
             if not is_object(item):
@@ -418,7 +417,7 @@ class RestHandler(BaseHTTPRequestHandler):
                                                        f"to: {','.join(sorted(infos))}")
             for k, v in item.items():
                 columns[k].append(v)
-        return {k: json_to_array(self.api.tf, v, infos[k], k) for k, v in columns.items()}
+        return {k: json_to_array(v, infos[k], k) for k, v in columns.items()}
 
     def other(self):
         return self.malformed()

@@ -67,7 +67,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
 
     tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice
     tags = [t.strip() for t in args.saved_model_tags.split(",") if t.strip()] or ["serve"]
-    models = Models(tf, tags, warmup=is_true(args.enable_model_warmup))
+    models = Models(tags, warmup=is_true(args.enable_model_warmup))
     models.method_name_check = is_true(args.enable_signature_method_name_check)
     try:
         if args.model_config_file:
@@ -113,7 +113,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
             if metrics is not None:
                 metrics.forget(removed)
             for model in models.all():
-                poll_once(tf, model, models)
+                poll_once(model, models)
         models.wait_settled(added, stop, active)
 
     # The first loads, with their retries, before any port is opened: TF Serving's Server::BuildAndStart
@@ -121,18 +121,18 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     # (load_servables_fast.cc), and only then adds its listening ports and starts; until then a client's
     # connection is refused rather than accepted and left waiting.
     for model in models.all():
-        poll_once(tf, model, models)
+        poll_once(model, models)
     while not stop.is_set() and models.starting and (wait := next_retry_in(models)) is not None:
         wait_in_main_thread(stop, wait)
         for model in models.all():
-            poll_once(tf, model, models)
+            poll_once(model, models)
     models.check_start(stop)
     if models.start_error:
         return FAILED_TO_START
     if stop.is_set():  # a signal while the first loads were retried: never listen
         return 0
     activity = Activity(os.environ.get("TFLAB_ACTIVITY_FILE"))  # for tflab's idle watchdog
-    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(tf, models, metrics, reload, activity)
+    prediction, model_service, pred_grpc, model_grpc = make_grpc_services(models, metrics, reload, activity)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
                          maximum_concurrent_rpcs=max(1, args.threads) * MAX_RPCS_PER_THREAD,
                          options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)])
@@ -160,7 +160,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
     rest = None
     if args.rest_api_port:
         timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
-        api = RestApi(tf, models, timeout, metrics, metrics_path, is_true(args.rest_api_enable_cors_support), activity)
+        api = RestApi(models, timeout, metrics, metrics_path, is_true(args.rest_api_enable_cors_support), activity)
         rest = BoundedHTTPServer((args.host, args.rest_api_port), RestHandler, args.rest_api_num_threads, api)
         threading.Thread(target=rest.serve_forever, name="rest", daemon=True).start()
         print(f"Exporting HTTP/REST API at:{args.host}:{args.rest_api_port} ...", flush=True)
@@ -168,7 +168,7 @@ def serve(args: argparse.Namespace, stop: threading.Event) -> int:
         print("model_server: warning: the Prometheus metrics are served over REST; give --rest_api_port",
               file=sys.stderr, flush=True)
     print(f"Running gRPC ModelServer at {address} ...", flush=True)
-    watcher = threading.Thread(target=watch, args=(tf, models, args.file_system_poll_wait_seconds, stop),
+    watcher = threading.Thread(target=watch, args=(models, args.file_system_poll_wait_seconds, stop),
                                name="watch", daemon=True)
     watcher.start()
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
