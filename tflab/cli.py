@@ -141,16 +141,19 @@ def run_lab(
                              "(Ctrl-C to stop)")
                 wait_for_interrupt()
             return
-        chief = nodes[0] if nodes else host
-        again = f"`tflab tunnel {'--name ' + name if chief is None else '--host ' + chief}`"
+        again = f"`{report.tunnel}`"
         if not detach and sys.stdin.isatty() and sys.stdout.isatty():
             console.info("tunnels open: " + ", ".join(f"{k} {v}" for k, v in report.urls.items() if v)
                          + "   (Ctrl-C to close them; the services keep running on the host)")
             if not wait_for_interrupt(lambda: run.alive):
                 console.warn(f"the SSH connection to {run.host.name} dropped; the services keep running there: "
-                             f"{again} forwards them again")
+                             f"{again} forwards them again at the same addresses")
+            else:
+                console.info(f"tunnels closed; the services keep running on the host: {again} opens them again at "
+                             "the same addresses")
         else:
-            console.info(f"services keep running on the host; {again} reaches them again")
+            console.info(f"the tunnels close now, so the addresses above do not answer until {again} opens them "
+                         "again (the same local ports, where free); the services keep running on the host")
 
 
 def _hosts_option(value: str, *, local: bool, host: str | None) -> list[str]:
@@ -586,6 +589,7 @@ def tunnel(
     Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops.
     Where a port was taken on the host, run-lab moved the service to another: the tunnel goes there.
     The host key is verified by tflab first; the forwards then run in the system's `ssh` where present."""
+    from tflab import labs
     from tflab.ssh import Connection
     from tflab.tunnels import choose_client, forward_until_interrupted, host_ports, lab_forwards, parse_forward
 
@@ -598,9 +602,11 @@ def tunnel(
     if workdir is None:
         workdir = "~/tflab" if host is not None else _recorded_workdir(name)
     chosen = host_ports(connection, workdir) if workdir and not no_lab_ports else {}
-    forwards = [] if no_lab_ports else lab_forwards(chosen, console)
+    key = labs.lab_key(name, host, target)  # the local ports the lab last used: its URLs stay the same
+    forwards = [] if no_lab_ports else lab_forwards(chosen, console, labs.remembered_local_ports(key))
     client = choose_client(client)
-    forward_until_interrupted(connection, forwards + extra, console, reconnect_tries, client)
+    forward_until_interrupted(connection, forwards + extra, console, reconnect_tries, client,
+                              on_up=lambda local: labs.remember_local_ports(key, local))
 
 
 @app.command()
@@ -708,7 +714,10 @@ def ssh_config(name: LabName = "lab") -> None:
             console.note(f"could not read the ports the lab's services use on its host ({exc.message}); "
                          "the lab's own ports are forwarded")
     lines = openssh_config(f"tflab-{name}", target)
-    lines += [f"  LocalForward 127.0.0.1:{f.local_port} 127.0.0.1:{f.remote_port}" for f in lab_forwards(chosen, console)]
+    from tflab.labs import remembered_local_ports  # the local ports the lab's tunnels last used: the same URLs
+
+    lines += [f"  LocalForward 127.0.0.1:{f.local_port} 127.0.0.1:{f.remote_port}"
+              for f in lab_forwards(chosen, console, remembered_local_ports(name))]
     console.result({}, "\n".join(lines))
 
 

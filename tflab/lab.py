@@ -125,13 +125,18 @@ class LabRun:
     the services can still be reached from here (the tunnels)."""
 
     def __init__(self, host: Host, options: LabOptions, console: Console, out: Path,
-                 on_prepared: Callable[[Host], None] = lambda host: None, others: list[Host] | tuple = ()):
+                 on_prepared: Callable[[Host], None] = lambda host: None, others: list[Host] | tuple = (),
+                 local_ports: dict[str, int] | None = None, on_forwarded: Callable[[dict], None] = lambda ports: None,
+                 reopen: str | None = None):
         self.host = host  # the chief: it runs the steps, trains as worker 0 and serves
         self.others = list(others)  # the other nodes of a run across machines: each trains as one worker
         self.options = options
         self.console = console
         self.out = Path(out)
         self.on_prepared = on_prepared  # e.g. remember where the lab's services are on a lab's host
+        self.local_ports = dict(local_ports or LOCAL_PORTS)  # wanted here: the ones the lab last used, else its own
+        self.on_forwarded = on_forwarded  # e.g. remember the local ports the tunnels got (stable URLs)
+        self.reopen = reopen  # the command that opens the tunnels again once the run's close (None: no tunnels)
         self.services: list[Service] = []
         self.report: Report | None = None
 
@@ -223,7 +228,7 @@ class LabRun:
         ports = host.choose_ports(wanted, console)
         env = quiet_tensorflow_env()
         server, services = self._start_services(ports, env)
-        host.forward(ports, LOCAL_PORTS, console)
+        host.forward(ports, self.local_ports, console)
         if "jupyter" in ports:  # after the tunnels: its TensorBoard notebook links TensorBoard as they bring it
             services["jupyter"] = self._start_jupyter(ports, env)
         steps = self._steps(env)
@@ -240,6 +245,8 @@ class LabRun:
         timings["phase_total"] = time.monotonic() - started
 
         local = {name: host.local_port(name) for name in ports if ports[name]}
+        if self.reopen is not None:
+            self.on_forwarded(local)
         rest = f"127.0.0.1:{local['rest']}" if "rest" in local else None
         tensorboard = f"http://127.0.0.1:{local['tensorboard']}/"
         self.report = Report(
@@ -255,7 +262,8 @@ class LabRun:
             urls={"tensorboard": tensorboard, "jupyter": jupyter.url if jupyter else None,
                   "serving_grpc": f"127.0.0.1:{local['serving']}",
                   "serving_rest": f"http://{rest}/v1/models/{self.options.model_name}" if rest else None},
-            jupyter=jupyter, remote_artifacts=artifacts if fetched is not artifacts else None)
+            jupyter=jupyter, remote_artifacts=artifacts if fetched is not artifacts else None,
+            tunnel=self.reopen)
         self.report.save(self.out / "report.json")
         return self.report
 
@@ -561,8 +569,13 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
                               peer=entry.get("private_ip")))
     if others:
         options = across(options, len(others) + 1)
+    from tflab import labs
+
+    key = labs.lab_key(name, host, target)
     return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
-                  (lambda prepared: None), others=others)
+                  (lambda prepared: None), others=others, local_ports=labs.wanted_local_ports(key, store),
+                  on_forwarded=lambda local: labs.remember_local_ports(key, local, store),
+                  reopen=labs.tunnel_command(name, host, workdir))
 
 
 def across(options: LabOptions, count: int) -> LabOptions:

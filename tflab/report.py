@@ -130,12 +130,15 @@ class Report:
     urls: dict[str, str | None]  # the services as this machine reaches them
     jupyter: JupyterInfo | None = None
     remote_artifacts: Artifacts | None = None  # the files on the host, when it is not this machine
+    # The urls go through run-lab's tunnels, which close when it ends: this command opens them again, at the
+    # same local ports where they are free (None: no tunnels, the services are on this machine).
+    tunnel: str | None = None
     report_version: int = REPORT_VERSION
 
     def to_json(self, secrets: bool = True) -> dict:
         """The report as JSON data; without secrets (the Jupyter token), for files."""
         data = dataclasses.asdict(self)
-        for optional in ("jupyter", "remote_artifacts"):
+        for optional in ("jupyter", "remote_artifacts", "tunnel"):
             if data[optional] is None:
                 del data[optional]
         if data["training"]["workers"] is None:  # one process: no workers list
@@ -195,6 +198,9 @@ def render(report: Report) -> str:
     lines.append(f"TensorBoard  {report.tensorboard.url}")
     if report.jupyter:
         lines.append(f"Jupyter      {report.jupyter.url}   ({len(report.jupyter.notebooks)} notebooks)")
+    if report.tunnel:
+        lines.append(f"             (through run-lab's tunnels, which close when it ends; `{report.tunnel}` opens "
+                     "them again at these addresses)")
     lines += [f"Plot         {a.plot}", f"Logs         {a.logdir}", f"SavedModel   {a.saved_model}"]
     if report.timings:
         lines += ["", "Timings (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in report.timings.items())]

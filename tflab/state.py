@@ -288,6 +288,13 @@ class StateStore:
         self._private_dir(self.lab_dir(name))
         return self._write(self.key_path(name), private_key if private_key.endswith("\n") else private_key + "\n")
 
+    def write_lab_file(self, name: str, filename: str, text: str) -> Path:
+        """Write another file of what this machine remembers for the lab (e.g. its local ports), atomically,
+        mode 0600 in the lab's 0700 folder; removed with the lab's folder (delete)."""
+        self._private_dir(self.home)
+        self._private_dir(self.home / "labs")
+        return self._write(self._private_dir(self.lab_dir(name)) / filename, text)
+
     def _write(self, path: Path, text: str) -> Path:
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

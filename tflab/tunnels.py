@@ -444,11 +444,14 @@ def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
             if name in ports.LAB_PORTS and isinstance(port, int) and 0 <= port < 65536}
 
 
-def lab_forwards(chosen: dict[str, int], console: Console | None = None) -> list[Forward]:
+def lab_forwards(chosen: dict[str, int], console: Console | None = None,
+                 local_ports: dict[str, int] | None = None) -> list[Forward]:
     """The lab's forwards, to the ports its services chose on the host (host_ports) where it recorded
-    them, else to the lab's own ports; a service it runs without (REST off: port 0) is not forwarded."""
+    them, else to the lab's own ports; a service it runs without (REST off: port 0) is not forwarded.
+    Each from the local port in local_ports (the ones the lab last used: tflab.labs), else the lab's own."""
     forwards = []
     for name, (default, local) in ports.LAB_PORTS.items():
+        local = (local_ports or {}).get(name, local)
         remote = chosen.get(name, default)
         if not remote:
             continue
@@ -459,9 +462,10 @@ def lab_forwards(chosen: dict[str, int], console: Console | None = None) -> list
 
 
 def forward_until_interrupted(connection: Connection, forwards: list[Forward], console: Console, tries: int,
-                              client: str | None = None) -> None:
+                              client: str | None = None, on_up=None) -> None:
     """Forward until Ctrl-C (KeyboardInterrupt), saying where; when SSH drops, reconnect with bounded
-    backoff and forward the same local ports again. Closes everything on the way out."""
+    backoff and forward the same local ports again. Closes everything on the way out. on_up(local_ports)
+    is called each time the forwards are up (e.g. to remember the lab's local ports: tflab.labs)."""
     target = connection.target
 
     def started(tunnels: Tunnels) -> Tunnels:
@@ -470,6 +474,8 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             connection.close()  # it verified the host key; ssh holds a connection of its own
         for note in tunnels.notes:
             console.note(note)
+        if on_up is not None:
+            on_up(dict(tunnels.local_ports))
         return tunnels
 
     tunnels = started(Tunnels(connection, forwards, client=client).start())

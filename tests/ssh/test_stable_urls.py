@@ -1,0 +1,141 @@
+"""A lab's URLs as a person meets them (issue 22 items 1 and "Stable local URLs"): run-lab never prints
+the URLs of its closed tunnels as if they worked, it says which command opens them; the lab remembers
+its local ports (in its folder of the state home), so `tflab tunnel` opens the same URLs again, and a
+URL printed by one `tunnel` works in the next."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+
+from tests.conftest import tflab, wait_until
+from tflab.labs import LOCAL_PORTS_FILE, host_lab_name
+from tflab.ssh import Connection, SshTarget
+from tflab.sshhost import SshHost
+
+pytestmark = pytest.mark.slow
+
+
+def host_args(sshd, tmp) -> list[str]:
+    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
+            "--known-hosts", str(tmp / "known_hosts")]
+
+
+@pytest.fixture(scope="module")
+def detached_lab(sshd, tmp_path_factory):
+    """run-lab --host --detach with its own state home: (proc, report on stdout, workdir, tmp, env)."""
+    tmp = tmp_path_factory.mktemp("stable")
+    workdir = tmp / "host-workdir"
+    env = {"TFLAB_HOME": str(tmp / "home")}
+    try:
+        proc = tflab("run-lab", *host_args(sshd, tmp), "--accept-new-host-key", "--python", sys.executable,
+                     "--workdir", str(workdir), "--out", str(tmp / "results"), "--json", "--seed", "5",
+                     "--steps", "20", "--detach", env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        yield proc, json.loads(proc.stdout), workdir, tmp, env
+    finally:
+        target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp / "known_hosts"))
+        with Connection(target) as conn:
+            SshHost(conn).stop_all_services(f"{workdir}/services")
+
+
+class TunnelProcess:
+    """`tflab tunnel --json` in the background, its JSON lines and its log read as they come."""
+
+    def __init__(self, args: list[str], env: dict):
+        import os
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *args, "--json"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env})
+        self.events: list[dict] = []
+        self.lines: list[str] = []
+        self.readers = [threading.Thread(target=lambda: self.events.extend(json.loads(l) for l in self.proc.stdout),
+                                         daemon=True),
+                        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    def forwards(self) -> dict:
+        wait_until(lambda: self.events, 60, what="the tunnel's --json line")
+        return self.events[0]["forwards"]
+
+    def close(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        for reader in self.readers:
+            reader.join(5)
+        return self.proc.returncode
+
+
+def run_name(report: dict) -> str:
+    return report["artifacts"]["logdir"].rstrip("/").rsplit("/", 1)[-1]
+
+
+def tensorboard_runs(url: str) -> list:
+    with urllib.request.urlopen(url + "data/runs", timeout=10) as response:
+        return json.load(response)
+
+
+def test_run_lab_says_its_urls_close_with_it_and_which_command_opens_them(detached_lab, sshd):
+    proc, report, workdir, tmp, _ = detached_lab
+    again = f"tflab tunnel --host {sshd.user}@127.0.0.1:{sshd.port} --workdir {workdir}"
+    assert f"until `{again}` opens them again" in proc.stderr
+    assert report["tunnel"] == again
+    saved = json.loads((tmp / "results" / "report.json").read_text())
+    assert saved["tunnel"] == again and saved["urls"]["tensorboard"] == report["urls"]["tensorboard"]
+
+
+def test_the_lab_remembers_its_local_ports_and_tunnel_opens_the_same_urls_again(detached_lab, sshd):
+    proc, report, workdir, tmp, env = detached_lab
+    remembered = json.loads((tmp / "home" / "labs" / host_lab_name("127.0.0.1", sshd.port) / LOCAL_PORTS_FILE)
+                            .read_text())
+    tensorboard = report["urls"]["tensorboard"]
+    assert tensorboard == f"http://127.0.0.1:{remembered['tensorboard']}/"
+    assert report["urls"]["serving_grpc"] == f"127.0.0.1:{remembered['serving']}"
+    args = [*host_args(sshd, tmp), "--workdir", str(workdir)]
+    urls = []
+    for _ in range(2):  # the URL run-lab printed works through one tunnel, and the next
+        tunnel = TunnelProcess(args, env)
+        try:
+            forwards = tunnel.forwards()
+            urls.append(f"http://{forwards['tensorboard']['local']}/")
+            assert run_name(report) in tensorboard_runs(urls[-1])
+        finally:
+            assert tunnel.close() == 0, "".join(tunnel.lines)
+    assert urls == [tensorboard, tensorboard]
+
+
+def test_a_url_printed_by_one_tunnel_works_in_the_next_even_when_its_port_had_moved(detached_lab, sshd):
+    """The first tunnel finds the lab's TensorBoard port taken here and moves; the next, with the port free
+    again, keeps the moved one: the URL it printed last is the one that keeps working."""
+    import socket
+
+    _, report, workdir, tmp, env = detached_lab
+    args = [*host_args(sshd, tmp), "--workdir", str(workdir)]
+    taken = int(report["urls"]["tensorboard"].rsplit(":", 1)[1].strip("/"))
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        first = TunnelProcess(args, env)
+        try:
+            moved = first.forwards()["tensorboard"]["local"]
+        finally:
+            assert first.close() == 0, "".join(first.lines)
+    finally:
+        squatter.close()
+    assert moved != f"127.0.0.1:{taken}"
+    second = TunnelProcess(args, env)
+    try:
+        assert second.forwards()["tensorboard"]["local"] == moved
+        assert run_name(report) in tensorboard_runs(f"http://{moved}/")
+    finally:
+        assert second.close() == 0, "".join(second.lines)
