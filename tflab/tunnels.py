@@ -423,6 +423,9 @@ class Tunnels:
         return f"http://127.0.0.1:{self.local_ports[name]}{path}"
 
 
+PORTS_FILE_LIMIT = 65536  # the most bytes of the host's ports.json read (run-lab writes well under 1 KB)
+
+
 def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
     """The ports the lab's services chose on the host, by name ({} when run-lab recorded none there).
 
@@ -431,12 +434,27 @@ def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
     import json
     import shlex
 
+    from tflab.autostop import _JSON
+
     folder = '"$HOME"' + shlex.quote(workdir[1:]) if workdir.startswith("~/") else shlex.quote(workdir)
-    text = connection.open().output(f"cat {folder}/services/ports.json 2>/dev/null; true", timeout=30.0)
-    try:
-        recorded = json.loads(text or "{}")
-    except ValueError:
-        log.warning("the lab's ports.json on the host is not JSON: %r", text[:200])
+    # Bounded on the host (a link to /dev/zero, a huge file), and a regular file only (a FIFO would block).
+    path = f"{folder}/services/ports.json"
+    text = connection.open().output(f"[ -f {path} ] && head -c {PORTS_FILE_LIMIT + 1} {path} 2>/dev/null; true",
+                                    timeout=30.0)
+    depth = deepest = 0
+    for token in _JSON.finditer(text[:PORTS_FILE_LIMIT + 1]):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token.group(), 0)
+        deepest = max(deepest, depth)
+    why = f"more than {PORTS_FILE_LIMIT} bytes" if len(text) > PORTS_FILE_LIMIT else \
+        "nested deeper than 4" if deepest > 4 else None
+    if why is None:
+        try:
+            recorded = json.loads(text or "{}")
+        except (ValueError, RecursionError):
+            why = f"not JSON: {text[:80]!r}"
+    if why is not None:  # damaged: the lab's own ports, said in one line
+        log.warning("the lab's services/ports.json on the host is damaged (%s); forwarding to the lab's own ports",
+                    why)
         return {}
     if not isinstance(recorded, dict):
         return {}
