@@ -588,10 +588,13 @@ def tunnel(
     """Forward the lab's ports to 127.0.0.1 here until Ctrl-C: Jupyter 8888->8000, TensorBoard 6006,
     Serving gRPC 9000 and REST 8501 (a taken local port moves to a free one); reconnects when SSH drops.
     Where a port was taken on the host, run-lab moved the service to another: the tunnel goes there.
+    The local ports are the ones the lab's tunnels last used, where free: its URLs stay the same.
+    Prints the lab's URLs, Jupyter's with its token (read from the host, never written here).
     The host key is verified by tflab first; the forwards then run in the system's `ssh` where present."""
     from tflab import labs
     from tflab.ssh import Connection
-    from tflab.tunnels import choose_client, forward_until_interrupted, host_ports, lab_forwards, parse_forward
+    from tflab.tunnels import (choose_client, forward_until_interrupted, host_jupyter_token, host_ports,
+                               lab_forwards, parse_forward)
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     extra = [parse_forward(spec) for spec in forward or []]
@@ -602,11 +605,12 @@ def tunnel(
     if workdir is None:
         workdir = "~/tflab" if host is not None else _recorded_workdir(name)
     chosen = host_ports(connection, workdir) if workdir and not no_lab_ports else {}
+    token = host_jupyter_token(connection, workdir) if workdir and not no_lab_ports else None
     key = labs.lab_key(name, host, target)  # the local ports the lab last used: its URLs stay the same
     forwards = [] if no_lab_ports else lab_forwards(chosen, console, labs.remembered_local_ports(key))
     client = choose_client(client)
     forward_until_interrupted(connection, forwards + extra, console, reconnect_tries, client,
-                              on_up=lambda local: labs.remember_local_ports(key, local))
+                              on_up=lambda local: labs.remember_local_ports(key, local), jupyter_token=token)
 
 
 @app.command()

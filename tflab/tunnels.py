@@ -462,6 +462,22 @@ def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
             if name in ports.LAB_PORTS and isinstance(port, int) and 0 <= port < 65536}
 
 
+JUPYTER_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,256}")
+
+
+def host_jupyter_token(connection: Connection, workdir: str) -> str | None:
+    """Jupyter's token, read from the host each time (run-lab keeps it in <workdir>/jupyter-token, mode
+    0600, and starts Jupyter with JUPYTER_TOKEN_FILE): never written here, nor logged. None when there is
+    none (no Jupyter on the host yet), or it is not a token (a damaged file: no URL is better than a wrong
+    one). One bounded command on a regular file; opens the connection."""
+    import shlex
+
+    folder = '"$HOME"' + shlex.quote(workdir[1:]) if workdir.startswith("~/") else shlex.quote(workdir)
+    path = f"{folder}/jupyter-token"
+    text = connection.open().output(f"[ -f {path} ] && head -c 257 {path} 2>/dev/null; true", timeout=30.0).strip()
+    return text if JUPYTER_TOKEN.fullmatch(text) else None
+
+
 def lab_forwards(chosen: dict[str, int], console: Console | None = None,
                  local_ports: dict[str, int] | None = None) -> list[Forward]:
     """The lab's forwards, to the ports its services chose on the host (host_ports) where it recorded
@@ -480,10 +496,11 @@ def lab_forwards(chosen: dict[str, int], console: Console | None = None,
 
 
 def forward_until_interrupted(connection: Connection, forwards: list[Forward], console: Console, tries: int,
-                              client: str | None = None, on_up=None) -> None:
+                              client: str | None = None, on_up=None, jupyter_token: str | None = None) -> None:
     """Forward until Ctrl-C (KeyboardInterrupt), saying where; when SSH drops, reconnect with bounded
     backoff and forward the same local ports again. Closes everything on the way out. on_up(local_ports)
-    is called each time the forwards are up (e.g. to remember the lab's local ports: tflab.labs)."""
+    is called each time the forwards are up (e.g. to remember the lab's local ports: tflab.labs). With
+    jupyter_token, Jupyter's URL is printed with it (and is in the --json line): on the console only."""
     target = connection.target
 
     def started(tunnels: Tunnels) -> Tunnels:
@@ -502,8 +519,10 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             console.note(f"local port {wanted} ({name}) is in use; using {got} instead")
         for f in forwards:
             console.info(f"{f.name:<13} 127.0.0.1:{tunnels.local_ports[f.name]:<6} -> {target.display} port {f.remote_port}")
+        for line in _url_lines(tunnels, jupyter_token):
+            console.info(line)
         console.info(f"forwarding with {_CLIENT_NAMES[tunnels.client]} until Ctrl-C")
-        console.event(_forwarding_event(tunnels))
+        console.event(_forwarding_event(tunnels, jupyter_token))
         seen_errors = 0
         while True:
             time.sleep(0.5)
@@ -519,7 +538,7 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
             tunnels = started(_reconnect(connection, forwards, tunnels.local_ports, tries, console, client))
             seen_errors = 0
             console.info(f"reconnected to {target.display}; the same local ports forward again")
-            console.event(_forwarding_event(tunnels))
+            console.event(_forwarding_event(tunnels, jupyter_token))
     except KeyboardInterrupt:
         pass
     finally:
@@ -527,11 +546,38 @@ def forward_until_interrupted(connection: Connection, forwards: list[Forward], c
         connection.close()
 
 
-def _forwarding_event(tunnels: Tunnels) -> dict:
-    """What `tflab tunnel --json` prints (one line) each time the forwards are up."""
+def lab_urls(local_ports: dict[str, int], jupyter_token: str | None = None) -> dict[str, str]:
+    """The lab's URLs as this machine reaches them through its tunnels (Jupyter's with its token, when
+    known: a secret, for the console only)."""
+    urls = {}
+    if "jupyter" in local_ports:
+        urls["jupyter"] = f"http://127.0.0.1:{local_ports['jupyter']}/lab" + (f"?token={jupyter_token}"
+                                                                              if jupyter_token else "")
+    if "tensorboard" in local_ports:
+        urls["tensorboard"] = f"http://127.0.0.1:{local_ports['tensorboard']}/"
+    if "rest" in local_ports:
+        urls["serving_rest"] = f"http://127.0.0.1:{local_ports['rest']}/v1/models"
+    if "serving" in local_ports:
+        urls["serving_grpc"] = f"127.0.0.1:{local_ports['serving']}"
+    return urls
+
+
+def _lab_local_ports(tunnels: Tunnels) -> dict[str, int]:
+    return {f.name: tunnels.local_ports[f.name] for f in tunnels.forwards if f.name in ports.LAB_PORTS}
+
+
+def _url_lines(tunnels: Tunnels, jupyter_token: str | None) -> list[str]:
+    urls = lab_urls(_lab_local_ports(tunnels), jupyter_token)
+    return [f"{name:<13} {url}" for name, url in urls.items()]
+
+
+def _forwarding_event(tunnels: Tunnels, jupyter_token: str | None = None) -> dict:
+    """What `tflab tunnel --json` prints (one line) each time the forwards are up: each forward, and the
+    lab's URLs (Jupyter's with its token)."""
     return {"event": "forwarding", "host": tunnels.connection.target.display, "client": tunnels.client,
             "forwards": {f.name: {"local": f"127.0.0.1:{tunnels.local_ports[f.name]}", "remote_port": f.remote_port}
-                         for f in tunnels.forwards}}
+                         for f in tunnels.forwards},
+            "urls": lab_urls(_lab_local_ports(tunnels), jupyter_token)}
 
 
 _CLIENT_NAMES = {"openssh": "OpenSSH (ssh -N -L)", "paramiko": "paramiko (sshtunnel)"}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -139,3 +140,29 @@ def test_a_url_printed_by_one_tunnel_works_in_the_next_even_when_its_port_had_mo
         assert run_name(report) in tensorboard_runs(f"http://{moved}/")
     finally:
         assert second.close() == 0, "".join(second.lines)
+
+
+def test_tunnel_prints_jupyters_url_with_its_token_and_no_file_here_holds_it(detached_lab, sshd):
+    proc, report, workdir, tmp, env = detached_lab
+    token = (workdir / "jupyter-token").read_text().strip()  # the host is this machine: its file, as run-lab made it
+    assert len(token) >= 32
+    tunnel = TunnelProcess([*host_args(sshd, tmp), "--workdir", str(workdir)], env)
+    try:
+        forwards = tunnel.forwards()
+        url = tunnel.events[0]["urls"]["jupyter"]
+        assert url == f"http://{forwards['jupyter']['local']}/lab?token={token}"
+        base = url.split("/lab?")[0]
+        with urllib.request.urlopen(f"{base}/api/contents?token={token}", timeout=10) as response:
+            listed = [item["name"] for item in json.load(response)["content"]]
+        assert any(name.endswith(".ipynb") for name in listed), listed
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the token is what lets it in
+            urllib.request.urlopen(f"{base}/api/contents", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        assert tunnel.close() == 0, "".join(tunnel.lines)
+    assert any(f"/lab?token={token}" in line for line in tunnel.lines)  # printed for the person, too
+    for folder in (tmp / "home", tmp / "results"):  # never written here
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        assert files, folder
+        for path in files:
+            assert token.encode() not in path.read_bytes(), path
