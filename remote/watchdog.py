@@ -2,7 +2,7 @@
 """tflab's idle watchdog: runs on the lab host and acts when the lab has been idle too long, or has
 lived past its hard limit, with nothing needed from the user's machine (README: "A GPU lab on AWS").
 
-    watchdog.py run  --workdir W [--action stop-services|shutdown] [--interval 30] [--ssh-port 22]
+    watchdog.py run  --workdir W [--action stop-services|shutdown] [--interval 30] [--ssh-port 22] [--state D]
     watchdog.py set  --workdir W [--idle S] [--max-lifetime S] [--keep S] [--off | --on]
     watchdog.py view --workdir W
 
@@ -13,9 +13,11 @@ only a question and an answer signed with the token count, and "peers" is never 
 
 Fails safe: every file is read without blocking, bounded in size and depth, and only if it is a regular
 file; every value is range-checked; a file it cannot read is no information (a damaged policy keeps the
-last good one) and never stops it acting, nor does a view it cannot write; a time from the future is no
-activity. `shutdown` powers the machine off (`up`'s InstanceInitiatedShutdownBehavior makes that a stop
-or a terminate); `stop-services` (a --host) signals only a process that /proc proves is the one recorded
+last good one, as does a deleted one) and never stops it acting, nor does a view it cannot write; a time
+from the future is no activity. `shutdown` powers the machine off (`up`'s InstanceInitiatedShutdownBehavior
+makes that a stop or a terminate), tried again every --retry s, harder each time, while the machine is up;
+it never ends on its own, not even when W is deleted (it keeps its last good policy in --state, root's);
+`stop-services` (a --host) signals only a process that /proc proves is the one recorded
 in <service>.id as it started (boot, pid, start time, owner, command), and says why it left any other.
 Standard library only: it runs on a freshly booted instance before anything is installed.
 """
@@ -39,6 +41,7 @@ import time
 import urllib.request
 
 DEFAULT_POLICY = {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds": None, "keep_until": None}
+STATE = "/var/lib/tflab"  # `up`'s watchdog keeps its last good policy here (root's)
 PEER_PORT = 23450  # a lab's nodes ask each other's watchdogs here (TF_CONFIG's ports start at 23456)
 SOURCES = ("ssh", "serving", "tensorboard", "jupyter", "gpu", "step", "keep")  # a node's own; never "peers"
 LIMIT, DEPTH = 65536, 16  # the most bytes and nesting the watchdog reads in any file or answer
@@ -99,7 +102,12 @@ def read_json(path: str, kind, problems: list, limit: int = LIMIT):
 
 
 def write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):  # one level only, owned as its parent (never a root folder in the lab's)
+        os.mkdir(folder)
+        if os.geteuid() == 0:
+            owner = os.stat(os.path.dirname(folder))
+            os.chown(folder, owner.st_uid, owner.st_gid)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
@@ -146,13 +154,22 @@ def valid_policy(doc: dict, last: dict, problems: list, where: str = "policy.jso
 
 
 def read_policy(workdir: str, problems: list, last: dict | None = None) -> dict:
-    """The policy file over the defaults; a damaged file keeps the last good policy (else the defaults)."""
+    """The policy file over the defaults; a missing or damaged file keeps the last good policy (else the
+    defaults): deleting it (or the lab's folder) drops no maximum lifetime."""
     last = last or DEFAULT_POLICY
     before = len(problems)
     doc = read_json(paths(workdir)["policy"], dict, problems)
     if doc is None:
-        return dict(last if len(problems) > before else DEFAULT_POLICY)
+        if len(problems) == before and last != DEFAULT_POLICY:
+            problems.append("policy.json: missing; the last good policy holds")
+        return dict(last)
     return valid_policy(doc, last, problems)
+
+
+def kept(state: str | None) -> dict | None:
+    """The last good policy the watchdog keeps in --state (root's, where the lab user's rm does not reach)."""
+    doc = read_json(os.path.join(state, "policy.json"), dict, []) if state else None
+    return valid_policy(doc, DEFAULT_POLICY, []) if doc is not None else None
 
 
 def sign(token: str, *parts: str) -> str:
@@ -187,7 +204,7 @@ def ask_peer(peer: str, default_port: int, token: str, timeout: float = 2.0, lim
         answer = parse(receive(s, timeout, limit).decode())
     active = answer.get("active") if isinstance(answer, dict) else None
     if not isinstance(active, list) or not all(isinstance(a, str) for a in active) or \
-            not hmac.compare_digest(str(answer.get("mac")), sign(token, "answer", nonce, *active)):
+            not hmac.compare_digest(str(answer.get("mac")).encode(), sign(token, "answer", nonce, *active).encode()):
         raise ValueError("not this lab's watchdog")
     return sorted({a for a in active if a in SOURCES})
 
@@ -394,13 +411,15 @@ class Watcher:
         self.last_check = self.started
         self.checks = 0
         self.acted = False
+        self.tries, self.retry_at, self.done = 0, 0.0, {}  # shutdowns tried, when to try again, what they did
         self.warned = False
         self.own_active: list = []  # what this node found active on its own at the last check (told to peers)
         self.token = ""  # the lab's peers token (peers.json)
         self.listener: socket.socket | None = None
         seen = read_json(paths(args.workdir)["view"], dict, [])  # the policy it used before a restart
-        self.policy = valid_policy(seen["policy"], DEFAULT_POLICY, []) \
-            if seen and isinstance(seen.get("policy"), dict) else dict(DEFAULT_POLICY)
+        self.saved = kept(args.state)
+        self.policy = self.saved or (valid_policy(seen["policy"], DEFAULT_POLICY, [])
+                                     if seen and isinstance(seen.get("policy"), dict) else dict(DEFAULT_POLICY))
 
     def answer_peers(self) -> None:
         """Answer the lab's other nodes on --peer-port, from a thread, once peers.json exists: only a question
@@ -424,10 +443,11 @@ class Watcher:
                         question, token, active = parse(receive(conn, 2, 512, line=True).decode()), self.token, \
                             list(self.own_active)
                         nonce = str(question.get("ask"))[:64]
-                        if token and hmac.compare_digest(str(question.get("mac")), sign(token, "ask", nonce)):
+                        if token and hmac.compare_digest(str(question.get("mac")).encode(),
+                                                         sign(token, "ask", nonce).encode()):
                             conn.sendall(json.dumps({"active": active, "host": socket.gethostname(),
                                                      "mac": sign(token, "answer", nonce, *active)}).encode())
-                    except (OSError, ValueError, RecursionError, AttributeError):
+                    except Exception:  # noqa: BLE001 - whatever a stranger sends, the next question is answered
                         pass
 
         threading.Thread(target=serve, name="peers", daemon=True).start()
@@ -437,7 +457,7 @@ class Watcher:
         for peer in peers:
             try:
                 found = ask_peer(peer, self.args.peer_port, self.token)
-            except (OSError, ValueError, RecursionError, UnicodeDecodeError) as exc:  # stopped, or a stranger
+            except Exception as exc:  # noqa: BLE001 - stopped, or a stranger: never activity
                 unreachable.append(f"{peer} ({type(exc).__name__})")
                 continue
             if found:
@@ -525,7 +545,14 @@ class Watcher:
         """One check: read the policy, look at every source, decide; returns the view (written when it can be)."""
         args, t, problems = self.args, now(), []
         p = paths(args.workdir)
+        before = len(problems)
         policy = self.policy = read_policy(args.workdir, problems, self.policy)
+        if args.state and len(problems) == before and policy != self.saved and os.path.isfile(p["policy"]):
+            try:  # a good policy, kept where the lab user's rm does not reach
+                write_json(os.path.join(args.state, "policy.json"), policy)
+                self.saved = policy
+            except OSError as exc:
+                problems.append(f"cannot keep the policy in {args.state}: {exc}")
         doc = read_json(os.path.join(p["services"], "ports.json"), dict, problems) or {}
         lab_ports = {k: v for k, v in doc.items() if number(v, 1, 65535) and isinstance(v, int)}
         try:
@@ -539,7 +566,8 @@ class Watcher:
             self.warned = False
         view = self.verdict(policy, t) | {"active": active, "sources": sources, "problems": problems}
         try:
-            write_json(p["view"], view)
+            if os.path.isdir(args.workdir):  # the lab's folder is never made again by root
+                write_json(p["view"], view)
         except OSError as exc:  # it acts all the same
             print(f"cannot write {p['view']}: {exc}", flush=True)
         return view
@@ -564,7 +592,7 @@ class Watcher:
                 advice = ("`tflab autostop --max-lifetime 24h` (or off) lets it run longer" if lifetime
                           else "`tflab autostop --keep 1h` keeps it")
                 if t >= view["acts_at"]:
-                    view["acted"] = {"what": args.action, "at": t, "why": view["acts_because"]}
+                    view["acted"] = {"what": args.action, "at": t, "why": view["acts_because"], **self.done}
                 elif view["acts_at"] - t <= args.warn and not self.warned and args.action == "shutdown":
                     self.warned = True
                     wall(f"tflab: this lab stops in {view['acts_at'] - t:.0f} s ({view['acts_because']}); {advice}")
@@ -588,39 +616,57 @@ def wall(message: str) -> None:
         pass
 
 
-def act(args, view: dict) -> None:
-    """Do what the policy asked, once."""
+SHUTDOWN = "shutdown -h now;systemctl poweroff --force;poweroff -f"  # each a harder way down
+
+
+def act(args, view: dict, tries: int = 0) -> dict:
+    """Do what the policy asked; what was done. A shutdown tries its commands in turn until one succeeds, from
+    the tries-th on (the machine still up after an earlier one's success: a harder one)."""
     if args.action == "shutdown":
-        wall(f"tflab: stopping this lab now ({view['acted']['why']})")
-        command = os.environ.get("TFLAB_WATCHDOG_SHUTDOWN", "shutdown -h now")  # tests replace it
-        subprocess.run(shlex.split(command), timeout=60)
-        return
-    view["acted"] |= stop_services(paths(args.workdir)["services"])
+        if not tries:
+            wall(f"tflab: stopping this lab now ({view['acted']['why']})")
+        commands, tried = os.environ.get("TFLAB_WATCHDOG_SHUTDOWN", SHUTDOWN).split(";"), []  # tests replace them
+        for command in commands[min(tries, len(commands) - 1):]:
+            try:
+                status = subprocess.run(shlex.split(command), timeout=60).returncode
+            except (OSError, subprocess.SubprocessError) as exc:
+                status = type(exc).__name__
+            tried.append(f"{command}: {status}")
+            if status == 0:
+                break
+        return {"tried": tried}
+    return stop_services(paths(args.workdir)["services"])
 
 
 def run(args) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    watcher = Watcher(args)
+    watcher, gone = Watcher(args), False
     while not stop["now"]:
-        if not os.path.isdir(args.workdir):  # the lab's folder is gone: nothing left to watch
-            print(f"{args.workdir} is gone; stopping", flush=True)
-            return 0
+        if os.path.isdir(args.workdir) == gone:  # a lab made by `up` bills on without its folder: still watched
+            gone = not gone
+            print(f"{args.workdir} is {'gone' if gone else 'back'}", flush=True)
+            if gone and args.action != "shutdown":  # a --host's services went with their pid files
+                return 0
         try:
             view = watcher.check()
         except Exception as exc:  # noqa: BLE001 - a failed check is logged; the policy's clock still acts
             print(f"check failed: {type(exc).__name__}: {exc}", flush=True)
             view = watcher.verdict(watcher.policy, now())
-        if view["acted"] and not watcher.acted:
-            watcher.acted = True  # once: a shutdown takes a while, and is not repeated meanwhile
+        if view["acted"] and (not watcher.acted or args.action == "shutdown" and time.monotonic() >= watcher.retry_at):
+            watcher.acted = True  # a shutdown takes a while: tried again --retry s later if still up
+            watcher.retry_at = time.monotonic() + args.retry
             print(f"acting: {view['acted']['what']} ({view['acted']['why']})", flush=True)
             try:
-                act(args, view)
+                watcher.done = act(args, view, watcher.tries)
+                view["acted"] |= watcher.done
             except Exception as exc:  # noqa: BLE001
                 print(f"acting failed: {type(exc).__name__}: {exc}", flush=True)
+            watcher.tries += 1
             print(f"acted: {json.dumps(view['acted'])}", flush=True)
             try:
-                write_json(paths(args.workdir)["view"], view)
+                if not gone:
+                    write_json(paths(args.workdir)["view"], view)
             except OSError as exc:
                 print(f"cannot write the view: {exc}", flush=True)
             if args.action != "shutdown":
@@ -636,7 +682,7 @@ def set_policy(args) -> int:
         if value is not None and not number(value, 0, YEAR):
             print(f"watchdog: {flag} {value} is not a duration of at most a year", file=sys.stderr)
             return 2
-    document = shown(args.workdir)
+    document = shown(args.workdir, args.state)
     policy = document["policy"]
     if args.idle is not None:
         policy["idle_seconds"] = args.idle
@@ -656,12 +702,13 @@ def set_policy(args) -> int:
     return view(args)
 
 
-def shown(workdir: str) -> dict:
-    """The watchdog's last view with the policy it acts on now (a damaged policy file: the last good one)."""
+def shown(workdir: str, state: str | None = None) -> dict:
+    """The watchdog's last view with the policy it acts on now (a missing or damaged policy file: the last good
+    one, the view's, else the one kept in state)."""
     problems = []
     document = read_json(paths(workdir)["view"], dict, problems) or {}
     last = valid_policy(document["policy"], DEFAULT_POLICY, []) if isinstance(document.get("policy"), dict) \
-        else DEFAULT_POLICY
+        else kept(state) or DEFAULT_POLICY
     document["policy"] = read_policy(workdir, problems, last)
     seen = document.get("problems") if isinstance(document.get("problems"), list) else []
     document["problems"] = list(dict.fromkeys([x for x in seen if isinstance(x, str)] + problems))
@@ -670,7 +717,7 @@ def shown(workdir: str) -> dict:
 
 
 def view(args) -> int:
-    print(json.dumps(shown(args.workdir)))
+    print(json.dumps(shown(args.workdir, args.state)))
     return 0
 
 
@@ -690,6 +737,8 @@ def parse_args(argv=None):
     r.add_argument("--warn", type=float, default=300.0, help="seconds before shutting down to warn users")
     r.add_argument("--peer-port", type=int, default=PEER_PORT, help="where a lab's nodes ask each other")
     r.add_argument("--peer-bind", default="0.0.0.0", help="the address to answer the other nodes on")
+    r.add_argument("--retry", type=float, default=180.0, help="seconds before a shutdown is tried again")
+    r.add_argument("--state", help="a folder of root's where the last good policy is kept (up's: /var/lib/tflab)")
     s = sub.add_parser("set")
     s.add_argument("--workdir", required=True)
     s.add_argument("--idle", type=float)
@@ -699,9 +748,12 @@ def parse_args(argv=None):
     s.add_argument("--on", action="store_true")
     v = sub.add_parser("view")
     v.add_argument("--workdir", required=True)
+    for p in (s, v):
+        p.add_argument("--state", default=STATE)
     args = parser.parse_args(argv)
     if args.command == "run":
         args.interval = min(max(args.interval, 0.2), 60.0) if math.isfinite(args.interval) else 30.0
+        args.retry = min(max(args.retry, 1.0), 3600.0) if math.isfinite(args.retry) else 180.0
     return args
 
 

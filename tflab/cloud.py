@@ -43,17 +43,24 @@ def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
     """The part of the user data that installs the idle watchdog (remote/watchdog.py, gzip + base64 to
     stay well within the 16 KB of user data) with the lab's policy, as a systemd unit that starts now
     and at every boot (a detached process where there is no systemd). It acts by the instance's own
-    shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate."""
+    shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate.
+
+    The program and its last good policy are root's (/var/lib/tflab), out of reach of the lab user's
+    `rm -rf ~/tflab`, and systemd restarts it whatever ends it (Restart=always): the lab never bills on
+    unwatched. A copy in the lab's folder serves `tflab autostop`."""
     import json
 
     q = shlex.quote
-    watchdog = f"{folder}/remote/watchdog.py"
-    run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown"])
+    state = "/var/lib/tflab"
+    watchdog = f"{state}/watchdog.py"
+    run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown",
+                      "--state", state])
     unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
-            f"ExecStart={run}\nRestart=on-failure\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
+            f"ExecStart={run}\nRestart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
     return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
-            f"mkdir -p {q(folder + '/autostop')}\n"
+            f"mkdir -p {state} {q(folder + '/autostop')} {q(folder + '/remote')}\n"
             f"{embedded('watchdog.py', watchdog)}\n"
+            f"cp {watchdog} {q(folder + '/remote/watchdog.py')}\n"
             f"[ -f {q(folder + '/autostop/policy.json')} ] || printf %s {q(json.dumps(policy))} > "
             f"{q(folder + '/autostop/policy.json')}\n"
             f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
@@ -549,16 +556,29 @@ def peers_token(state: LabState) -> str:
     return hmac.new(hashlib.sha256(key).digest(), b"tflab peers token\0" + state.name.encode(), "sha256").hexdigest()
 
 
-def peers_command(state: LabState, index: int, token: str) -> str:
+def peers_command(state: LabState, index: int, token: str) -> tuple[str, bytes]:
     """Shell that tells node index's idle watchdog the other nodes' private addresses and the lab's token
-    (remote/watchdog.py peers.json, readable by the lab user only), so that the lab stops as one."""
+    (remote/watchdog.py peers.json, readable by the lab user only), so that the lab stops as one; and the
+    document it reads on its stdin (the SSH channel): the token is never in a command line, which any user
+    of the host sees in its process list."""
     import json
 
     others = [n["private_ip"] for n in state.nodes if n["index"] != index and n.get("private_ip")]
     folder = f"{WATCHDOG_DIR}/autostop"
-    document = json.dumps({"token": token, "peers": others})
     path = f"{folder}/peers.json"
-    return f"mkdir -p {folder} && (umask 077; rm -f {path}; printf %s {shlex.quote(document)} > {path})"
+    return (f"mkdir -p {folder} && (umask 077; rm -f {path}.new; cat > {path}.new && mv -f {path}.new {path})",
+            json.dumps({"token": token, "peers": others}).encode())
+
+
+def write_peers(connection, state: LabState, index: int, token: str) -> None:
+    """Write node index's peers.json over connection (peers_command); LabStepError if that fails."""
+    from tflab.errors import LabStepError
+
+    command, document = peers_command(state, index, token)
+    status, _, err = connection.exec_bytes(command, stdin=document, timeout=60)
+    if status != 0:
+        raise LabStepError("autostop peers", "could not write the watchdog's peers.json", status=status,
+                           tail=err.decode(errors="replace"))
 
 
 def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
@@ -569,7 +589,7 @@ def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
     for node in state.nodes:
         try:
             with Connection(lab_target(name=state.name, store=store, node=node["index"]), connect_timeout=10) as c:
-                c.run(peers_command(state, node["index"], token), step="autostop peers", timeout=60)
+                write_peers(c, state, node["index"], token)
         except (TflabError, OSError) as exc:
             console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
                          "run-lab does it")

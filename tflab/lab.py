@@ -516,7 +516,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     if local:
         results = (out or Path.cwd() / "tflab-results" / "local").resolve()
         return LabRun(LocalHost(workdir=results), options, console, results)
-    from tflab.cloud import WATCHDOG_DIR, lab_target, peers_command, peers_token
+    from tflab.cloud import WATCHDOG_DIR, lab_target, peers_token, write_peers
     from tflab.errors import NotFoundError
     from tflab.ssh import Connection
     from tflab.sshhost import SshHost
@@ -555,7 +555,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         if state is not None and state.nodes:  # a lab of several stops as one: each watchdog knows the others
             token = peers_token(state)  # and the lab's token, which only its own nodes' answers carry
             for index, node in enumerate([ssh_host, *others]):
-                node.connection.run(peers_command(state, index, token), step="autostop")
+                write_peers(node.connection, state, index, token)  # the token on stdin, never in a command line
 
     others = []
     for spec in (hosts or [])[1:]:  # the other nodes: they train; the chief serves and has the watchdog

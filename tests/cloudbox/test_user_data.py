@@ -98,8 +98,11 @@ def test_the_user_data_decodes_and_runs_as_cloud_init_runs_it(sandbox):
     carried = home / "remote/watchdog.py"
     compile(carried.read_text(), str(carried), "exec")  # the watchdog arrives as a whole Python program
     unit = (sandbox / "etc/systemd/system/tflab-watchdog.service").read_text()
-    assert "ExecStart=/usr/bin/python3 /home/ubuntu/tflab/remote/watchdog.py run --workdir /home/ubuntu/tflab " \
-           "--action shutdown" in unit
+    # root's copy runs (the lab user's `rm -rf ~/tflab` does not reach it), and is restarted whatever ends it
+    assert "ExecStart=/usr/bin/python3 /var/lib/tflab/watchdog.py run --workdir /home/ubuntu/tflab " \
+           "--action shutdown --state /var/lib/tflab" in unit and "Restart=always" in unit
+    assert (sandbox / "var/lib/tflab/watchdog.py").read_bytes() == carried.read_bytes()
+    assert os.stat(sandbox / "var/lib/tflab/watchdog.py").st_uid == 0
     calls = (sandbox / "sandbox/calls").read_text().splitlines()
     assert "systemctl daemon-reload" in calls and "systemctl enable --now tflab-watchdog.service" in calls
     assert "sudo -u ubuntu -H nohup bash /home/ubuntu/tflab/remote/bootstrap.sh /home/ubuntu/tflab" in calls

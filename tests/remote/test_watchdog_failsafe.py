@@ -10,7 +10,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -66,11 +69,11 @@ class Host:
     def policy(self, **values) -> None:
         (self.folder / "policy.json").write_text(json.dumps({**watchdog.DEFAULT_POLICY, **values}))
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict | None = None) -> None:
         self.watchdog = subprocess.Popen([sys.executable, str(REMOTE / "watchdog.py"), "run", "--workdir",
                                           str(self.workdir), "--interval", "0.2", "--ssh-port", "1", *extra],
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         start_new_session=True)
+                                         start_new_session=True, env=env)
 
     def view(self) -> dict:
         try:
@@ -351,3 +354,207 @@ def test_a_node_of_another_lab_is_no_activity(tmp_path, b_knows):
     finally:
         for node in nodes.values():
             node.close()
+
+
+# --------------------------------------------------------------------------- a lab made by `up` (--action shutdown)
+
+
+def fake_power(tmp_path: Path, failing: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """`shutdown`, `systemctl`, `poweroff` and `wall` of this test's own, first on PATH (this machine stays up):
+    each logs its call; those named in failing exit 1 (as `shutdown` does when logind cannot be reached)."""
+    folder, log = tmp_path / "bin", tmp_path / "power.log"
+    folder.mkdir()
+    for name in ("shutdown", "systemctl", "poweroff", "wall"):
+        (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexit {int(name in failing)}\n')
+        (folder / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+    env.pop("TFLAB_WATCHDOG_SHUTDOWN", None)
+    return env, log
+
+
+def calls(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if not line.startswith("wall")] if log.exists() else []
+
+
+def test_an_up_lab_whose_folder_is_deleted_is_still_stopped(host, tmp_path):
+    """`rm -rf ~/tflab` on an `up` lab made the watchdog exit 0 (and systemd's Restart=on-failure left it so):
+    the lab billed on until `tflab down`. It keeps watching on its last good policy, without making the lab's
+    folder again (as root it would make a folder the lab user cannot write)."""
+    env, log = fake_power(tmp_path)
+    host.policy(idle_seconds=3)
+    host.start("--action", "shutdown", env=env)  # the policy in its memory is enough here
+    wait_until(lambda: host.view().get("checked_at"), 20, what="the first check")
+    shutil.rmtree(host.workdir)
+    wait_until(lambda: "shutdown -h now" in calls(log), 30, what="the shutdown")
+    assert host.watchdog.poll() is None  # it never ends on its own
+    assert not host.workdir.exists()
+
+
+def test_a_deleted_policy_keeps_the_maximum_lifetime_even_across_a_restart(host, tmp_path):
+    """A deleted policy.json fell back to the defaults, which have no maximum lifetime. The last good policy
+    holds, and is kept in --state (root's on a lab made by `up`), so a watchdog started again (Restart=always)
+    after the lab's folder went too still acts on it. An instance's lifetime counts from its boot."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    env, log = fake_power(tmp_path)
+    state = tmp_path / "state"
+    host.policy(idle_seconds=None, max_lifetime_seconds=uptime + 5)
+    host.start("--action", "shutdown", "--state", str(state), env=env)
+    wait_until(lambda: (state / "policy.json").exists(), 20, what="the policy kept in --state")
+    (host.folder / "policy.json").unlink()
+    view = wait_until(lambda: "policy.json: missing; the last good policy holds" in host.view().get("problems", [])
+                      and host.view(), 20, what="a check without the policy file")
+    assert view["policy"]["max_lifetime_seconds"] == uptime + 5
+    host.watchdog.kill()
+    host.watchdog.wait(10)
+    shutil.rmtree(host.workdir)
+    log.unlink(missing_ok=True)
+    host.start("--action", "shutdown", "--state", str(state), env=env)
+    wait_until(lambda: "shutdown -h now" in calls(log), 30, what="the restarted watchdog's shutdown")
+    assert host.watchdog.poll() is None
+
+
+def test_autostop_after_the_lab_folder_was_deleted_keeps_the_kept_maximum_lifetime(host, tmp_path):
+    """After `rm -rf ~/tflab` and a run-lab (no policy, no view yet), `tflab autostop --idle` (`set`) changed
+    the idle time over the defaults, dropping the maximum lifetime the watchdog still keeps in root's copy."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "policy.json").write_text(json.dumps({**watchdog.DEFAULT_POLICY, "max_lifetime_seconds": 43200}))
+    done = subprocess.run([sys.executable, str(REMOTE / "watchdog.py"), "set", "--workdir", str(host.workdir),
+                           "--state", str(state), "--idle", "5"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    written = json.loads((host.folder / "policy.json").read_text())
+    assert written["idle_seconds"] == 5 and written["max_lifetime_seconds"] == 43200
+
+
+def test_a_shutdown_that_fails_is_tried_again_harder_while_the_machine_is_up(host, tmp_path):
+    """`shutdown` was run once, its exit status ignored: one that failed left the lab billing. A failed one is
+    followed at once by `systemctl poweroff --force`; while the machine is still up, every --retry seconds
+    a harder one, down to `poweroff -f`; the view says what was tried."""
+    env, log = fake_power(tmp_path, failing=("shutdown",))
+    host.policy(idle_seconds=1)
+    host.start("--action", "shutdown", "--state", str(tmp_path / "state"), "--retry", "1", env=env)
+    wait_until(lambda: "poweroff -f" in calls(log), 30, what="poweroff -f")
+    assert calls(log)[:4] == ["shutdown -h now", "systemctl poweroff --force", "systemctl poweroff --force",
+                              "poweroff -f"]
+    tried = wait_until(lambda: host.view().get("acted", {}) and "poweroff -f: 0" in host.view()["acted"]["tried"]
+                       and host.view()["acted"]["tried"], 20, what="the view")
+    assert tried == ["poweroff -f: 0"]
+    assert host.watchdog.poll() is None
+
+
+class Stranger(socketserver.ThreadingTCPServer):
+    """Something on the peers' port that answers every question with the same bytes."""
+
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self, answer: bytes):
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.recv(1024)
+                self.request.sendall(answer)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("answer", [b'{"active": ["keep"], "mac": "\\u00e9"}', b'{"active": ["\\ud800"], "mac": "0"}',
+                                    b'{"active": ["keep"], "mac": 5}', b"\xff\xfe", b"[1]"])
+def test_a_stranger_answering_garbage_on_the_peers_port_keeps_nothing_alive(host, answer):
+    """A non-ASCII mac made hmac.compare_digest raise TypeError, which the check counted as activity: a
+    stranger kept an idle lab alive for ever. Any answer that fails is a node not answering."""
+    stranger = Stranger(answer)
+    try:
+        port = stranger.server_address[1]
+        (host.folder / "peers.json").write_text(json.dumps({"token": "ab" * 32, "peers": [f"127.0.0.1:{port}"]}))
+        service = host.sleep("model-server")
+        host.policy(idle_seconds=2)
+        host.start("--peer-port", "0", "--peer-bind", "127.0.0.1")
+        out = host.acted()
+        assert "idle for 2 s" in out
+        service.wait(10)
+        assert f"not answering: 127.0.0.1:{port}" in host.view()["sources"]["peers"]["detail"]
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+
+
+def test_a_malformed_question_does_not_silence_a_node(host):
+    """A question with a non-ASCII mac killed the thread that answers the other nodes (the port stayed bound,
+    nobody accepted): the lab's own nodes then saw this one as idle. Every connection's failure is its own."""
+    from tflab import ports
+
+    port, token = ports.free_port(), "cd" * 32
+    (host.folder / "peers.json").write_text(json.dumps({"token": token, "peers": ["127.0.0.1:1"]}))
+    host.policy(idle_seconds=600, keep_until=time.time() + 600)  # active on its own: a keep-alive
+    host.start("--peer-port", str(port), "--peer-bind", "127.0.0.1")
+
+    def answers():
+        try:
+            return watchdog.ask_peer(f"127.0.0.1:{port}", port, token)
+        except OSError:
+            return None
+
+    assert wait_until(answers, 20, what="the node's answer") == ["keep"]
+    for question in (b'{"ask": "n", "mac": "\\u00e9"}\n', b'{"ask": "\\ud800", "mac": "0"}\n', b"[1]\n",
+                     b"\xff\n", b'{"ask": "n", "mac": "' + b"\xc3\xa9" * 100 + b'"}\n'):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(question)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1024) == b""  # no answer, and the connection closed
+    assert watchdog.ask_peer(f"127.0.0.1:{port}", port, token) == ["keep"]  # still answering its own
+
+
+def test_the_peers_token_is_never_in_a_command_line(tmp_path):
+    """run-lab and `up` put the token inside an `sh -c` command line, which any user of the host sees in its
+    process list. It goes on the SSH channel's stdin (a real sshd, a throwaway user's home); no process of the
+    host ever shows it; the file is the lab user's only (0600), even where a world-readable one was."""
+    from types import SimpleNamespace
+
+    from tests.sshd import Sshd
+    from tests.users import users
+    from tflab import cloud, ports
+    from tflab.ssh import Connection, SshTarget
+
+    token = "ef" * 32
+    state = SimpleNamespace(nodes=[{"index": 0, "private_ip": "10.0.0.5"}, {"index": 1, "private_ip": "10.0.0.6"}])
+    with users(1) as (name,):
+        server = Sshd(tmp_path / "sshd", ports.free_port(), user=name).start()
+        try:
+            peers = Path(os.path.expanduser(f"~{name}")) / "tflab" / "autostop" / "peers.json"
+            peers.parent.mkdir(parents=True)
+            peers.write_text("{}")
+            peers.chmod(0o644)
+            for path in (peers, peers.parent, peers.parent.parent):
+                shutil.chown(path, name, name)
+            seen, commands, done = [], [], threading.Event()
+
+            def watch():  # the host's process list, as another user of it would read it, while tflab writes
+                while not done.is_set():
+                    for pid in filter(str.isdigit, os.listdir("/proc")):
+                        try:
+                            if token.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                                seen.append(pid)
+                        except OSError:
+                            pass
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            target = SshTarget("127.0.0.1", name, server.port, str(server.user_key), str(tmp_path / "known_hosts"),
+                               accept_new=True)
+            with Connection(target) as connection:
+                real = connection.exec_bytes
+
+                def exec_bytes(command, **kwargs):
+                    commands.append(command)
+                    return real(command, **kwargs)
+
+                connection.exec_bytes = exec_bytes
+                for _ in range(3):
+                    cloud.write_peers(connection, state, 0, token)
+            done.set()
+            watcher.join(10)
+        finally:
+            server.stop()
+        assert commands and not [c for c in commands if token in c] and not seen
+        assert json.loads(peers.read_text()) == {"token": token, "peers": ["10.0.0.6"]}
+        assert peers.stat().st_mode & 0o777 == 0o600
