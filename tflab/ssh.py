@@ -10,6 +10,7 @@ refused unless the user asked to trust it on first use; a changed key is always 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import logging
@@ -31,6 +32,8 @@ from tflab.host import CommandResult, LineSink
 from tflab.waiting import NotYet, poll
 
 log = logging.getLogger(__name__)
+
+_SLOW_HINT = "the host may be overloaded or its SSH server stuck; check it (`tflab status`), then try again"
 
 
 class HostKeyError(TflabError):
@@ -230,10 +233,18 @@ def _load_known_hosts(client, path: Path) -> set[str]:
 class Connection:
     """One verified SSH connection to a host (see the module docstring)."""
 
-    def __init__(self, target: SshTarget, *, connect_timeout: float = 15.0, keepalive: float = 15.0):
+    def __init__(self, target: SshTarget, *, connect_timeout: float = 15.0, keepalive: float = 15.0,
+                 answer_timeout: float = 30.0, sftp_timeout: float = 60.0):
         self.target = target
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
+        # How long the host may take to answer what needs no work there: opening a channel (paramiko's
+        # open_session waits an hour by default: Transport.channel_timeout), an exec, subsystem, pty or shell
+        # request (paramiko waits for those without any limit: Channel._wait_for_event) and a command's exit
+        # status once its output ended. And how long one SFTP call may go without an answer (Channel.settimeout
+        # on the SFTP channel: each read of a reply raises socket.timeout after it).
+        self.answer_timeout = answer_timeout
+        self.sftp_timeout = sftp_timeout
         self._client = None
         self._sftp = None
         self._lock = threading.Lock()
@@ -349,9 +360,18 @@ class Connection:
 
         self.open()
         if self._sftp is None and self.no_sftp_note is None:
+            # SSHClient.open_sftp() as paramiko does it (SFTPClient.from_transport), each wait bounded
+            channel = self.open_channel("SFTP")
             try:
-                self._sftp = self._client.open_sftp()
+                self.request(channel, "the SFTP subsystem", lambda: channel.invoke_subsystem("sftp"), refusal=True)
+                channel.settimeout(self.sftp_timeout)
+                with self.sftp_deadline("to start SFTP"):
+                    self._sftp = paramiko.SFTPClient(channel)
+            except UnreachableError:
+                channel.close()
+                raise
             except (paramiko.SSHException, EOFError) as exc:
+                channel.close()
                 if not self.is_open:
                     raise UnreachableError(f"the SSH connection to {self.target.display} closed",
                                            hint="check that the host runs, then try again") from exc
@@ -360,18 +380,107 @@ class Connection:
                 log.info(self.no_sftp_note)
         return self._sftp
 
+    @contextlib.contextmanager
+    def sftp_deadline(self, what: str):
+        """SFTP calls in this block that get no answer within sftp_timeout end with an UnreachableError naming
+        the host and what waited (the SFTP client is then dropped: a late reply would answer the next call)."""
+        try:
+            yield
+        except socket.timeout as exc:  # paramiko's SFTP reads its replies from the channel: Channel.recv's timeout
+            sftp, self._sftp = self._sftp, None
+            if sftp is not None:
+                try:
+                    sftp.close()
+                except Exception:  # closing a channel that may be stuck too
+                    pass
+            raise UnreachableError(f"{self.target.display} did not answer over SFTP within {self.sftp_timeout:g} s "
+                                   f"(waiting {what})", hint=_SLOW_HINT) from exc
+
+    def open_channel(self, what: str, timeout: float | None = None):
+        """A new session channel, opened within timeout (answer_timeout by default); UnreachableError naming
+        the host and what the channel was for when it is not, or when the host refuses it."""
+        import paramiko
+
+        timeout = self.answer_timeout if timeout is None else max(0.1, timeout)
+        transport = self.transport
+        try:
+            return transport.open_session(timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not transport.is_active():
+                raise UnreachableError(f"the SSH connection to {self.target.display} was lost opening a channel "
+                                       f"for {what}", hint="check that the host still runs (`tflab status`), then "
+                                                           "try again") from exc
+            if "Timeout" in str(exc):  # Transport.open_channel: SSHException("Timeout opening channel.")
+                raise UnreachableError(f"{self.target.display} did not open an SSH channel for {what} within "
+                                       f"{timeout:g} s", hint=_SLOW_HINT) from exc
+            raise UnreachableError(f"{self.target.display} refused an SSH channel for {what} ({exc})",
+                                   hint="the SSH server may limit sessions (MaxSessions); try again") from exc
+
+    def request(self, channel, what: str, call: Callable[[], None], timeout: float | None = None,
+                refusal: bool = False) -> None:
+        """Make a channel request (call: channel.exec_command(...), invoke_subsystem, get_pty, invoke_shell)
+        within timeout (answer_timeout by default): paramiko waits for the server's reply without a limit
+        (Channel._wait_for_event: paramiko issues #2599, #1248), so the channel is closed at the deadline, which ends that wait. UnreachableError naming the host and
+        what was asked when there is no answer in time or the connection is lost; when the server refuses,
+        the same, or paramiko's SSHException itself if refusal (the caller has a way around it)."""
+        import paramiko
+
+        timeout = self.answer_timeout if timeout is None else max(0.1, timeout)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            channel.close()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            call()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            channel.close()
+            if expired.is_set():
+                raise UnreachableError(f"{self.target.display} did not answer the request for {what} within "
+                                       f"{timeout:g} s", hint=_SLOW_HINT) from exc
+            if not self.is_open:
+                raise UnreachableError(f"the SSH connection to {self.target.display} was lost asking for {what}",
+                                       hint="check that the host still runs (`tflab status`), then try again") from exc
+            if refusal:
+                raise
+            raise UnreachableError(f"{self.target.display} refused {what} ({exc or type(exc).__name__})",
+                                   hint="check the host's SSH server configuration") from exc
+        finally:
+            timer.cancel()
+        if expired.is_set():  # answered just as the deadline closed the channel
+            raise UnreachableError(f"{self.target.display} did not answer the request for {what} within "
+                                   f"{timeout:g} s", hint=_SLOW_HINT)
+
+    def exit_status(self, channel, what: str, timeout: float | None = None) -> int:
+        """A command's exit status, waited for at most timeout (answer_timeout by default) once its output
+        ended (paramiko's recv_exit_status waits without a limit); UnreachableError when it does not come."""
+        timeout = self.answer_timeout if timeout is None else timeout
+        if not channel.status_event.wait(max(0.0, timeout)):
+            raise UnreachableError(f"{self.target.display} did not send the exit status of {what} within "
+                                   f"{timeout:g} s", hint=_SLOW_HINT)
+        return channel.recv_exit_status()
+
     # ------------------------------------------------------------------ commands
 
     def run(self, command: str, *, step: str = "command", on_line: LineSink | None = None, timeout: float = 600.0,
-            check: bool = True, shell: str = "sh") -> CommandResult:
+            check: bool = True, shell: str = "sh", quick: bool = False) -> CommandResult:
         """Run a shell command (with shell: "sh", or "login" for the user's login shell); stream its stdout
         and stderr lines as they come; return its status. The command ends when this call ends early.
 
-        Raises LabStepError (with the output's tail) when check and the status is not 0, or on timeout.
+        Raises LabStepError (with the output's tail) when check and the status is not 0, or on timeout; when
+        quick (a command that should answer at once, not a lab step), running past timeout is an
+        UnreachableError: the host did not answer in time. Opening the channel and starting the command are
+        bounded by answer_timeout (and timeout) either way: UnreachableError naming the host and the step.
         """
         started = time.monotonic()
-        channel = self.transport.open_session()
-        channel.exec_command(ended_with_channel(command, shell))
+        deadline = started + timeout
+        channel = self.open_channel(step, min(self.answer_timeout, timeout))
+        self.request(channel, f"running {step}", lambda: channel.exec_command(ended_with_channel(command, shell)),
+                     min(self.answer_timeout, max(0.1, deadline - time.monotonic())))
         tail: deque[str] = deque(maxlen=40)
         lock = threading.Lock()
 
@@ -388,9 +497,11 @@ class Connection:
         try:
             for r in readers:
                 r.start()
-            deadline = started + timeout
             while not channel.exit_status_ready():
                 if time.monotonic() > deadline:
+                    if quick:
+                        raise UnreachableError(f"{self.target.display} did not answer within {timeout:g} s "
+                                               f"(waiting for {step} to finish)", hint=_SLOW_HINT)
                     raise LabStepError(step, f"did not finish within {timeout:.0f} s on {self.target.display}",
                                        tail="\n".join(tail))
                 time.sleep(0.02)
@@ -409,9 +520,9 @@ class Connection:
         return result
 
     def output(self, command: str, timeout: float = 60.0) -> str:
-        """A command's stdout (it must succeed)."""
+        """A command's stdout (it must succeed; one that has not finished within timeout is an UnreachableError)."""
         lines: list[str] = []
-        self.run(command, step=command.split()[0] if command else "command", timeout=timeout,
+        self.run(command, step=command.split()[0] if command else "command", timeout=timeout, quick=True,
                  on_line=lambda kind, line: lines.append(line) if kind == "out" else None)
         return "\n".join(lines)
 
@@ -444,11 +555,12 @@ class Connection:
                 self._makedirs(folder)
                 made.add(folder)
             tmp = f"{remote}.tflab-partial"
-            with sftp.open(tmp, "wb") as f:
-                f.set_pipelined(True)
-                f.write(data)
-            sftp.chmod(tmp, mode)
-            sftp.posix_rename(tmp, remote)
+            with self.sftp_deadline(f"to write {remote}"):
+                with sftp.open(tmp, "wb") as f:
+                    f.set_pipelined(True)
+                    f.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, remote)
             sent.append(rel)
             total += len(data)
             if progress is not None:
@@ -507,11 +619,15 @@ class Connection:
         self.run(f"mkdir -p {shlex.quote(path)}", step="mkdir")
 
     def exec_bytes(self, command: str, stdin: bytes = b"", timeout: float = 300.0) -> tuple[int, bytes, bytes]:
-        """Run a short command with stdin as its input; returns (status, stdout, stderr) as bytes."""
-        channel = self.transport.open_session()
+        """Run a short command with stdin as its input; returns (status, stdout, stderr) as bytes. UnreachableError
+        when it has not finished within timeout (or its channel does not open, or start, within answer_timeout)."""
+        what = command.split()[0] if command else "command"
+        deadline = time.monotonic() + timeout
+        channel = self.open_channel(what, min(self.answer_timeout, timeout))
         try:
-            channel.settimeout(timeout)
-            channel.exec_command(command)
+            self.request(channel, f"running {what}", lambda: channel.exec_command(command),
+                         min(self.answer_timeout, timeout))
+            channel.settimeout(max(0.1, deadline - time.monotonic()))
             out, err = bytearray(), bytearray()
 
             def drain_stderr() -> None:
@@ -528,12 +644,15 @@ class Connection:
             channel.shutdown_write()
             while data := channel.recv(65536):
                 out.extend(data)
-            status = channel.recv_exit_status()
+                if time.monotonic() > deadline:
+                    raise socket.timeout()
+                channel.settimeout(max(0.1, deadline - time.monotonic()))
+            status = self.exit_status(channel, what, min(self.answer_timeout, max(0.1, deadline - time.monotonic())))
             reader.join(10)
             return status, bytes(out), bytes(err)
         except socket.timeout as exc:
-            raise UnreachableError(f"{command.split()[0]} on {self.target.display} did not finish within "
-                                   f"{timeout:.0f} s") from exc
+            raise UnreachableError(f"{self.target.display} did not answer within {timeout:g} s (waiting for {what} "
+                                   "to finish)", hint=_SLOW_HINT) from exc
         finally:
             channel.close()
 
@@ -541,7 +660,7 @@ class Connection:
         """A file's contents from the host; FileNotFoundError (or another OSError) when it cannot be read."""
         sftp = self.sftp
         if sftp is not None:
-            with sftp.open(path, "rb") as f:
+            with self.sftp_deadline(f"to read {path}"), sftp.open(path, "rb") as f:
                 return f.read()
         status, out, err = self.exec_bytes(f"cat -- {shlex.quote(path)}")
         if status != 0:
@@ -556,7 +675,8 @@ class Connection:
         local_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = local_path.with_name(f".{local_path.name}.partial")
         if self.sftp is not None:
-            self.sftp.get(remote_path, str(tmp))
+            with self.sftp_deadline(f"to copy {remote_path}"):
+                self.sftp.get(remote_path, str(tmp))
         else:
             tmp.write_bytes(self.read_bytes(remote_path))
         os.replace(tmp, local_path)
@@ -682,9 +802,10 @@ def interactive_shell(connection: Connection) -> int:
     import tty
 
     columns, lines = shutil.get_terminal_size()
-    channel = connection.transport.open_session()
-    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
-    channel.invoke_shell()
+    channel = connection.open_channel("a shell")
+    connection.request(channel, "a terminal", lambda: channel.get_pty(term=os.environ.get("TERM", "xterm"),
+                                                                       width=columns, height=lines))
+    connection.request(channel, "a shell", channel.invoke_shell)
     old = termios.tcgetattr(sys.stdin)
     try:
         tty.setraw(sys.stdin.fileno())
@@ -702,4 +823,7 @@ def interactive_shell(connection: Connection) -> int:
                 channel.sendall(data)
     finally:
         termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
-    return channel.recv_exit_status()
+    try:
+        return connection.exit_status(channel, "the shell")
+    finally:
+        channel.close()

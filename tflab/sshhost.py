@@ -11,6 +11,7 @@ ports avoid the services' ports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -191,8 +192,11 @@ class SshHost(Host):
         port = self.connection.output('echo "${SSH_CONNECTION##* }"').strip()
         argv = ["python3", posixpath.join(self.remote_dir, "watchdog.py"), "run", "--workdir", self._workdir,
                 "--action", action, "--ssh-port", port if port.isdigit() else str(self.connection.target.port)]
-        service = self.start_service("watchdog", argv, log_path=posixpath.join(self._workdir, "services",
-                                                                               "watchdog.log"))
+        # Its code's digest in its command: one started by another tflab (older code, e.g. one that trusted pid
+        # files) is not kept but restarted with the code just pushed.
+        code = hashlib.sha256((remote_dir() / "watchdog.py").read_bytes()).hexdigest()[:16]
+        service = self.start_service("watchdog", argv, env={"TFLAB_WATCHDOG_CODE": code},
+                                     log_path=posixpath.join(self._workdir, "services", "watchdog.log"))
         if not service.kept:
             console.info(f"started the idle watchdog ({action} after an hour without activity; "
                          "`tflab autostop` shows and changes it)")
@@ -276,6 +280,8 @@ class SshHost(Host):
 
         The same command still running from an earlier run (its pid and command files next to the
         log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
+        One kept without an identity record (started by an older tflab) gets one when /proc proves it is the
+        service (_ADOPT); else that is logged in one line and the idle watchdog leaves it alone.
         Another command under the same name is stopped first.
         """
         base = posixpath.splitext(log_path)[0]
@@ -287,14 +293,26 @@ class SshHost(Host):
         pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
         command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
                    f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
-                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then echo kept $(cat {pid_q}); exit 0; fi; "
+                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then "
+                   f"[ -f {shlex.quote(base + '.id')} ] || python3 -c {shlex.quote(_ADOPT)} {pid_q} "
+                   f"{shlex.quote(base + '.id')} {shlex.quote(json.dumps(argv))} 2>&1 | tail -n 1; "
+                   f"echo kept $(cat {pid_q}); exit 0; fi; "
                    f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
                    f"nohup setsid sh -c {shlex.quote(inner)} "
                    f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; "
                    f"{identity_record('$!', argv, base + '.id')}; echo started $(cat {pid_q})")
-        what, pid = self.connection.output(command).strip().splitlines()[-1].split()
+        lines = self.connection.output(command).strip().splitlines()
+        what, pid = lines[-1].split()
         if what == "kept":
             log.info("%s is running already (pid %s) with the same command: kept", name, pid)
+            adopted = lines[-2] if len(lines) > 1 else "identity: recorded earlier"
+            if adopted == "identity: recorded":
+                log.info("%s (pid %s) was started without an identity record: /proc proves it is the "
+                         "service, recorded in %s.id", name, pid, base)
+            elif adopted != "identity: recorded earlier":
+                log.warning("%s on %s (pid %s) has no identity record and none could be made (%s): the idle "
+                            "watchdog will not stop it; `tflab down` or a run-lab that restarts it will",
+                            name, self.name, pid, adopted.removeprefix("identity: not recorded: ")[:200])
         return Service(name, int(pid), log_path, port, kept=what == "kept")
 
     def _start_tied(self, name: str, inner: str, folder: str, pid_path: str, log_path: str,
@@ -305,9 +323,9 @@ class SshHost(Host):
         q = shlex.quote
         script = (f"mkdir -p {q(folder)} && echo $$ > {q(pid_path)} && echo $$ && "
                   f"{{ {inner}; }} >>{q(log_path)} 2>&1")
-        channel = self.connection.transport.open_session()
+        channel = self.connection.open_channel(name)
+        self.connection.request(channel, f"starting {name}", lambda: channel.exec_command(ended_with_channel(script)))
         channel.settimeout(30)
-        channel.exec_command(ended_with_channel(script))
         try:  # the pid of the session's shell, which then execs the command (the same pid)
             pid = int(channel.makefile("r").readline().strip())
         except (OSError, ValueError) as exc:
@@ -329,7 +347,8 @@ class SshHost(Host):
 
                 raise UnreachableError(f"the SSH connection to {self.name} dropped")
             return True
-        return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False).status == 0
+        return self.connection.run(f"kill -0 {service.pid} 2>/dev/null", step="check", check=False, timeout=60,
+                                   quick=True).status == 0
 
     def stop_service(self, service: Service, timeout: float = 5.0) -> None:
         channel = self._tied.pop(service.pid, None)
@@ -365,6 +384,54 @@ def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
     p = shlex.quote(path) if quote else f'"{path}"'
     record = shlex.quote(path[:-4] + ".id") if quote else f'"${{{path[1:]}%.pid}}.id"'
     return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p} {record}; fi")
+
+
+# On the host, for a service kept running that has no identity record (started by a tflab that wrote none):
+# the record identity_record() would have written, made only when /proc proves the pid file's process is the
+# service run-lab started: the command it would have started (after its exec), owned by this user, in a
+# session of its own (setsid), started as the pid file was written (not a pid reused since). Prints one line.
+_ADOPT = r"""import json, os, re, sys
+pid_path, id_path, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+def runs(cmdline):  # as remote/watchdog.py's runs(): argv after its exec (a #! script's interpreter first)
+    n = len(argv) - 1
+    return len(cmdline) > n and cmdline[len(cmdline) - n:] == argv[1:] and \
+        os.path.basename(cmdline[-n - 1]) == os.path.basename(argv[0])
+def prove():
+    text = open(pid_path).read(64).strip()
+    if not text.isdigit() or int(text) <= 1:
+        return None, "the pid file says %r" % text[:20]
+    pid = int(text)
+    fields = open("/proc/%d/stat" % pid, "rb").read().rsplit(b")", 1)[1].split()
+    cmdline = [a.decode(errors="replace") for a in open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[:-1]]
+    uid = int(re.search(r"\nUid:\s*(\d+)", open("/proc/%d/status" % pid).read()).group(1))
+    if fields[0] == b"Z":
+        return None, "pid %d has ended" % pid
+    if uid != os.getuid():
+        return None, "pid %d belongs to another user (uid %d)" % (pid, uid)
+    if not runs(cmdline):
+        return None, "pid %d runs another command: %s" % (pid, " ".join(cmdline)[:100])
+    if int(fields[2]) != pid or int(fields[3]) != pid:
+        return None, "pid %d is not in a session of its own, as a service run-lab starts is" % pid
+    btime = int(next(line.split()[1] for line in open("/proc/stat") if line.startswith("btime ")))
+    started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    written = os.stat(pid_path).st_mtime
+    if not written - 30 <= started <= written + 2:  # $! is written as soon as it is forked
+        return None, "pid %d started %.0f s from when its pid file was written: not the process it names" % (
+            pid, started - written)
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    return {"pid": pid, "start": int(fields[19]), "uid": uid, "boot": boot, "argv": argv}, ""
+try:
+    record, why = prove()
+except (OSError, ValueError, AttributeError, StopIteration) as exc:
+    record, why = None, "cannot read what /proc says of it (%s)" % exc
+if record is None:
+    print("identity: not recorded: " + why)
+else:
+    with open(id_path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(id_path + ".tmp", id_path)
+    print("identity: recorded")
+"""
 
 
 def identity_record(pid: str, argv: list[str], path: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -157,3 +158,113 @@ def test_tflab_itself_never_signals_pid_1_or_its_own_group_from_a_pid_file(tmp_p
     said = asked.read_text().splitlines() if asked.exists() else []
     assert said == (["-TERM -4242", "-0 4242"] if signalled else []), said
     assert not pid_file.exists()
+
+
+def start_the_old_way(connection, folder: Path, name: str, argv: list[str]) -> int:
+    """A service started as tflab did before identity records (sshhost.start_service before 4b2aa91): its
+    command and pid files, no <name>.id."""
+    from tflab.sshhost import command_line
+
+    inner = "exec " + command_line(argv)
+    base = folder / name
+    connection.run(f"mkdir -p {folder}; printf %s {shlex.quote(inner)} > {base}.cmd; "
+                   f"nohup setsid sh -c {shlex.quote(inner)} >>{base}.log 2>&1 </dev/null & echo $! > {base}.pid",
+                   step="old start")
+    return int((folder / f"{name}.pid").read_text())
+
+
+def test_a_service_started_without_a_record_gets_one_when_kept_and_the_watchdog_can_stop_it(target, tmp_path,
+                                                                                           caplog):
+    """A service an older tflab started has no identity record, so the watchdog leaves it alone. run-lab keeps
+    it (same command, still running) and, /proc proving it is that service, writes its record: the watchdog's
+    stop-services then stops it."""
+    folder = tmp_path / "services"
+    argv = ["sleep", "611"]
+    with Connection(target) as connection:
+        pid = start_the_old_way(connection, folder, "old", argv)
+        wait_until(lambda: watchdog.runs(argv, watchdog.proc_identity(pid)["cmdline"]), 30, what="its exec")
+        assert watchdog.stop_services(str(folder))["stopped"] == []  # nothing proves it yet
+        assert watchdog.service(str(folder / "old"))[2].endswith("nothing recorded when it started, so nothing "
+                                                                 "proves it is the lab's")
+        with caplog.at_level("INFO", logger="tflab.sshhost"):
+            service = SshHost(connection).start_service("old", argv, log_path=str(folder / "old.log"))
+        assert service.kept and service.pid == pid
+        assert "/proc proves it is the service" in caplog.text
+        record = json.loads((folder / "old.id").read_text())
+        assert record["pid"] == pid and record["argv"] == argv and record["uid"] == os.getuid()
+        assert watchdog.service(str(folder / "old")) == (pid, pid, "")
+        assert watchdog.stop_services(str(folder)) == {"stopped": [f"old (pid {pid})"], "ignored": []}
+        wait_until(lambda: not watchdog.runs(argv, _cmdline(pid)), 30, what="the old service to end")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return watchdog.proc_identity(pid)["cmdline"]
+    except (OSError, IndexError, ValueError):
+        return []
+
+
+@pytest.mark.parametrize("stranger", ["reused pid", "no session of its own"])
+def test_a_kept_pid_that_cannot_be_proved_gets_no_record_and_is_said_in_one_line(target, tmp_path, caplog,
+                                                                                 stranger):
+    """A pid file (no record) naming a live process of the same command that is not the service run-lab
+    started: one started after the pid file was written (a pid reused since), or one not in a session of its
+    own. run-lab keeps it as before but writes no record and says so in one line; the watchdog leaves it."""
+    folder = tmp_path / "services"
+    folder.mkdir()
+    argv = ["sleep", "612"]
+    inner = "exec " + " ".join(argv)
+    (folder / "odd.cmd").write_text(inner)
+    (folder / "odd.pid").write_text("")
+    os.utime(folder / "odd.pid", (1e9, 1e9))  # written long before the process below started
+    proc = subprocess.Popen(argv, start_new_session=stranger == "reused pid")
+    try:
+        (folder / "odd.pid").write_text(str(proc.pid))
+        if stranger == "reused pid":
+            os.utime(folder / "odd.pid", (1e9, 1e9))
+        with Connection(target) as connection, caplog.at_level("INFO", logger="tflab.sshhost"):
+            service = SshHost(connection).start_service("odd", argv, log_path=str(folder / "odd.log"))
+        assert service.kept and service.pid == proc.pid
+        assert not (folder / "odd.id").exists()
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+        why = ("started" if stranger == "reused pid" else "is not in a session of its own")
+        assert f"odd on test host (pid {proc.pid}) has no identity record and none could be made (pid " \
+               f"{proc.pid} {why}" in warnings[0]
+        assert watchdog.stop_services(str(folder))["stopped"] == []
+        assert proc.poll() is None  # the stranger still runs
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_watchdog_an_older_tflab_started_is_restarted_with_the_code_just_pushed(target, tmp_path):
+    """A watchdog started by an older tflab runs that version's code (one that trusted pid files) with the same
+    command: run-lab does not keep it but restarts it, so the code it pushed is what runs, with its record;
+    the next run keeps the new one."""
+    workdir = a_lab(tmp_path)
+    folder = workdir / "services"
+
+    class Quiet:
+        def info(self, text):
+            self.said = text
+
+    with Connection(target) as connection:
+        host = SshHost(connection, workdir=str(workdir))
+        port = connection.output('echo "${SSH_CONNECTION##* }"').strip()
+        old_argv = ["python3", str(workdir / "remote" / "watchdog.py"), "run", "--workdir", str(workdir),
+                    "--action", "stop-services", "--ssh-port", port]
+        old = start_the_old_way(connection, folder, "watchdog", old_argv)
+        console = Quiet()
+        try:
+            host.start_watchdog("stop-services", console)
+            new = int((folder / "watchdog.pid").read_text())
+            assert new != old and console.said.startswith("started the idle watchdog")
+            wait_until(lambda: not watchdog.runs(old_argv, _cmdline(old)), 30, what="the old watchdog to end")
+            assert json.loads((folder / "watchdog.id").read_text())["pid"] == new
+            assert "TFLAB_WATCHDOG_CODE=" in (folder / "watchdog.cmd").read_text()
+            again = Quiet()
+            host.start_watchdog("stop-services", again)
+            assert not hasattr(again, "said") and int((folder / "watchdog.pid").read_text()) == new
+        finally:
+            host.stop_all_services(str(folder))
