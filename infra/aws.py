@@ -25,8 +25,13 @@ RULE_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: SSH from the 
 MEMBERS_DESCRIPTION = limits.require(limits.RULE_DESCRIPTION, "tflab: the lab nodes reach each other")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 # A lab's key pair (its claim, create_key_pair) older than this without a live instance was left by a half-done
-# `up`: an `up` makes its instances seconds after its key pair, within one RunInstances per zone tried.
+# `up`: an `up` makes its instances seconds after its key pair, within one RunInstances per zone tried. The age
+# is read on AWS's clock (the Date header of the DescribeKeyPairs answer), never this machine's alone.
 CLAIM_STALE_SECONDS = 600
+# Where AWS's answer carries no Date header, this machine's clock is used, which AWS lets be up to 15 minutes
+# off (a request signed further away is refused: RequestExpired, "Common client error codes", EC2 API Reference):
+# the age must then pass the threshold plus that, plus a margin.
+CLOCK_SKEW_ALLOWED_SECONDS = 15 * 60 + 120
 # (on-demand quota, spot quota) by instance family letter(s): "Running On-Demand G and VT instances" etc.
 QUOTAS = {
     "g": (("L-DB2E81BA", "Running On-Demand G and VT instances"), ("L-3819A6DF", "All G and VT Spot Instance Requests")),
@@ -205,6 +210,48 @@ def _tags(resource: dict) -> list[dict]:
     return resource.get("Tags") or []
 
 
+def aws_date(answer: dict) -> datetime | None:
+    """AWS's time when it answered: the HTTP Date header of the response (RFC 7231), or None."""
+    from email.utils import parsedate_to_datetime
+
+    header = (answer.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+    try:
+        when = parsedate_to_datetime(header) if header else None
+    except (TypeError, ValueError):
+        return None
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
+
+
+def ed25519_fingerprint(private_key: str) -> str | None:
+    """The KeyFingerprint EC2 gives an ed25519 key pair: "the base64-encoded SHA-256 digest" of the public key
+    (KeyPairInfo, EC2 API Reference), as OpenSSH's SHA256 fingerprint (the digest of the public key blob, as
+    in `ssh-keygen -lf`). None where the text is not an OpenSSH ed25519 private key."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_ssh_private_key(private_key.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        log.info("not an OpenSSH private key: %s", exc)
+        return None
+    if not isinstance(key, Ed25519PrivateKey):
+        return None
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    blob = base64.b64decode(line.split()[1])
+    return base64.b64encode(hashlib.sha256(blob).digest()).decode()
+
+
+def same_fingerprint(given: str | None, own: str) -> bool:
+    """Whether a KeyFingerprint is this base64 SHA-256 one (with or without the padding and "SHA256:")."""
+    def plain(text: str) -> str:
+        return text.strip().removeprefix("SHA256:").rstrip("=")
+
+    return bool(given) and plain(given) == plain(own)
+
+
 def no_prompt_off_a_terminal(session) -> None:
     """A profile that assumes a role with mfa_serial makes botocore ask for the MFA code on the terminal
     (getpass). Off a terminal there is nobody to answer: say so, instead of blocking on /dev/tty or reading
@@ -242,6 +289,8 @@ class AwsProvider(Provider):
         self.poll = poll
         self._config = config
         self._clients: dict[str, object] = {}
+        self._vcpus_needed: dict[tuple[str, bool, int], int] = {}  # check_quota's count, for launch's errors
+        self.profile = session.profile_name  # the profile the session uses ("default" when none is named)
         no_prompt_off_a_terminal(session)
 
     def client(self, service: str):
@@ -339,6 +388,7 @@ class AwsProvider(Provider):
         code, name = family_quota(itype.name, spot)
         running = self._running_vcpus(code, spot)
         needed = itype.vcpus * count + running
+        self._vcpus_needed[(itype.name, spot, count)] = needed  # what a RunInstances refusal then says
         try:
             with translated("servicequotas:GetServiceQuota"):
                 value = self.client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
@@ -402,7 +452,7 @@ class AwsProvider(Provider):
         """The lab's key pair name: tflab-<lab>, within CreateKeyPair's limit (infra/limits.py)."""
         return limits.require(limits.KEY_NAME, limits.fit(limits.KEY_NAME, f"tflab-{lab}"))
 
-    def create_key_pair(self, lab: str, created: Created) -> str:
+    def create_key_pair(self, lab: str, created: Created, own_fingerprint: str | None = None) -> str:
         """Make the lab's key pair, which is also the lab's claim: two `up`s of one lab at once (from two
         machines, which no local lock sees) cannot both make it, as key pair names are unique in a region
         (CreateKeyPair answers InvalidKeyPair.Duplicate). The claim comes before anything else is made, so
@@ -415,9 +465,13 @@ class AwsProvider(Provider):
 
         A key pair older than CLAIM_STALE_SECONDS with no live instance is what a half-done `up` left (its
         private key is gone): it is deleted by its KeyPairId, never by name, so that a racer's fresh key
-        pair of the same name is never deleted, and the claim is tried once more. Its age is read against this
-        machine's clock, which AWS already holds within 5 minutes of its own (a request signed further off is
-        refused: "Signature expired"), so a racer's fresh claim never looks 10 minutes old."""
+        pair of the same name is never deleted, and the claim is tried once more. Its age is measured on AWS's
+        clock: the Date header of the DescribeKeyPairs answer against its CreateTime (this machine's clock may be
+        up to 15 minutes off and still be let in); without that header, on this machine's clock with 17 minutes
+        more (CLOCK_SKEW_ALLOWED_SECONDS). A key pair whose KeyFingerprint is own_fingerprint (the lab's private
+        key on this machine: an `up` from here left it, after Ctrl-C or --keep-on-failure) is this machine's
+        own, whatever its age: the caller holds the lab's local lock, so no `up` from here is under way; it
+        is deleted by its id likewise. Nothing is deleted that does not carry the lab's tag."""
         name = self.key_name(lab)
         for attempt in range(2):
             try:
@@ -427,15 +481,31 @@ class AwsProvider(Provider):
             except CloudError as exc:
                 if exc.code != "InvalidKeyPair.Duplicate":
                     raise
-                holder = self._key_pair(name)
+                holder, aws_now = self._key_pair(name)
                 if holder is None and attempt == 0:  # removed in between: try again
                     continue
+                if holder is not None and tags.lab_of(_tags(holder)) != lab:  # not this lab's: never touched
+                    raise InputError(f"a key pair named {name} exists in {self.region} and is not tflab's lab "
+                                     f"'{lab}' (it has no tflab:lab={lab} tag); tflab leaves it alone",
+                                     hint=f"use another --name, or if {name} is not needed, delete it yourself "
+                                          f"(`aws ec2 delete-key-pair --key-name {name} --region {self.region}`)")
                 made = holder.get("CreateTime") if holder else None
-                age = (datetime.now(timezone.utc) - made).total_seconds() if isinstance(made, datetime) else None
-                stale = age is not None and age > CLAIM_STALE_SECONDS and not self.find_instances(lab)
+                if isinstance(made, datetime) and made.tzinfo is None:
+                    made = made.replace(tzinfo=timezone.utc)
+                if not isinstance(made, datetime):
+                    age, limit = None, CLAIM_STALE_SECONDS
+                elif aws_now is not None:
+                    age, limit = (aws_now - made).total_seconds(), CLAIM_STALE_SECONDS
+                else:
+                    age = (datetime.now(timezone.utc) - made).total_seconds()
+                    limit = CLAIM_STALE_SECONDS + CLOCK_SKEW_ALLOWED_SECONDS
+                mine = bool(holder and own_fingerprint and
+                            same_fingerprint(holder.get("KeyFingerprint"), own_fingerprint))
+                stale = (mine or (age is not None and age > limit)) and not self.find_instances(lab)
                 when = made.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if made else "an unknown time"
                 if stale and attempt == 0 and holder.get("KeyPairId"):
-                    log.info("key pair %s (%s) made %s by a half-done up: deleting it", name, holder["KeyPairId"], when)
+                    log.info("key pair %s (%s) made %s by %s: deleting it", name, holder["KeyPairId"], when,
+                             "an earlier up from this machine" if mine else "a half-done up")
                     with translated("ec2:DeleteKeyPair"):
                         self.ec2.delete_key_pair(KeyPairId=holder["KeyPairId"])
                     continue
@@ -444,15 +514,17 @@ class AwsProvider(Provider):
             return response["KeyMaterial"]
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _key_pair(self, name: str) -> dict | None:
+    def _key_pair(self, name: str) -> tuple[dict | None, datetime | None]:
+        """The key pair of that name (or None), and AWS's time when it answered (its Date header, or None)."""
         try:
             with translated("ec2:DescribeKeyPairs"):
-                pairs = self.ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]
+                answer = self.ec2.describe_key_pairs(KeyNames=[name])
         except CloudError as exc:
             if exc.code == "InvalidKeyPair.NotFound":
-                return None
+                return None, None
             raise
-        return pairs[0] if pairs else None
+        pairs = answer.get("KeyPairs") or []
+        return (pairs[0] if pairs else None), aws_date(answer)
 
     def _vpc_for(self, subnet_id: str | None) -> str:
         if subnet_id:
@@ -552,7 +624,8 @@ class AwsProvider(Provider):
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         tried: list[str] = []
-        context = {"instance_type": spec.instance_type, "region": self.region, "spot": spec.spot, "image": image.id}
+        context = {"instance_type": spec.instance_type, "region": self.region, "spot": spec.spot, "image": image.id,
+                   "vcpus": self._launch_vcpus(spec)}
         for subnet, zone in self._subnets(spec):
             attempt = dict(params, ClientToken=limits.client_token(spec.lab))  # fresh per attempt, <= 64 chars
             # The public address asked for at launch, as SkyPilot does (sky/provision/aws/instance.py,
@@ -586,6 +659,18 @@ class AwsProvider(Provider):
                     raw["Tags"] = _tags(raw) + node_tag
             return [self._instance(raw) for raw in launched]
         raise CapacityError(spec.instance_type, self.region, tried)
+
+    def _launch_vcpus(self, spec: LaunchSpec) -> int:
+        """The vCPUs the quota must hold for this launch: check_quota's count (the nodes' and what already runs),
+        else the nodes' own; 0 where the type cannot be read (the refusal then says so without a number)."""
+        known = self._vcpus_needed.get((spec.instance_type, spec.spot, spec.nodes))
+        if known is not None:
+            return known
+        try:
+            return self.describe_type(spec.instance_type).vcpus * spec.nodes
+        except InfraError as exc:
+            log.info("could not read the vCPUs of %s: %s", spec.instance_type, exc)
+            return 0
 
     def start(self, instance_id: str) -> None:
         with translated("ec2:StartInstances"):
@@ -687,11 +772,13 @@ class AwsProvider(Provider):
         for g in groups:
             self._delete_group(g["GroupId"], timeout=min(timeout, 300), progress=progress)
             removed.append(f"security group {g['GroupId']}")
+        # Only key pairs listed with the lab's tag: where the listing is denied, none is deleted (a key pair of
+        # the lab's name may not be tflab's), and `down` says they were not checked (leftovers' unchecked).
         pairs, _ = self._optional_lookup(lambda: self._lab_key_pairs(lab), "key pairs")
-        for name in pairs if pairs is not None else [self.key_name(lab)]:  # unlisted: by its name, as `up` does
+        for name in pairs or []:
             with translated("ec2:DeleteKeyPair"):
                 self.ec2.delete_key_pair(KeyName=name)
-            removed.append(f"key pair {name}" + (" (deleted by name)" if pairs is None else ""))
+            removed.append(f"key pair {name}")
         placement, _ = self._optional_lookup(lambda: self._lab_placement_groups(lab), "placement groups")
         for name in placement or []:  # empty now: its instances are terminated
             try:
@@ -701,6 +788,43 @@ class AwsProvider(Provider):
                 if exc.code != "InvalidPlacementGroup.Unknown":
                     raise
             removed.append(f"placement group {name}")
+        return removed
+
+    def remove_created(self, created: Created, progress: Progress, timeout: float = 900.0) -> list[str]:
+        """Remove what one `up` made (its Created record), and nothing else: another `up` of the lab may have
+        made the rest. Instances first (their volumes go with them), then the group, the placement group, the
+        key pair."""
+        removed: list[str] = []
+        ids = list(created.instances)
+        if ids:
+            progress(f"terminating {', '.join(ids)}")
+            with translated("ec2:TerminateInstances"):
+                self.ec2.terminate_instances(InstanceIds=ids)
+
+            def all_terminated():
+                with translated("ec2:DescribeInstances"):
+                    reservations = self.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                left = {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]
+                        if i["State"]["Name"] != "terminated"}
+                return (True if not left else None), ", ".join(f"{k} {v}" for k, v in left.items())
+
+            self._poll("the instances to terminate", timeout, all_terminated, progress)
+            removed += [f"instance {i}" for i in ids]
+        if created.security_group:
+            self._delete_group(created.security_group, timeout=min(timeout, 300), progress=progress)
+            removed.append(f"security group {created.security_group}")
+        if created.placement_group:
+            try:
+                with translated("ec2:DeletePlacementGroup"):
+                    self.ec2.delete_placement_group(GroupName=created.placement_group)
+            except CloudError as exc:
+                if exc.code != "InvalidPlacementGroup.Unknown":
+                    raise
+            removed.append(f"placement group {created.placement_group}")
+        if created.key_pair:  # made by this `up` (CreateKeyPair answered it): the name is its own
+            with translated("ec2:DeleteKeyPair"):
+                self.ec2.delete_key_pair(KeyName=created.key_pair)
+            removed.append(f"key pair {created.key_pair}")
         return removed
 
     def _delete_group(self, group_id: str, timeout: float, progress: Progress) -> None:

@@ -156,8 +156,9 @@ class Provider(ABC):
         """The lab's instances (every tflab lab's when lab is None), by tags."""
 
     @abstractmethod
-    def create_key_pair(self, lab: str, created: Created) -> str:
-        """Create the lab's key pair (ed25519); returns the private key (OpenSSH format)."""
+    def create_key_pair(self, lab: str, created: Created, own_fingerprint: str | None = None) -> str:
+        """Create the lab's key pair (ed25519); returns the private key (OpenSSH format). A key pair of the
+        lab already there whose fingerprint is own_fingerprint (the lab's key on this machine) is replaced."""
 
     @abstractmethod
     def ensure_security_group(self, lab: str, ssh_cidr: str, subnet_id: str | None, created: Created,
@@ -198,6 +199,11 @@ class Provider(ABC):
         """Remove every resource tagged with the lab; returns what was removed (descriptions). It needs no
         permission that `up` did not need: a look-up for what bills nothing (key pairs, placement groups) or
         goes with the instances (their volumes) is skipped where it is denied, after the instances are gone."""
+
+    @abstractmethod
+    def remove_created(self, created: Created, progress: Progress, timeout: float = 900.0) -> list[str]:
+        """Remove exactly what one `up` created (a failed `up` cleans up with this, never by tag: another
+        `up` of the lab may hold the rest); returns what was removed (descriptions)."""
 
     @abstractmethod
     def leftovers(self, lab: str) -> Leftovers:

@@ -381,6 +381,7 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             update(who)
             existing = provider.find_instances(name)
         previous = store.load(name)
+        check_same_place(store, previous, provider, name, "up")
         if existing:
             nodes = by_node(existing)
             if len(nodes) > 1 and any(i.node is None for i in nodes):  # not one lab of nodes: two `up`s raced
@@ -474,7 +475,7 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         created = Created()
         try:
             with console.waiting(f"creating the key pair, security group and instance of lab '{name}'") as update:
-                store.write_key(name, provider.create_key_pair(name, created))
+                store.write_key(name, provider.create_key_pair(name, created, own_key_fingerprint(store, name)))
                 update(f"key pair {created.key_pair} (private key in {store.key_path(name)})")
                 members = spec.nodes > 1
                 group = provider.ensure_security_group(name, spec.ssh_cidr, spec.subnet_id, created, members=members)
@@ -515,15 +516,17 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             raise
         except LabBusy:  # another `up` holds the lab: this one made nothing, and must not remove the other's
             raise
-        except Exception as exc:  # any failure: remove what this `up` made, then re-raise
+        except Exception as exc:  # any failure: remove what this `up` made (its Created record), then re-raise
             if keep_on_failure:
                 console.warn(f"up failed; kept what it created (--keep-on-failure): `tflab down --name {name}` removes it")
-            else:
+            elif created.key_pair or created.security_group or created.placement_group or created.instances:
+                # Never by tag: another `up` of the lab (another machine) may have made the rest.
                 console.warn(f"up failed ({exc}); removing what it created")
                 try:
-                    with console.waiting(f"removing lab '{name}'") as update:
-                        provider.teardown(name, update)
-                    store.delete(name)
+                    with console.waiting(f"removing what this `up` of lab '{name}' created") as update:
+                        provider.remove_created(created, update)
+                    if created.key_pair:  # the private key this `up` wrote is of the key pair just deleted
+                        store.delete(name)
                 except (InfraError, OSError) as cleanup_error:
                     console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
             raise
@@ -536,6 +539,39 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             if state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
                 tell_peers(store, state, console)
         return state, "created"
+
+
+def own_key_fingerprint(store: StateStore, name: str) -> str | None:
+    """EC2's fingerprint of the lab's private key on this machine (None without one): a key pair of the lab
+    with it was left by an `up` from here, never by another machine's."""
+    from infra.aws import ed25519_fingerprint
+
+    try:
+        text = store.key_path(name).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return ed25519_fingerprint(text)
+
+
+def check_same_place(store: StateStore, state: LabState | None, provider, name: str, command: str) -> None:
+    """Refuse (an InputError, exit 3, the files kept) to act on lab `name` in another region or with another
+    profile than the local state's: there this command would find nothing of the lab, and `down` would delete
+    the live lab's state and private key, `up` make a second lab and overwrite them."""
+    if state is None:
+        return
+    where = []
+    if state.region and state.region != provider.region:
+        where.append(f"region {state.region}, not {provider.region}")
+    used = getattr(provider, "profile", None)
+    if state.profile and used and state.profile != used:
+        where.append(f"profile {state.profile}, not {used}")
+    if not where:
+        return
+    again = f"`tflab {command} --name {name}" + (f" --region {state.region}" if state.region else "") \
+        + (f" --profile {state.profile}" if state.profile else "") + "`"
+    raise InputError(f"lab '{name}' on this machine is in {' and '.join(where)}; its state and private key "
+                     f"({store.lab_dir(name)}) are kept", hint=f"{again} (the lab's own); for another lab, use "
+                                                              "another --name")
 
 
 def peers_token(state: LabState) -> str:
@@ -807,7 +843,7 @@ def down(provider, store: StateStore, name: str, console: Console, *, confirm: C
     with store.lock(name):
         damaged = None
         try:  # the README promises that down works from the tags alone, whatever the state file holds
-            store.load(name)
+            check_same_place(store, store.load(name), provider, name, "down")
         except DamagedStateError as exc:
             damaged = exc
             console.warn(f"{exc.message}; looking for lab '{name}' by its AWS tags in {provider.region}")
@@ -837,5 +873,9 @@ def down(provider, store: StateStore, name: str, console: Console, *, confirm: C
         for unchecked in left.unchecked:  # denied look-ups of what bills nothing, or went with the instances
             console.note(f"{unchecked}: the instances are gone, and their volumes with them (deleted on "
                          "termination); key pairs and placement groups bill nothing")
+            if unchecked.startswith("key pairs") and hasattr(provider, "key_name"):  # its tag unread: kept
+                console.note(f"the key pair {provider.key_name(name)} was not deleted (without its tags, tflab "
+                             f"cannot tell it is the lab's): `aws ec2 delete-key-pair --key-name "
+                             f"{provider.key_name(name)} --region {provider.region}` removes it if it is")
         return {"name": name, "region": provider.region, "removed": removed, "left": [], "clean": True,
                 "unchecked": list(left.unchecked)}

@@ -45,7 +45,8 @@ def test_a_claim_left_long_ago_is_deleted_by_its_id_never_by_its_name(aws):
     aws.session.events.register("provide-client-params.ec2.DeleteKeyPair",
                                 lambda params, **kw: deletes.append(dict(params)))
     old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
-    answer = {"KeyPairs": [{"KeyPairId": other["key"], "KeyName": "tflab-lab", "CreateTime": old}]}
+    answer = {"KeyPairs": [{"KeyPairId": other["key"], "KeyName": "tflab-lab", "CreateTime": old,
+                            "Tags": tags.tag_specifications("lab", "key-pair")[0]["Tags"]}]}
     aws.faults.respond("DescribeKeyPairs", answer, times=2)
     # On AWS the delete by id frees the name and the claim is made again; moto deletes key pairs by name only,
     # so here the name stays taken and the `up` says what is left, without deleting anything by name.
