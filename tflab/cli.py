@@ -520,10 +520,11 @@ def down(
 # ---------------------------------------------------------------- SSH
 
 def _target(name: str, host: Optional[str], identity: Optional[str], known_hosts: Optional[str], accept_new: bool):
-    """The SSH target of --host, else of the lab --name (its missing fingerprints read from the cloud once more)."""
-    from tflab.cloud import lab_target
+    """The SSH target of --host, else of the lab --name (its missing fingerprints read from the cloud once more),
+    or of the --host lab run-lab remembered under that name (tflab.labs)."""
+    from tflab.labs import resolve_target
 
-    return lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
+    return resolve_target(name, host, identity, known_hosts, accept_new)
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -645,7 +646,8 @@ def autostop(
     if workdir is None:
         from tflab.cloud import WATCHDOG_DIR
 
-        workdir = WATCHDOG_DIR  # a lab's watchdog is there whatever run-lab's --workdir; a --host's is in it
+        # a lab's watchdog is there whatever run-lab's --workdir; a --host's is in it (remembered for a --host lab)
+        workdir = (_recorded_workdir(name) if host is None and _is_host_lab(name) else None) or WATCHDOG_DIR
     console = _console(json_out)
     with Connection(target) as connection:
         view = change(connection, workdir, off=off, on=on, **seconds)
@@ -685,22 +687,29 @@ def iam_policy(
     _console(False).result(policy, json.dumps(policy, indent=2))
 
 
-def _recorded_workdir(name: str) -> str | None:
-    """run-lab's workdir on a lab's host, as run-lab recorded it in the lab's state (None before any run)."""
+def _is_host_lab(name: str) -> bool:
+    """Whether --name is a lab run-lab --host remembered (and no lab made by `up`)."""
+    from tflab.labs import host_lab
     from tflab.state import StateStore
 
-    state = StateStore().load(name)
-    return state.workdir if state is not None else None
+    return StateStore().load(name) is None and host_lab(name) is not None
+
+
+def _recorded_workdir(name: str) -> str | None:
+    """run-lab's workdir on a lab's host, as run-lab recorded it in the lab's state, or for a --host lab in
+    its record (None before any run)."""
+    from tflab.labs import recorded_workdir
+
+    return recorded_workdir(name)
 
 
 @app.command("ssh-config")
 def ssh_config(name: LabName = "lab") -> None:
     """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
-    from tflab.cloud import lab_target
     from tflab.ssh import openssh_config
     from tflab.tunnels import lab_forwards
 
-    target = lab_target(name=name)
+    target = _target(name, None, None, None, False)
     console = _console(False)
     if not Path(target.known_hosts).exists():
         console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "

@@ -573,9 +573,9 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
 
     key = labs.lab_key(name, host, target)
     return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
-                  (lambda prepared: None), others=others, local_ports=labs.wanted_local_ports(key, store),
+                  (lambda prepared: labs.remember_host_lab(key, target, prepared.workdir, store)), others=others, local_ports=labs.wanted_local_ports(key, store),
                   on_forwarded=lambda local: labs.remember_local_ports(key, local, store),
-                  reopen=labs.tunnel_command(name, host, workdir))
+                  reopen=labs.tunnel_command(key, None))  # a --host lab is remembered under key
 
 
 def across(options: LabOptions, count: int) -> LabOptions:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_PORTS_FILE = "local-ports.json"
 MAX_LOCAL_PORTS_BYTES = 4096  # a handful of names and numbers
+HOST_FILE = "host.json"  # a --host lab: where it is (no state.json: it has nothing on AWS)
 
 
 def host_lab_name(address: str, port: int = 22) -> str:
@@ -43,21 +44,18 @@ def lab_key(name: str, host: str | None, target=None) -> str:
     return host_lab_name(target.host, target.port)
 
 
-def remembered_local_ports(key: str, store: StateStore | None = None) -> dict[str, int]:
-    """The local ports the lab's tunnels last used, by service name ({} when none are remembered, or
-    when the file is not a small regular JSON file of port numbers: then the lab's defaults apply)."""
-    store = store or StateStore()
-    path = store.lab_dir(key) / LOCAL_PORTS_FILE
+def _read_small_json(path) -> dict | None:
+    """A small regular JSON file's object (bounded, never blocking, no link followed); None otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
+            return None
         raw = os.read(fd, MAX_LOCAL_PORTS_BYTES + 1)
     except OSError:
-        return {}
+        return None
     finally:
         os.close(fd)
     try:
@@ -65,7 +63,17 @@ def remembered_local_ports(key: str, store: StateStore | None = None) -> dict[st
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        log.warning("ignoring %s: not the local ports of a lab", path)
+        log.warning("ignoring %s: not what tflab wrote there", path)
+        return None
+    return data
+
+
+def remembered_local_ports(key: str, store: StateStore | None = None) -> dict[str, int]:
+    """The local ports the lab's tunnels last used, by service name ({} when none are remembered, or
+    when the file is not a small regular JSON file of port numbers: then the lab's defaults apply)."""
+    store = store or StateStore()
+    data = _read_small_json(store.lab_dir(key) / LOCAL_PORTS_FILE)
+    if data is None:
         return {}
     return {name: port for name, port in data.items()
             if name in LAB_PORTS and isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536}
@@ -91,10 +99,72 @@ def wanted_local_ports(key: str, store: StateStore | None = None) -> dict[str, i
 
 
 def tunnel_command(name: str, host: str | None, workdir: str | None = None) -> str:
-    """The command that opens the lab's tunnels again (at the same local ports, where free)."""
+    """The command that opens the lab's tunnels again (at the same local ports, where free): --name for a
+    lab made by `up` or a --host lab remembered under its name, else --host (and --workdir)."""
     if host is None:
         return f"tflab tunnel --name {name}"
     import shlex
 
     return f"tflab tunnel --host {host}" + (f" --workdir {shlex.quote(workdir)}" if workdir not in (None, "~/tflab")
                                             else "")
+
+
+def remember_host_lab(key: str, target, workdir: str, store: StateStore | None = None) -> None:
+    """Remember a --host lab under its name: the address, user, port, identity and known_hosts file it was
+    reached with, and run-lab's workdir there (where its services, their ports and the watchdog are)."""
+    from tflab.errors import InputError
+
+    store = store or StateStore()
+    record = {"host": target.host, "user": target.user, "port": target.port, "identity": target.identity,
+              "known_hosts": target.known_hosts, "workdir": workdir}
+    try:
+        store.write_lab_file(key, HOST_FILE, json.dumps(record, indent=2) + "\n")
+    except InputError as exc:
+        log.warning("could not remember the lab on %s: %s", target.display, exc.message)
+
+
+def host_lab(name: str, store: StateStore | None = None) -> dict | None:
+    """What run-lab --host remembered of the lab `name` (see remember_host_lab), or None: none, or a
+    record that is not one (then the name resolves as before)."""
+    store = store or StateStore()
+    data = _read_small_json(store.lab_dir(name) / HOST_FILE)
+    if data is None:
+        return None
+    fields = {"host": str, "user": str, "port": int, "workdir": str, "known_hosts": str}
+    if not all(isinstance(data.get(k), t) for k, t in fields.items()) or not 0 < data["port"] < 65536 \
+            or not isinstance(data.get("identity"), (str, type(None))):
+        log.warning("ignoring the record of lab %s: not what run-lab wrote", name)
+        return None
+    return data
+
+
+def resolve_target(name: str, host: str | None, identity: str | None = None, known_hosts: str | None = None,
+                   accept_new: bool = False):
+    """The SSH target a command means: --host; else the lab --name made by `up` (its state); else the
+    --host lab run-lab remembered under that name (no AWS call for it)."""
+    from tflab.state import check_name
+
+    store = StateStore()
+    if host is None and store.load(check_name(name)) is None:
+        record = host_lab(name, store)
+        if record is not None:
+            from tflab.ssh import SshTarget
+
+            port = record["port"]
+            return SshTarget(host=record["host"], user=record["user"], port=port,
+                             identity=identity or record["identity"], known_hosts=known_hosts or record["known_hosts"],
+                             accept_new=accept_new,
+                             label=f"lab '{name}' ({record['user']}@{record['host']}" + (f":{port})" if port != 22
+                                                                                          else ")"))
+    from tflab.cloud import lab_target
+
+    return lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
+
+
+def recorded_workdir(name: str) -> str | None:
+    """run-lab's workdir on the lab's host: as the lab's state has it (`up`), or its --host record."""
+    state = StateStore().load(name)
+    if state is not None:
+        return state.workdir
+    record = host_lab(name)
+    return record["workdir"] if record is not None else None

@@ -573,11 +573,12 @@ def _url_lines(tunnels: Tunnels, jupyter_token: str | None) -> list[str]:
 
 def _forwarding_event(tunnels: Tunnels, jupyter_token: str | None = None) -> dict:
     """What `tflab tunnel --json` prints (one line) each time the forwards are up: each forward, and the
-    lab's URLs (Jupyter's with its token)."""
-    return {"event": "forwarding", "host": tunnels.connection.target.display, "client": tunnels.client,
-            "forwards": {f.name: {"local": f"127.0.0.1:{tunnels.local_ports[f.name]}", "remote_port": f.remote_port}
-                         for f in tunnels.forwards},
-            "urls": lab_urls(_lab_local_ports(tunnels), jupyter_token)}
+    lab's URLs (Jupyter's with its token), when it forwards the lab's services."""
+    event = {"event": "forwarding", "host": tunnels.connection.target.display, "client": tunnels.client,
+             "forwards": {f.name: {"local": f"127.0.0.1:{tunnels.local_ports[f.name]}", "remote_port": f.remote_port}
+                          for f in tunnels.forwards}}
+    urls = lab_urls(_lab_local_ports(tunnels), jupyter_token)
+    return event | {"urls": urls} if urls else event
 
 
 _CLIENT_NAMES = {"openssh": "OpenSSH (ssh -N -L)", "paramiko": "paramiko (sshtunnel)"}

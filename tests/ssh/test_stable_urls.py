@@ -86,7 +86,7 @@ def tensorboard_runs(url: str) -> list:
 
 def test_run_lab_says_its_urls_close_with_it_and_which_command_opens_them(detached_lab, sshd):
     proc, report, workdir, tmp, _ = detached_lab
-    again = f"tflab tunnel --host {sshd.user}@127.0.0.1:{sshd.port} --workdir {workdir}"
+    again = f"tflab tunnel --name {host_lab_name('127.0.0.1', sshd.port)}"  # the --host lab, by the name it got
     assert f"until `{again}` opens them again" in proc.stderr
     assert report["tunnel"] == again
     saved = json.loads((tmp / "results" / "report.json").read_text())
@@ -166,3 +166,24 @@ def test_tunnel_prints_jupyters_url_with_its_token_and_no_file_here_holds_it(det
         assert files, folder
         for path in files:
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_a_host_lab_is_a_name_tunnel_ssh_autostop_reach_it_without_its_flags(detached_lab, sshd):
+    """run-lab --host remembered the lab (address, user, port, identity, known_hosts, workdir) under the name
+    derived from its address: --name alone reaches it, with no AWS call (no credentials would do here)."""
+    _, report, workdir, tmp, env = detached_lab
+    name = host_lab_name("127.0.0.1", sshd.port)
+    no_aws = {**env, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent"}
+    shell = tflab("ssh", "--name", name, "--", "cat", f"{workdir}/services/ports.json", env=no_aws)
+    assert shell.returncode == 0, shell.stderr
+    assert json.loads(shell.stdout) == report["host"]["ports"]
+    watchdog = tflab("autostop", "--name", name, "--json", env=no_aws)  # the watchdog in run-lab's --workdir
+    assert watchdog.returncode == 0, watchdog.stderr
+    tunnel = TunnelProcess(["--name", name], no_aws)  # the ports the host chose, from the remembered workdir
+    try:
+        forwards = tunnel.forwards()
+        assert {n: forwards[n]["remote_port"] for n in forwards} == \
+               {n: p for n, p in report["host"]["ports"].items() if p}
+        assert run_name(report) in tensorboard_runs(f"http://{forwards['tensorboard']['local']}/")
+    finally:
+        assert tunnel.close() == 0, "".join(tunnel.lines)
