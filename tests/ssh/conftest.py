@@ -31,3 +31,9 @@ def target(sshd, tmp_path):
 
 def unpinned(target: SshTarget, **changes) -> SshTarget:
     return dataclasses.replace(target, pinned={}, **changes)
+
+
+def host_args(sshd, tmp) -> list[str]:
+    """`--host` options that reach the suite's sshd as its user, with a known_hosts file under tmp."""
+    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
+            "--known-hosts", str(tmp / "known_hosts")]

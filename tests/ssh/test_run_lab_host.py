@@ -27,13 +27,10 @@ from tflab.lab import http_json
 from tflab.ssh import Connection, SshTarget
 from tflab.sshhost import SshHost
 from tflab.tunnels import Forward, Tunnels
+from tests.ssh.conftest import host_args
 
 pytestmark = pytest.mark.slow
 
-
-def host_args(sshd, tmp_path: Path) -> list[str]:
-    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
-            "--known-hosts", str(tmp_path / "known_hosts")]
 
 
 @pytest.fixture(scope="module")

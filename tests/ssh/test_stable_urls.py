@@ -19,13 +19,10 @@ from tests.conftest import tflab, wait_until
 from tflab.labs import LOCAL_PORTS_FILE, host_lab_name
 from tflab.ssh import Connection, SshTarget
 from tflab.sshhost import SshHost
+from tests.ssh.conftest import host_args
 
 pytestmark = pytest.mark.slow
 
-
-def host_args(sshd, tmp) -> list[str]:
-    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
-            "--known-hosts", str(tmp / "known_hosts")]
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,10 @@ from tflab.client import ServingClient
 from tflab.ssh import Connection, SshTarget
 from tflab.sshhost import SshHost
 from tflab.state import LabState, StateStore
+from tests.ssh.conftest import host_args
 
 pytestmark = pytest.mark.slow
 
-
-def host_args(sshd, tmp_path) -> list[str]:
-    return ["--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--identity", str(sshd.user_key),
-            "--known-hosts", str(tmp_path / "known_hosts")]
 
 
 @pytest.fixture(scope="module")
