@@ -260,12 +260,16 @@ class _OnATerminal:
         import select
 
         while text not in self.seen:
-            if self.proc.poll() is not None or not select.select([self.master], [], [], 0.5)[0]:
+            exited = self.proc.poll() is not None  # then what it wrote last is still to be read
+            if not select.select([self.master], [], [], 0 if exited else 0.5)[0]:
                 return False
             try:
-                self.seen.extend(os.read(self.master, 65536))
-            except OSError:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the pty's other end is closed and drained
                 return False
+            if not chunk:
+                return False
+            self.seen.extend(chunk)
         return True
 
     def wait_for(self, text: bytes, timeout: float, what: str) -> None:
@@ -311,9 +315,10 @@ def test_on_a_terminal_a_dropped_tunnel_is_said_with_how_to_reach_the_services_a
         ssh = [pid for pid in children if open(f"/proc/{pid}/comm").read().strip() == "ssh"]
         assert len(ssh) == 1, children  # the forwards run in the system's ssh (TFLAB_TUNNEL_CLIENT=auto)
         os.kill(int(ssh[0]), signal.SIGKILL)  # as when the network goes
-        run.wait_for(b"tflab tunnel", 30, what="run-lab to say the tunnels dropped")
+        run.wait_for(b"dropped; the services keep running there", 30, what="run-lab to say the tunnels dropped")
         run.proc.wait(30)
+        run.read_until(b"forwards them again")  # the rest of the line, written just before it exits
     finally:
         run.close()
     assert run.proc.returncode == 0, run.text[-2000:]
-    assert "dropped; the services keep running there" in run.text
+    assert "tflab tunnel" in run.text.split("dropped; the services keep running there")[1]  # how to reach them again
