@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .status import ServingError, clip
-from .predict import check_rows, dtype_name
+from .predict import check_rows
 
 
 def json_float(value: float, float32: bool) -> str:
@@ -85,39 +85,166 @@ def predictions_json(outputs: dict, columnar: bool) -> str:
     return '{"predictions": [' + ", ".join(rows) + "]}"
 
 
-def json_to_array(value, info, name: str):
+# The range of a JSON integer each dtype takes, as rapidjson's IsInt/IsInt64/IsUint/IsUint64 test it in
+# json_tensor.cc AddValueToTensor (int8, int16 and uint8 take any int32, as there).
+INTEGER_RANGES = {"int32": (-2 ** 31, 2 ** 31), "int16": (-2 ** 31, 2 ** 31), "int8": (-2 ** 31, 2 ** 31),
+                  "uint8": (-2 ** 31, 2 ** 31), "int64": (-2 ** 63, 2 ** 63), "uint32": (0, 2 ** 32),
+                  "uint64": (0, 2 ** 64)}
+# The largest whole number a float type holds exactly (json_tensor.cc IsLosslessDecimal's kMaxInt).
+FLOAT_LIMITS = {"float": (2 ** 24 - 1, float(np.finfo(np.float32).max)), "double": (2 ** 53 - 1, math.inf)}
+
+
+def is_json_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def json_double(value) -> float:
+    """A JSON number as the double rapidjson reads it; one beyond a double's range is its parse error."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: Number too big to be stored in double.") from None
+
+
+def json_text(value) -> str:
+    """A JSON value as json_tensor.cc JsonValueToString writes it in an error: decimals by WriteDecimal (a
+    float's shortest form when the value is one), objects and arrays by rapidjson's PrettyWriter; cut to 60
+    characters, as every part of a request an error quotes."""
+    if isinstance(value, int) and not isinstance(value, bool) and -2 ** 63 <= value < 2 ** 64:
+        text = str(value)
+    elif is_json_number(value):  # a decimal, or a whole number beyond 64 bits (rapidjson reads it as a double)
+        number = json_double(value)
+        text = json_float(number, float(np.float32(number)) == number)
+    else:
+        text = json.dumps(value, indent=4 if isinstance(value, (dict, list)) else None, ensure_ascii=False)
+    return clip(text, 60)
+
+
+def type_error(value, dtype: str) -> ServingError:
+    """json_tensor.cc TypeError: the JSON value, its JSON type and the dtype the signature expects."""
+    return ServingError("INVALID_ARGUMENT", f"JSON Value: {json_text(value)} Type: {json_type(value)} is not of "
+                                            f"expected type: {dtype}")
+
+
+def check_json_value(value, dtype: str) -> None:
+    """Refuse one JSON value (a leaf of a tensor) that json_tensor.cc AddValueToTensor refuses for dtype
+    (and FillTensorProto, for an object: base64 bytes for a string, else a type error)."""
+    if dtype == "string":
+        if isinstance(value, dict):
+            if not (len(value) == 1 and isinstance(value.get("b64"), str)):  # IsValBase64Object
+                raise ServingError("INVALID_ARGUMENT", f"JSON Value: {json_text(value)} not formatted correctly "
+                                                       "for base64 data")
+        elif not isinstance(value, str):
+            raise type_error(value, dtype)
+    elif dtype in FLOAT_LIMITS:
+        if not is_json_number(value):
+            raise type_error(value, dtype)
+        whole, largest = FLOAT_LIMITS[dtype]
+        whole_number = isinstance(value, int) and -2 ** 63 <= value < 2 ** 64
+        double = json_double(value)
+        if abs(value) > whole if whole_number else (math.isfinite(double) and abs(double) > largest):
+            raise ServingError("INVALID_ARGUMENT", f"Cannot convert JSON value: {json_text(value)} to {dtype} "
+                                                   "without loss of precision.")
+    elif dtype in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[dtype]
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value < high):
+            raise type_error(value, dtype)
+    elif dtype == "bool":
+        if not isinstance(value, bool):
+            raise type_error(value, dtype)
+    else:
+        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {json_text(value)} to type: {dtype}")
+
+
+def dense_shape(value) -> list:
+    """json_tensor.cc GetDenseTensorShape: the shape read along each list's first element."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def check_tensor(value, dtype: str) -> tuple:
+    """Refuse a JSON tensor as json_tensor.cc FillTensorProto does, at the first value (in the document's
+    order) that is at the wrong level, in a list of the wrong size, or of the wrong type.
+
+    Returns:
+        (shape, number of values).
+    """
+    shape = dense_shape(value)
+    rank, count = len(shape), 0
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, list):
+            if level != rank:
+                raise ServingError("INVALID_ARGUMENT", f"JSON Value: {json_text(item)} found at incorrect level: "
+                                                       f"{level + 1} in the JSON DOM. Expected at level: {rank}")
+            check_json_value(item, dtype)
+            count += 1
+            continue
+        if level >= rank:
+            raise ServingError("INVALID_ARGUMENT", f"Encountered list at unexpected level: {level} expected < {rank}")
+        if len(item) != shape[level]:
+            raise ServingError("INVALID_ARGUMENT", f"Encountered list at unexpected size: {len(item)} at level: "
+                                                   f"{level} expected size: {shape[level]}")
+        stack.extend((x, level + 1) for x in reversed(item))
+    return shape, count
+
+
+def info_dtype(info) -> str:
+    """A TensorInfo's dtype as DataTypeString names it (float, int32, string...)."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(info.dtype)[3:].lower()
+
+
+def check_instance(item, name: str, info, seen: dict) -> None:
+    """json_tensor.cc AddInstanceItem: one element of "instances" (or one input of it) as a tensor of the
+    TensorInfo's dtype, of the size and shape of the first element's; seen keeps (size, shape) per input."""
+    shape, size = check_tensor(item, info_dtype(info))
+    if name not in seen:
+        seen[name] = (size, shape)
+        return
+    first_size, first_shape = seen[name]
+    if size != first_size:
+        raise ServingError("INVALID_ARGUMENT", f"Expecting tensor size: {first_size} but got: {size}")
+    if shape != first_shape:
+        raise ServingError("INVALID_ARGUMENT", f"Expecting shape [{','.join(map(str, first_shape))}] but got: "
+                                               f"[{','.join(map(str, shape))}]")
+
+
+def instance_error(index: int, err: ServingError, key: str | None = None) -> ServingError:
+    """json_tensor.cc FillTensorMapFromInstancesList: an element's error inside its own, with the status's
+    code as absl::Status::ToString writes it."""
+    where = f"{index}" if key is None else f"{index} key: {clip(key, 60)}"
+    return ServingError("INVALID_ARGUMENT", f"Failed to process element: {where} of 'instances' list. Error: "
+                                            f"{err.code_name}: {err.message}")
+
+
+def json_to_array(value, info):
     """A JSON value as a numpy array of the TensorInfo's dtype, refused as json_tensor.cc refuses it."""
     import tensorflow as tf
 
     import base64
 
+    check_tensor(value, info_dtype(info))
     dtype = tf.as_dtype(info.dtype)
     if dtype == tf.string:
         def decode(v):
-            if isinstance(v, dict) and list(v) == ["b64"] and isinstance(v["b64"], str):
+            if isinstance(v, dict):
                 try:
                     return base64.b64decode(v["b64"], validate=True)
                 except ValueError:
                     raise ServingError("INVALID_ARGUMENT", "Unable to base64 decode") from None
-            if isinstance(v, str):
-                return v.encode()
             if isinstance(v, list):
                 return [decode(x) for x in v]
-            raise ServingError("INVALID_ARGUMENT", f"JSON Value: {clip(json.dumps(v), 60)} Type: "
-                                                   f"{type(v).__name__} is not of expected type: string")
-        array = np.asarray(decode(value), dtype=object)
-    else:
-        probe = np.asarray(value)
-        if probe.dtype.kind not in "fiub" or (probe.dtype.kind == "b" and dtype != tf.bool):
-            what = "list of uneven sizes" if probe.dtype.kind == "O" else probe.dtype.kind
-            raise ServingError("INVALID_ARGUMENT", clip(
-                f"JSON Value for {name} ({what}): {json.dumps(value)[:60]} is not of expected type: "
-                f"{dtype_name(dtype)}"))
-        if dtype.is_integer and probe.dtype.kind == "f" and not np.all(np.mod(probe, 1) == 0):
-            raise ServingError("INVALID_ARGUMENT", f"JSON Value for {clip(name, 60)}: a float where "
-                                                   f"{dtype_name(dtype)} is expected")
-        array = probe.astype(dtype.as_numpy_dtype)
-    return array
+            return v.encode()
+        return np.asarray(decode(value), dtype=object)
+    return np.asarray(value, dtype=dtype.as_numpy_dtype)
 
 
 def json_type(value) -> str:
@@ -146,10 +273,7 @@ def feature_value(name: str, value) -> tuple:
         if 0 <= value < 2 ** 64:
             raise ServingError("INVALID_ARGUMENT", f"Feature: {clip(name, 60)} has uint64_t element. Only int64_t "
                                                    "is supported.")
-        try:  # beyond 64 bits rapidjson reads a number as a double
-            return "float_list", float(value)
-        except OverflowError:
-            raise ServingError("INVALID_ARGUMENT", "JSON Parse error: Number too big to be stored in double.") from None
+        return "float_list", json_double(value)  # beyond 64 bits rapidjson reads a number as a double
     if isinstance(value, float):
         return "float_list", value
     if isinstance(value, str):

@@ -23,7 +23,8 @@ from .bundle import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
 from .predict import check_inputs, check_rows, run
 from .core import select_version
 from .inference import classify_or_regress
-from .json_tensor import classification_json, examples_from_json, json_to_array, predictions_json, regression_json
+from .json_tensor import (check_instance, classification_json, examples_from_json, instance_error, json_text,
+                          json_to_array, predictions_json, regression_json)
 from .metrics import Activity
 from .metadata import model_metadata, model_status
 
@@ -366,14 +367,14 @@ class RestHandler(BaseHTTPRequestHandler):
                     raise ServingError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
                                                            "as multiple input tensors required as per tensorinfo_map")
                 (key, info), = infos.items()
-                inputs = {key: json_to_array(value, info, key)}
+                inputs = {key: json_to_array(value, info)}
             else:
                 inputs = {}
                 for key in sorted(infos):
                     if key not in value:
                         raise ServingError("INVALID_ARGUMENT", f"Missing named input: {clip(key, 60)} in 'inputs' "
                                                                "object.")
-                    inputs[key] = json_to_array(value[key], infos[key], key)
+                    inputs[key] = json_to_array(value[key], infos[key])
         else:
             raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
         for key, value in inputs.items():
@@ -395,29 +396,36 @@ class RestHandler(BaseHTTPRequestHandler):
         if not objects and len(infos) > 1:
             raise ServingError("INVALID_ARGUMENT", "instances is a plain list, but expecting list of objects as "
                                                    "multiple input tensors required as per tensorinfo_map")
+        seen: dict = {}
         if not objects:
+            (key, info), = infos.items()
             for i, item in enumerate(instances):
                 if is_object(item):
                     raise ServingError("INVALID_ARGUMENT", f"Expecting value/list but got object at item {i} "
                                                            "of input list")
-            (key, info), = infos.items()
-            return {key: json_to_array(instances, info, key)}
+                try:
+                    check_instance(item, key, info, seen)
+                except ServingError as err:
+                    raise instance_error(i, err) from None
+            return {key: json_to_array(instances, info)}
         columns = {k: [] for k in infos}
         for i, item in enumerate(instances):
             if not is_object(item):
                 raise ServingError("INVALID_ARGUMENT", f"Expecting object but got list at item {i} of input list")
-            for k in item:
-                if k not in infos:
-                    raise ServingError("INVALID_ARGUMENT", f"Failed to process element: {i} key: {clip(k, 60)} of "
-                                                           f"'instances' list. Error: JSON object: does not have "
-                                                           f"named input: {clip(k, 60)}")
+            for k, v in item.items():
+                try:
+                    if k not in infos:
+                        raise ServingError("INVALID_ARGUMENT", f"JSON object: does not have named input: "
+                                                               f"{clip(k, 60)}")
+                    check_instance(v, k, infos[k], seen)
+                except ServingError as err:
+                    raise instance_error(i, err, k) from None
+                columns[k].append(v)
             if set(item) != set(infos):
                 raise ServingError("INVALID_ARGUMENT", f"Failed to process element: {i} of 'instances' list. JSON "
-                                                       f"object: {clip(json.dumps(item), 60)} keys must be equal "
+                                                       f"object: {json_text(item)} keys must be equal "
                                                        f"to: {','.join(sorted(infos))}")
-            for k, v in item.items():
-                columns[k].append(v)
-        return {k: json_to_array(v, infos[k], k) for k, v in columns.items()}
+        return {k: json_to_array(v, infos[k]) for k, v in columns.items()}
 
     def other(self):
         return self.malformed()

@@ -790,6 +790,48 @@ def test_rest_row_format_with_objects(server):
     assert status == 400 and "keys must be equal to: a,b" in body["error"]
 
 
+@pytest.mark.parametrize("model, body, message", [
+    # json_tensor.cc TypeError ("JSON Value: <value> Type: <JsonTypeString> is not of expected type:
+    # <DataTypeString>") for the first value of the wrong type; in the row format inside
+    # FillTensorMapFromInstancesList's "Failed to process element" with the status's code (absl ToString).
+    ("nn", {"signature_name": "prediction", "instances": [["a"]]},
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"a\" Type: String "
+     "is not of expected type: float"),
+    ("nn", {"signature_name": "prediction", "inputs": [[1.0], [True]]},
+     "JSON Value: true Type: True is not of expected type: float"),
+    ("nn", {"signature_name": "prediction", "inputs": [[None]]},
+     "JSON Value: null Type: Null is not of expected type: float"),
+    ("nn", {"signature_name": "prediction", "inputs": [[{"x": 1}]]},
+     'JSON Value: {\n    "x": 1\n} Type: Object is not of expected type: float'),
+    ("multi", {"instances": [{"a": [1.0, 2.0], "b": 3}, {"a": [1.0, 2.0], "b": 1.5}]},
+     "Failed to process element: 1 key: b of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: 1.5 Type: "
+     "Number is not of expected type: int64"),
+    # IsLosslessDecimal: a whole number above 2^24 - 1 is not a float.
+    ("nn", {"signature_name": "prediction", "inputs": [[16777217]]},
+     "Cannot convert JSON value: 16777217 to float without loss of precision."),
+    # FillTensorProto and AddInstanceItem: lists of another size or shape than the first.
+    ("nn", {"signature_name": "prediction", "inputs": [[1.0], [2.0, 3.0]]},
+     "Encountered list at unexpected size: 2 at level: 1 expected size: 1"),
+    ("nn", {"signature_name": "prediction", "instances": [[1.0], [2.0, 3.0]]},
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 1 but "
+     "got: 2"),
+    ("nn", {"signature_name": "prediction", "instances": [[1.0], [[2.0]]]},
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting shape [1] but got: "
+     "[1,1]"),
+    ("multi", {"instances": [{"c": 1, "a": [1.0, 2.0], "b": 3}]},
+     "Failed to process element: 0 key: c of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not "
+     "have named input: c"),
+])
+def test_rest_values_of_the_wrong_type_or_shape_get_json_tensors_messages(server, model, body, message):
+    """A request a person gets wrong is answered in TF Serving's own words (util/json_tensor.cc), naming the
+    JSON value, its JSON type and the type the signature wants, and the server keeps serving."""
+    status, answer, _ = http(server, "POST", f"/v1/models/{model}:predict", body)
+    assert (status, answer) == (400, {"error": message})
+    status, answer, _ = http(server, "POST", "/v1/models/nn:predict",
+                             {"signature_name": "prediction", "instances": [[2.0]]})
+    assert status == 200 and answer["predictions"][0][0] == pytest.approx(server["expect"](2.0), rel=1e-5)
+
+
 def test_rest_refuses_both_instances_and_inputs_and_neither(server):
     """util/json_tensor.cc FillPredictRequestFromJson: "expecting only one of 'inputs' or 'instances' keys",
     "Missing 'inputs' or 'instances' key", "No values in 'instances' array", an empty body."""
