@@ -120,7 +120,8 @@ def run_lab(
     """
     if not 0 < learning_rate < float("inf"):
         raise typer.BadParameter("must be > 0 and finite", param_hint="--learning-rate")
-    from tflab.lab import HOST_PORTS, LabOptions, open_run
+    from tflab.lab import HOST_PORTS, LabOptions
+    from tflab.labs import open_run
     from tflab.report import render
     from tflab.signals import wait_for_interrupt
 
@@ -653,7 +654,7 @@ def autostop(
         view = change(connection, workdir, off=off, on=on, **seconds)
     changing = off or on or any(v is not None for v in seconds.values())
     if host is None and changing:  # a lab of several instances: every node's watchdog gets the same policy
-        from tflab.cloud import lab_target
+        from tflab.labs import lab_target
         from tflab.state import StateStore
 
         state = StateStore().load(name)

@@ -249,15 +249,13 @@ def refresh_fingerprints(store: StateStore, state: LabState, node: int = 0) -> L
     return updated
 
 
-def lab_target(*, name: str | None, host: str | None = None, identity: str | None = None,
-               known_hosts: str | None = None, accept_new: bool = False,
-               store: StateStore | None = None, node: int = 0) -> SshTarget:
-    """tflab.targets.resolve_target for a command line: a lab's missing fingerprints are read from
-    its console output once more (refresh_fingerprints)."""
+def node_target(store: StateStore, name: str, node: int = 0, accept_new: bool = False) -> SshTarget:
+    """The SSH target of the lab's node (tflab.targets.resolve_target), its missing host key fingerprints
+    read from its console output once more (refresh_fingerprints)."""
     from tflab.targets import resolve_target
 
-    return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
-                          store=store, refresh=refresh_fingerprints, node=node)
+    return resolve_target(name=name, host=None, accept_new=accept_new, store=store, refresh=refresh_fingerprints,
+                          node=node)
 
 
 CHECKIP_URL = "https://checkip.amazonaws.com"  # answers the caller's address as AWS sees it, one line
@@ -624,7 +622,7 @@ def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
     token = peers_token(state)
     for node in state.nodes:
         try:
-            with Connection(lab_target(name=state.name, store=store, node=node["index"]), connect_timeout=10) as c:
+            with Connection(node_target(store, state.name, node["index"]), connect_timeout=10) as c:
                 write_peers(c, state, node["index"], token)
         except (TflabError, OSError) as exc:
             console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
@@ -637,7 +635,7 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
     False when its key cannot be verified yet, so nothing was tried."""
     from tflab.ssh import wait_for_ssh
 
-    target = lab_target(name=state.name, accept_new=accept_new, store=store, node=node)
+    target = node_target(store, state.name, node, accept_new)
     if not target.pinned and not accept_new and not __import__("os").path.exists(target.known_hosts):
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
@@ -754,7 +752,7 @@ def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
     from tflab.ssh import Connection
 
     try:
-        target = lab_target(name=name, store=store)
+        target = node_target(store, name)
         with Connection(target, connect_timeout=5) as connection:
             return autostop(connection, WATCHDOG_DIR, timeout=15)
     except (TflabError, OSError, ValueError, EOFError) as exc:
@@ -824,7 +822,7 @@ def stop_host_services(store: StateStore, name: str, console: Console) -> None:
     from tflab.sshhost import SshHost
 
     try:
-        target = lab_target(name=name, store=store)
+        target = node_target(store, name)
         with Connection(target, connect_timeout=10) as connection:
             SshHost(connection).stop_all_services(f"{state.workdir}/services")
         console.info(f"stopped the lab's services on {target.display}")

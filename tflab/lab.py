@@ -1,4 +1,6 @@
-"""The run-lab pipeline, written once against the Host interface (tflab.host).
+"""The run-lab pipeline, written once against the Host interface (tflab.host), and nothing else: what a
+lab name, --local, --host or --hosts resolves to (the state, the targets, the Hosts) is tflab.labs's,
+which hands LabRun its Hosts.
 
 prepare the host -> choose the services' ports there -> TensorBoard, Jupyter (where the host has
 it) and the model server as services (started first, so their start-up overlaps the steps) ->
@@ -17,7 +19,6 @@ import dataclasses
 import json
 import logging
 import posixpath
-import shlex
 import time
 import urllib.error
 import urllib.request
@@ -496,86 +497,6 @@ def stop_services(host: Host, services: list[Service]) -> None:
     services.clear()
 
 
-def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
-             host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
-             accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
-             ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None) -> LabRun:
-    """The run on this machine (local), on any SSH machine (host), on several (hosts: the first is the
-    chief, and each trains as one worker), or on the lab `name` made by `up`.
-
-    Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
-    still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
-    Raises NotFoundError (no such lab), InputError (a bad --host, key or folder).
-    """
-    import re
-
-    from tflab.host import LocalHost
-
-    if options.workers > 1:  # one seed for every worker
-        options = across(options, options.workers)
-    if local:
-        results = (out or Path.cwd() / "tflab-results" / "local").resolve()
-        return LabRun(LocalHost(workdir=results), options, console, results)
-    from tflab.cloud import WATCHDOG_DIR, lab_target, peers_token, write_peers
-    from tflab.errors import NotFoundError
-    from tflab.ssh import Connection
-    from tflab.sshhost import SshHost
-    from tflab.state import LabState, StateStore
-
-    store = StateStore()
-    if hosts:
-        host = hosts[0]
-    if host is None and store.load(name) is None:
-        raise NotFoundError(f"no lab named '{name}' on this machine",
-                            hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
-                                 "--local runs the lab here")
-    target = lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
-                        store=store)
-    label = name if host is None else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
-    results = (out or Path.cwd() / "tflab-results" / label).resolve()
-    if ssh_timeout is None:
-        ssh_timeout = 600.0 if host is None else 0.0
-    state = store.load(name) if host is None else None
-    lab_nodes = state.nodes if state is not None else []  # a lab of several instances: private addresses
-    # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
-    # `up` has its own, started at boot, that powers the instance off.
-    ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                       watchdog="stop-services" if host is not None else None,
-                       peer=lab_nodes[0].get("private_ip") if lab_nodes else None)
-
-    def remember_workdir(prepared: Host) -> None:
-        """`down` stops the services it finds there; the lab's watchdog (in ~/tflab, from the boot
-        script) watches the lab there too."""
-        state = store.load(name)
-        if state is not None and state.workdir != prepared.workdir:
-            store.save(LabState.from_dict(state.to_dict() | {"workdir": prepared.workdir}))
-        folder = shlex.quote(ssh_host.connection.absolute(WATCHDOG_DIR) + "/autostop")
-        ssh_host.connection.run(f"mkdir -p {folder} && printf %s {shlex.quote(prepared.workdir)} > {folder}/lab-dir",
-                                step="autostop")
-        if state is not None and state.nodes:  # a lab of several stops as one: each watchdog knows the others
-            token = peers_token(state)  # and the lab's token, which only its own nodes' answers carry
-            for index, node in enumerate([ssh_host, *others]):
-                write_peers(node.connection, state, index, token)  # the token on stdin, never in a command line
-
-    others = []
-    for spec in (hosts or [])[1:]:  # the other nodes: they train; the chief serves and has the watchdog
-        node = lab_target(name=name, host=spec, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
-                          store=store)
-        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout))
-    for entry in lab_nodes[1:]:
-        node = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new, store=store,
-                          node=entry["index"])
-        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                              peer=entry.get("private_ip")))
-    if others:
-        options = across(options, len(others) + 1)
-    from tflab import labs
-
-    key = labs.lab_key(name, host, target)
-    return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
-                  (lambda prepared: labs.remember_host_lab(key, target, prepared.workdir, store)), others=others, local_ports=labs.wanted_local_ports(key, store),
-                  on_forwarded=lambda local: labs.remember_local_ports(key, local, store),
-                  reopen=labs.tunnel_command(key, None))  # a --host lab is remembered under key
 
 
 def across(options: LabOptions, count: int) -> LabOptions:

@@ -1,4 +1,7 @@
-"""What a lab name (or --host) resolves to on this machine, and what tflab remembers for it locally.
+"""What a lab name, --local, --host or --hosts resolves to on this machine: the lab's state, its SSH
+targets (a lab's host key fingerprints read from the cloud when it has none yet), its Hosts, the run of
+the pipeline over them (open_run), and what tflab remembers for a lab locally. The pipeline itself
+(tflab.lab) never asks which kind of host it has: it gets Hosts from here.
 
 A lab made by `up` is its name. A lab run on any SSH machine (`run-lab --host user@address[:port]`)
 is, until it is given one, the name derived from its address (`host_lab_name`). Either way, the lab's
@@ -14,9 +17,15 @@ import logging
 import os
 import re
 import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tflab.ports import LAB_PORTS
 from tflab.state import NAME, StateStore
+
+if TYPE_CHECKING:
+    from tflab.console import Console
+    from tflab.lab import LabOptions, LabRun
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +165,19 @@ def resolve_target(name: str, host: str | None, identity: str | None = None, kno
                              accept_new=accept_new,
                              label=f"lab '{name}' ({record['user']}@{record['host']}" + (f":{port})" if port != 22
                                                                                           else ")"))
-    from tflab.cloud import lab_target
-
     return lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new)
+
+
+def lab_target(*, name: str | None, host: str | None = None, identity: str | None = None,
+               known_hosts: str | None = None, accept_new: bool = False,
+               store: StateStore | None = None, node: int = 0):
+    """tflab.targets.resolve_target for a command line: a lab's missing fingerprints are read from
+    its console output once more (tflab.cloud.refresh_fingerprints)."""
+    from tflab.cloud import refresh_fingerprints
+    from tflab.targets import resolve_target
+
+    return resolve_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                          store=store, refresh=refresh_fingerprints, node=node)
 
 
 def recorded_workdir(name: str) -> str | None:
@@ -168,3 +187,85 @@ def recorded_workdir(name: str) -> str | None:
         return state.workdir
     record = host_lab(name)
     return record["workdir"] if record is not None else None
+
+
+def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
+             host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
+             accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
+             ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None) -> LabRun:
+    """The run of the pipeline (a tflab.lab.LabRun) on this machine (local), on any SSH machine (host), on
+    several (hosts: the first is the chief, and each trains as one worker), or on the lab `name` made by `up`.
+
+    Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
+    still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
+    Raises NotFoundError (no such lab), InputError (a bad --host, key or folder).
+    """
+    import shlex
+
+    from tflab.host import Host, LocalHost
+    from tflab.lab import LabRun, across
+
+    if options.workers > 1:  # one seed for every worker
+        options = across(options, options.workers)
+    if local:
+        results = (out or Path.cwd() / "tflab-results" / "local").resolve()
+        return LabRun(LocalHost(workdir=results), options, console, results)
+    from tflab.cloud import WATCHDOG_DIR, peers_token, write_peers
+    from tflab.errors import NotFoundError
+    from tflab.ssh import Connection
+    from tflab.sshhost import SshHost
+    from tflab.state import LabState
+
+    store = StateStore()
+    if hosts:
+        host = hosts[0]
+    if host is None and store.load(name) is None:
+        raise NotFoundError(f"no lab named '{name}' on this machine",
+                            hint="`tflab up` makes one; --host user@address runs on any SSH machine; "
+                                 "--local runs the lab here")
+    target = lab_target(name=name, host=host, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                        store=store)
+    label = name if host is None else re.sub(r"[^A-Za-z0-9.-]+", "_", f"{target.host}-{target.port}")
+    results = (out or Path.cwd() / "tflab-results" / label).resolve()
+    if ssh_timeout is None:
+        ssh_timeout = 600.0 if host is None else 0.0
+    state = store.load(name) if host is None else None
+    lab_nodes = state.nodes if state is not None else []  # a lab of several instances: private addresses
+    # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
+    # `up` has its own, started at boot, that powers the instance off.
+    ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
+                       watchdog="stop-services" if host is not None else None,
+                       peer=lab_nodes[0].get("private_ip") if lab_nodes else None)
+
+    def remember_workdir(prepared: Host) -> None:
+        """`down` stops the services it finds there; the lab's watchdog (in ~/tflab, from the boot
+        script) watches the lab there too."""
+        state = store.load(name)
+        if state is not None and state.workdir != prepared.workdir:
+            store.save(LabState.from_dict(state.to_dict() | {"workdir": prepared.workdir}))
+        folder = shlex.quote(ssh_host.connection.absolute(WATCHDOG_DIR) + "/autostop")
+        ssh_host.connection.run(f"mkdir -p {folder} && printf %s {shlex.quote(prepared.workdir)} > {folder}/lab-dir",
+                                step="autostop")
+        if state is not None and state.nodes:  # a lab of several stops as one: each watchdog knows the others
+            token = peers_token(state)  # and the lab's token, which only its own nodes' answers carry
+            for index, node in enumerate([ssh_host, *others]):
+                write_peers(node.connection, state, index, token)  # the token on stdin, never in a command line
+
+    others = []
+    for spec in (hosts or [])[1:]:  # the other nodes: they train; the chief serves and has the watchdog
+        node = lab_target(name=name, host=spec, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                          store=store)
+        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout))
+    for entry in lab_nodes[1:]:
+        node = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new, store=store,
+                          node=entry["index"])
+        others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
+                              peer=entry.get("private_ip")))
+    if others:
+        options = across(options, len(others) + 1)
+    key = lab_key(name, host, target)
+    return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
+                  (lambda prepared: remember_host_lab(key, target, prepared.workdir, store)), others=others,
+                  local_ports=wanted_local_ports(key, store),
+                  on_forwarded=lambda local: remember_local_ports(key, local, store),
+                  reopen=tunnel_command(key, None))  # a --host lab is remembered under key

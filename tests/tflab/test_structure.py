@@ -139,3 +139,25 @@ def test_the_import_reader_sees_function_level_imports():
     tree = ast.parse("import os\ndef f():\n    from tflab.cloud import make_provider\n    import boto3\n")
     assert {"tflab.cloud", "tflab.cloud.make_provider", "boto3", "os"} <= _imported(tree, "tflab.x")
     assert _imported(tree, "tflab.x", top_level_only=True) == {"os"}
+
+
+
+PIPELINE_KEEPS_OUT = ("tflab.cloud", "tflab.ssh", "tflab.sshhost", "tflab.state")
+
+
+def _kept_out(imported: set[str]) -> list[str]:
+    """The imported names that are, or are inside, a module the pipeline keeps out."""
+    return sorted(n for n in imported if any(n == m or n.startswith(m + ".") for m in PIPELINE_KEEPS_OUT))
+
+
+def test_the_pipeline_imports_no_cloud_ssh_or_state(trees):
+    """lab.py is the pipeline and nothing else: written against Host, it never asks which kind of host it has, so
+    it imports neither the cloud lifecycle, nor SSH, nor the lab's state (what a name means is tflab.labs's)."""
+    assert _kept_out(_imported(trees["tflab.lab"], "tflab.lab")) == []
+
+
+def test_the_pipeline_check_sees_a_forbidden_import():
+    tree = ast.parse("import tflab.sshhost\ndef f():\n    from tflab.state import StateStore\n"
+                     "    from tflab import ssh, sshtunnels\n")
+    assert _kept_out(_imported(tree, "tflab.lab")) == ["tflab.ssh", "tflab.sshhost", "tflab.state",
+                                                         "tflab.state.StateStore"]
