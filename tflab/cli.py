@@ -70,6 +70,7 @@ def _console(json_mode: bool):
 
 @app.command("run-lab")
 def run_lab(
+    ctx: typer.Context,
     local: bool = typer.Option(False, "--local", help="Run the whole lab on this machine: no cloud, no SSH."),
     name: LabName = "lab",
     host: SshHostSpec = None,
@@ -128,12 +129,15 @@ def run_lab(
     console = _console(json_out)
     wanted = {"serving": port, "rest": rest_port, "tensorboard": tensorboard_port} if local else dict(HOST_PORTS)
     nodes = _hosts_option(hosts, local=local, host=host) if hosts is not None else None
+    host_name = None  # a --host lab's name: --name when given, else the one derived from its address
+    if (host is not None or nodes) and ctx.get_parameter_source("name") == click.core.ParameterSource.COMMANDLINE:
+        host_name = _host_lab_name(name)
     options = LabOptions(steps=steps, learning_rate=learning_rate, num_examples=num_examples, seed=seed,
                          ports=wanted, prefer_builtin_server=builtin_server, workers=workers, workload=workload,
                          epochs=epochs)
     with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
                   accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
-                  out=out, hosts=nodes) as run:
+                  out=out, hosts=nodes, host_name=host_name) as run:
         report = run.execute()
         console.result(report.to_json(), render(report))
         if not run.host.keeps_services:  # this machine: the services end with the command
@@ -155,6 +159,16 @@ def run_lab(
         else:
             console.info(f"the tunnels close now, so the addresses above do not answer until {again} opens them "
                          "again (the same local ports, where free); the services keep running on the host")
+
+
+def _host_lab_name(name: str) -> str:
+    """--name given with --host: the name the lab is remembered under; not the name of a lab made by `up`."""
+    from tflab.state import StateStore, check_name
+
+    if StateStore().load(check_name(name)) is not None:
+        raise InputError(f"--name {name} is a lab made by `tflab up`, not a --host lab",
+                         hint=f"give the machine's lab another --name, or drop --host to run on lab '{name}'")
+    return name
 
 
 def _hosts_option(value: str, *, local: bool, host: str | None) -> list[str]:
@@ -331,6 +345,22 @@ def _status_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _host_status_text(doc: dict) -> str:
+    services = doc["services"]
+    answering = sum(1 for s in services.values() if s["answers"])
+    lines = [f"lab {doc['name']} (host {doc['address']}): {answering} of {len(services)} services answer",
+             f"  workdir     {doc['workdir']}"]
+    for name, service in services.items():
+        lines.append(f"  {name:<11} port {service['port']} on the host: "
+                     + ("running" if service["running"] else "not running")
+                     + (", answers" if service["answers"] else ", does not answer"))
+    lines.append(f"  autostop    the watchdog {'runs' if doc['watchdog_running'] else 'does not run'} "
+                 f"(`tflab autostop --name {doc['name']}`)")
+    lines.append(f"  next        tflab open --name {doc['name']}" + ("" if answering == len(services) and services
+                                                                    else "   (starts what is down; nothing retrained)"))
+    return "\n".join(lines)
+
+
 @app.command()
 def up(
     name: LabName = "lab",
@@ -448,11 +478,18 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Show a lab: state (and why it stopped), type, address, uptime, what it costs, its autostop
-    watchdog (idle for how long, when it acts), ports."""
+    watchdog (idle for how long, when it acts), ports. For a lab run on any machine (run-lab --host): its
+    address and whether each of its services runs and answers, asked over SSH (nothing on AWS)."""
     from tflab.cloud import status as lab_status
     from tflab.state import StateStore, check_name
 
     store = StateStore()
+    if _is_host_lab(name):
+        from tflab.hostlabs import status as host_status
+
+        doc = host_status(name, store)
+        _console(json_out).result(doc, _host_status_text(doc))
+        return
     provider = _provider(region, profile, store.load(check_name(name)))  # a damaged state: its error, no AWS call
     doc = lab_status(provider, store, name, ask_host=not no_host)
     _console(json_out).result(doc, _status_text(doc))
@@ -464,13 +501,16 @@ def list_(
     profile: Profile = None,
     json_out: bool = typer.Option(False, "--json", help="Print the labs as JSON."),
 ) -> None:
-    """List every tflab lab in the region, found by tags."""
+    """List every tflab lab: the labs made by `up` in the region (found by tags), and the labs run on any
+    machine (run-lab --host) that this machine remembers (no AWS call for those)."""
     from tflab.cloud import list_labs
+    from tflab.hostlabs import host_lab_rows
     from tflab.state import StateStore
 
-    provider = _provider(region, profile)
     store = StateStore()
-    rows = list_labs(provider, store)
+    hosts = host_lab_rows(store)
+    provider = _provider(region, profile)
+    rows = [row | {"kind": "up"} for row in list_labs(provider, store)]
     damaged = store.damaged()  # each one line, after the labs found by tags
     def cost(row: dict) -> str:
         total = (row.get("cost_usd_estimate") or {}).get("total")
@@ -480,14 +520,17 @@ def list_(
         count = len(row.get("nodes", [])) or 1
         return (f"{count} x " if count > 1 else "") + row.get("instance_type", "-")
 
-    text = "\n".join(f"{r['name']:<16} {r.get('state', '-'):<10} {kind(r):<18} "
+    text = "\n".join(f"{r['name']:<16} {'up':<5} {r.get('state', '-'):<10} {kind(r):<18} "
                      f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
+    text = "\n".join(filter(None, [text, *(f"{h['name']:<16} {'host':<5} {'-':<10} {'-':<18} {h['address']:<16} "
+                                            f"{'-':<20} {'-':>8}" for h in hosts)]))
     if text:
-        text = f"{'LAB':<16} {'STATE':<10} {'TYPE':<18} {'ADDRESS':<16} {'INSTANCE':<20} {'COST':>8}\n" + text
+        text = (f"{'LAB':<16} {'KIND':<5} {'STATE':<10} {'TYPE':<18} {'ADDRESS':<16} {'INSTANCE':<20} "
+                f"{'COST':>8}\n" + text)
     text = text or f"no tflab labs in {provider.region}"
     text += "".join(f"\n{d.name:<16} damaged state file {d.path} ({d.why}): `tflab down --name {d.name}` "
                     "removes the lab by its tags and the file" for d in damaged)
-    _console(json_out).result({"region": provider.region, "labs": rows,
+    _console(json_out).result({"region": provider.region, "labs": rows + hosts,
                                "damaged_states": [{"name": d.name, "path": str(d.path), "error": d.why}
                                                   for d in damaged]}, text)
 
@@ -500,8 +543,11 @@ def down(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before removing."),
     json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
-    """Remove everything the lab created (found by tags), then check that nothing is left."""
+    """Remove everything the lab created (found by tags), then check that nothing is left. For a lab run on
+    any machine (run-lab --host): stop its services there and forget it here; nothing else on the machine
+    is touched, and nothing on AWS is called."""
     from tflab.cloud import down as lab_down
+    from tflab.labs import host_lab
     from tflab.state import StateStore, check_name
 
     from tflab.state import DamagedStateError
@@ -511,6 +557,15 @@ def down(
         state = store.load(check_name(name))
     except DamagedStateError:  # down works from the tags alone (it says why, and removes the file after)
         state = None
+    else:
+        if state is None and host_lab(name, store) is not None:
+            from tflab.hostlabs import down as host_down
+
+            console = _console(json_out)
+            report = host_down(name, store, console, confirm=_confirm(yes, "remove a lab"))
+            console.result(report, f"lab '{name}' on {report['address']}: its services stopped, and the lab "
+                                   "forgotten here (nothing else on the machine was touched)")
+            return
     provider = _provider(region, profile, state)
     console = _console(json_out)
     report = lab_down(provider, store, name, console, confirm=_confirm(yes, "remove a lab"))

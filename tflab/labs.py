@@ -192,9 +192,11 @@ def recorded_workdir(name: str) -> str | None:
 def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
              host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
              accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
-             ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None) -> LabRun:
+             ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None,
+             host_name: str | None = None) -> LabRun:
     """The run of the pipeline (a tflab.lab.LabRun) on this machine (local), on any SSH machine (host), on
     several (hosts: the first is the chief, and each trains as one worker), or on the lab `name` made by `up`.
+    A --host lab is remembered under host_name [default: the name derived from its address].
 
     Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
     still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
@@ -263,7 +265,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
                               peer=entry.get("private_ip")))
     if others:
         options = across(options, len(others) + 1)
-    key = lab_key(name, host, target)
+    key = host_name or lab_key(name, host, target)
     return LabRun(ssh_host, options, console, results, on_prepared=remember_workdir if host is None else
                   (lambda prepared: remember_host_lab(key, target, prepared.workdir, store)), others=others,
                   local_ports=wanted_local_ports(key, store),

@@ -6,20 +6,17 @@ URL printed by one `tunnel` works in the next."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.conftest import tflab, wait_until
+from tests.conftest import tflab
 from tflab.labs import LOCAL_PORTS_FILE, host_lab_name
 from tflab.ssh import Connection, SshTarget
 from tflab.sshhost import SshHost
-from tests.ssh.conftest import host_args
+from tests.ssh.conftest import TunnelProcess, host_args
 
 pytestmark = pytest.mark.slow
 
@@ -41,35 +38,6 @@ def detached_lab(sshd, tmp_path_factory):
         target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp / "known_hosts"))
         with Connection(target) as conn:
             SshHost(conn).stop_all_services(f"{workdir}/services")
-
-
-class TunnelProcess:
-    """`tflab tunnel --json` in the background, its JSON lines and its log read as they come."""
-
-    def __init__(self, args: list[str], env: dict):
-        import os
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "tflab", "tunnel", *args, "--json"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **env})
-        self.events: list[dict] = []
-        self.lines: list[str] = []
-        self.readers = [threading.Thread(target=lambda: self.events.extend(json.loads(l) for l in self.proc.stdout),
-                                         daemon=True),
-                        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)]
-        for reader in self.readers:
-            reader.start()
-
-    def forwards(self) -> dict:
-        wait_until(lambda: self.events, 60, what="the tunnel's --json line")
-        return self.events[0]["forwards"]
-
-    def close(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(30)
-        for reader in self.readers:
-            reader.join(5)
-        return self.proc.returncode
 
 
 def run_name(report: dict) -> str:
