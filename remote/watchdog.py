@@ -5,6 +5,7 @@ lived past its hard limit, with nothing needed from the user's machine (README: 
     watchdog.py run  --workdir W [--action stop-services|shutdown] [--interval 30] [--ssh-port 22] [--state D]
     watchdog.py set  --workdir W [--idle S] [--max-lifetime S] [--keep S] [--off | --on]
     watchdog.py view --workdir W
+    watchdog.py stop --folder F [--name N ...] [--timeout 5] [--forget]   (tflab's `down` and restarts)
 
 W/autostop/ holds policy.json (what `set` wrote), view.json (rewritten at every check: the policy, the
 idle time, each activity source, when it acts, what it did and why) and, for a lab of several nodes,
@@ -370,15 +371,68 @@ def service(base: str) -> tuple[int | None, int, str]:
     return pid, live["pgid"], ""
 
 
-def stop_services(folder: str) -> dict:
-    """Stop each service with a pid file in folder that is proved to be the lab's (TERM, KILL after 5 s);
-    what was stopped, and each pid file left alone and why."""
+def command_of(text: str) -> list:
+    """The argv a service's command file (<name>.cmd: [cd D &&] exec [env K=V ...] argv) runs, or []."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return []
+    if "exec" not in words:
+        return []
+    words = words[len(words) - words[::-1].index("exec"):]
+    if words[:1] == ["env"]:
+        words = words[1:]
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0], re.S):
+            words = words[1:]
+    return words
+
+
+def unrecorded(base: str, why: str) -> tuple[int | None, int, str]:
+    """service() for a pid file with no identity record (a service an older tflab started): proved when the
+    process runs the command in <name>.cmd, as this user, in a session of its own, and started as its pid file
+    was written (a pid reused since started later). Only tflab's own stop path (`stop`) asks this."""
+    if not why.endswith("nothing proves it is the lab's"):
+        return None, 0, why
+    try:
+        pid = int(read_text(base + ".pid", 64).strip())
+        argv = command_of(read_text(base + ".cmd", LIMIT))
+        fields = proc_read(pid, "stat").rsplit(b")", 1)[1].split()
+        live = proc_identity(pid)
+        with open("/proc/stat") as f:
+            btime = float(next(line.split()[1] for line in f if line.startswith("btime ")))
+        written = os.stat(base + ".pid").st_mtime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None, 0, why
+    started = btime + live["start"] / os.sysconf("SC_CLK_TCK")
+    if live["uid"] != os.getuid() or not argv or not runs(argv, live["cmdline"]):
+        return None, 0, why + " (and it is not running its command as this user)"
+    if int(fields[2]) != pid or int(fields[3]) != pid:
+        return None, 0, why + " (and it is not in a session of its own)"
+    if not written - 30 <= started <= written + 2:  # $! is written as soon as it is forked
+        return None, 0, f"pid {pid} is another process now (it started {started - written:.0f} s from when its " \
+                        "pid file was written)"
+    return pid, pid, ""
+
+
+def stop_services(folder: str, only: list | None = None, timeout: float = 5.0, forget: bool = False,
+                  older: bool = False) -> dict:
+    """Stop each service with a pid file in folder (those named in only, when given) that is proved to be the
+    lab's (TERM, KILL after timeout s); what was stopped, and each pid file left alone and why. forget: then
+    remove each pid file and identity record; older: a pid file with no record is proved as unrecorded() does
+    (both tflab's `down` and a service it restarts: `stop`)."""
+    def proved(base: str) -> tuple[int | None, int, str]:
+        pid, group, why = service(base)
+        return unrecorded(base, why) if pid is None and older else (pid, group, why)
+
     done = {"stopped": [], "ignored": []}
     names = sorted(n for n in os.listdir(folder) if n.endswith(".pid")) if os.path.isdir(folder) else []
-    for name in names:
+    for name in names if only is None else [n + ".pid" for n in only if n + ".pid" in names]:
         base, stopped = os.path.join(folder, name[:-4]), 0
+        pending = time.monotonic() + 2  # a service started a moment ago may not have made its exec yet
+        while service(base)[2].endswith("runs another command") and time.monotonic() < pending:
+            time.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            pid, group, why = service(base)  # proved again before each signal
+            pid, group, why = proved(base)  # proved again before each signal
             if pid is None:
                 break
             try:
@@ -389,14 +443,33 @@ def stop_services(folder: str) -> dict:
             except OSError:
                 pass
             stopped = pid
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and service(base)[0] == pid:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proved(base)[0] == pid:
                 time.sleep(0.1)
         if stopped:
             done["stopped"].append(f"{name[:-4]} (pid {stopped})")
         elif "is not running" not in why:
             done["ignored"].append(f"{name}: {why}; not signalled")
+        if forget:
+            for path in (base + ".pid", base + ".id"):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
     return done
+
+
+def stop(args) -> int:
+    """tflab's own stop path (`down`, a service run-lab restarts or stops): the same proof as the watchdog's."""
+    folder = os.path.expanduser(args.folder)
+    timeout = min(max(args.timeout, 0.1), 60.0) if math.isfinite(args.timeout) else 5.0
+    done = stop_services(folder, args.name, timeout, args.forget, older=True)
+    deadline = time.monotonic() + timeout  # and reaped (its parent is init): no pid of it is left when tflab goes on
+    for pid in (int(m) for m in re.findall(r"\(pid (\d+)\)$", "\n".join(done["stopped"]), re.M)):
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    print(json.dumps(done))
+    return 0
 
 
 class Watcher:
@@ -748,6 +821,11 @@ def parse_args(argv=None):
     s.add_argument("--on", action="store_true")
     v = sub.add_parser("view")
     v.add_argument("--workdir", required=True)
+    k = sub.add_parser("stop", help="stop the services /proc proves are the lab's (tflab's down and restarts)")
+    k.add_argument("--folder", required=True)
+    k.add_argument("--name", action="append", help="only this service (its pid file's name); repeatable")
+    k.add_argument("--timeout", type=float, default=5.0, help="seconds from SIGTERM to SIGKILL")
+    k.add_argument("--forget", action="store_true", help="then remove the pid files and identity records")
     for p in (s, v):
         p.add_argument("--state", default=STATE)
     args = parser.parse_args(argv)
@@ -759,7 +837,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return {"run": run, "set": set_policy, "view": view}[args.command](args)
+    return {"run": run, "set": set_policy, "view": view, "stop": stop}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -280,29 +280,45 @@ class SshHost(Host):
 
         The same command still running from an earlier run (its pid and command files next to the
         log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
+        Kept only while its record's pid and start time are still /proc's (a pid reused since is not it).
         One kept without an identity record (started by an older tflab) gets one when /proc proves it is the
         service (_ADOPT); else that is logged in one line and the idle watchdog leaves it alone.
-        Another command under the same name is stopped first.
+        Another command under the same name, or one that ended, is stopped first, if /proc proves its pid
+        file's process is the service started (stop_services; a pid file naming another process now is
+        removed, that process left alone).
         """
         base = posixpath.splitext(log_path)[0]
         pid_path, cmd_path = base + ".pid", base + ".cmd"
         folder = posixpath.dirname(log_path)
         inner = (f"cd {shlex.quote(cwd)} && " if cwd else "") + "exec " + command_line(argv, None, env)
         if tied:
-            return self._start_tied(name, inner, folder, pid_path, log_path, port)
-        pid_q, cmd_q = shlex.quote(pid_path), shlex.quote(cmd_path)
+            return self._start_tied(name, argv, inner, folder, pid_path, log_path, port)
+        pid_q, cmd_q, id_q = shlex.quote(pid_path), shlex.quote(cmd_path), shlex.quote(base + ".id")
         command = (f"mkdir -p {shlex.quote(folder)} || exit 1; "
                    f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null && "
-                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ]; then "
+                   f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ] && {{ [ ! -f {id_q} ] || "
+                   f"grep -qF \"\\\"pid\\\": $(cat {pid_q}), \\\"start\\\": $(sed 's/^.*) //' /proc/$(cat {pid_q})/stat "
+                   f"2>/dev/null | cut -d' ' -f20),\" {id_q}; }}; then "
                    f"[ -f {shlex.quote(base + '.id')} ] || python3 -c {shlex.quote(_ADOPT)} {pid_q} "
                    f"{shlex.quote(base + '.id')} {shlex.quote(json.dumps(argv))} 2>&1 | tail -n 1; "
                    f"echo kept $(cat {pid_q}); exit 0; fi; "
-                   f"{stop_pid_file(pid_path)}; printf %s {shlex.quote(inner)} > {cmd_q}; "
+                   f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null; then echo running $(cat {pid_q}); "
+                   f"exit 0; fi; rm -f {pid_q} {shlex.quote(base + '.id')}; printf %s {shlex.quote(inner)} > {cmd_q}; "
                    f"nohup setsid sh -c {shlex.quote(inner)} "
                    f">>{shlex.quote(log_path)} 2>&1 </dev/null & echo $! > {pid_q}; "
                    f"{identity_record('$!', argv, base + '.id')}; echo started $(cat {pid_q})")
         lines = self.connection.output(command).strip().splitlines()
-        what, pid = lines[-1].split()
+        what, pid = lines[-1].split(maxsplit=1)
+        if what == "running":  # another command, or another process (a pid reused): stopped only if proved
+            self.stop_services(folder, [posixpath.basename(base)], forget=True)
+            lines = self.connection.output(command).strip().splitlines()
+            what, pid = lines[-1].split(maxsplit=1)
+            if what == "running":
+                from tflab.errors import LabStepError
+
+                raise LabStepError(f"starting {name}", f"{pid_path} on {self.name} names a process that still runs "
+                                   f"(pid {pid[:20]}) and is not the one run-lab started",
+                                   hint="see the warning above; stop that process or remove the pid file")
         if what == "kept":
             log.info("%s is running already (pid %s) with the same command: kept", name, pid)
             adopted = lines[-2] if len(lines) > 1 else "identity: recorded earlier"
@@ -315,13 +331,14 @@ class SshHost(Host):
                             name, self.name, pid, adopted.removeprefix("identity: not recorded: ")[:200])
         return Service(name, int(pid), log_path, port, kept=what == "kept")
 
-    def _start_tied(self, name: str, inner: str, folder: str, pid_path: str, log_path: str,
+    def _start_tied(self, name: str, argv: list[str], inner: str, folder: str, pid_path: str, log_path: str,
                     port: int | None) -> Service:
         from tflab.errors import UnreachableError
         from tflab.ssh import ended_with_channel
 
         q = shlex.quote
-        script = (f"mkdir -p {q(folder)} && echo $$ > {q(pid_path)} && echo $$ && "
+        script = (f"mkdir -p {q(folder)} && echo $$ > {q(pid_path)} && "
+                  f"{identity_record('$$', argv, posixpath.splitext(pid_path)[0] + '.id')} && echo $$ && "
                   f"{{ {inner}; }} >>{q(log_path)} 2>&1")
         channel = self.connection.open_channel(name)
         self.connection.request(channel, f"starting {name}", lambda: channel.exec_command(ended_with_channel(script)))
@@ -354,36 +371,46 @@ class SshHost(Host):
         channel = self._tied.pop(service.pid, None)
         if channel is not None:
             channel.close()  # its watcher ends the group on the host too, should the command below fail
-        self.connection.run(stop_pid(str(service.pid), timeout), step="stop", timeout=timeout + 10)
+        base = posixpath.splitext(service.log_path)[0]
+        self.stop_services(posixpath.dirname(base), [posixpath.basename(base)], timeout=timeout)
 
-    def stop_all_services(self, folder: str, timeout: float = 5.0) -> None:
-        """Stop every service whose pid file is in folder (what earlier runs left on the host)."""
-        self.connection.run(f"for f in {shlex.quote(folder)}/*.pid; do [ -f \"$f\" ] || continue; "
-                            f"{stop_pid_file('$f', quote=False, timeout=timeout)}; done; true", step="stop",
-                            timeout=timeout * 5 + 10)
+    def stop_all_services(self, folder: str, timeout: float = 5.0) -> dict:
+        """Stop every service whose pid file is in folder (what earlier runs left on the host) and forget them."""
+        return self.stop_services(folder, None, timeout=timeout, forget=True)
+
+    def stop_services(self, folder: str, names: list[str] | None, *, timeout: float = 5.0,
+                      forget: bool = False) -> dict:
+        """Stop the services with a pid file in folder (those named, else all), each only when /proc proves it
+        is the process that was started (its identity record: boot, pid, start time, owner, command), with the
+        idle watchdog's own code (remote/watchdog.py stop, sent on stdin: the host's copy may be older). A pid
+        file naming another process now (the pid reused since) or one with no record is never signalled:
+        logged in one line. forget: the pid files and records are removed. Returns {"stopped", "ignored"}."""
+        from tflab.errors import LabStepError
+
+        argv = ["python3", "-", "stop", "--folder", folder, "--timeout", f"{timeout:g}"]
+        for name in names or []:
+            argv += ["--name", name]
+        status, out, err = self.connection.exec_bytes(
+            shlex.join(argv + (["--forget"] if forget else [])), stdin=(remote_dir() / "watchdog.py").read_bytes(),
+            timeout=30 + 2 * timeout * (len(names) if names else 20))
+        try:
+            done = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+            stopped, ignored = list(done["stopped"]), list(done["ignored"])
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            raise LabStepError("stop", f"could not stop the services in {folder} on {self.name} (status {status})",
+                               status=status, tail=err.decode(errors="replace")[-2000:]) from exc
+        for what in stopped:
+            log.info("stopped %s on %s", what, self.name)
+        for what in ignored:
+            log.warning("left alone on %s: %s/%s%s", self.name, folder, str(what)[:300],
+                        " (its pid file removed)" if forget else "")
+        return {"stopped": stopped, "ignored": ignored}
 
     def read_log(self, service: Service, lines: int = 20) -> str:
         return self.connection.output(f"tail -n {int(lines)} {shlex.quote(service.log_path)} 2>/dev/null || true")
 
     def read_text(self, path: str) -> str:
         return self.connection.read_text(path)
-
-
-def stop_pid(pid: str, timeout: float = 5.0) -> str:
-    """Shell that stops a process group (TERM, then KILL after timeout). A pid that is not a number above 1
-    (a damaged pid file: 1 would signal every process the user may, 0 the caller's own group) is left alone."""
-    return (f"(p={pid}; case $p in ''|*[!0-9]*|0|1) exit 0;; esac; "
-            "kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
-            f"for i in $(seq {max(1, int(timeout * 10))}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
-            f"kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null; exit 0)")
-
-
-def stop_pid_file(path: str, quote: bool = True, timeout: float = 5.0) -> str:
-    """Shell that stops the process group named in a pid file, if it still runs, and removes the file (and
-    its identity record)."""
-    p = shlex.quote(path) if quote else f'"{path}"'
-    record = shlex.quote(path[:-4] + ".id") if quote else f'"${{{path[1:]}%.pid}}.id"'
-    return (f"if [ -f {p} ]; then {stop_pid(f'$(cat {p})', timeout)}; rm -f {p} {record}; fi")
 
 
 # On the host, for a service kept running that has no identity record (started by a tflab that wrote none):

@@ -143,21 +143,90 @@ def test_a_service_run_lab_starts_is_recorded_so_the_watchdog_can_prove_it(targe
 
 
 
-@pytest.mark.parametrize("text, signalled", [("1", False), ("0", False), ("-1", False), ("", False),
-                                             ("1 2", False), ("$(echo 1)", False), ("4242", True)])
-def test_tflab_itself_never_signals_pid_1_or_its_own_group_from_a_pid_file(tmp_path, text, signalled):
-    """`down` and a restarted service stop what a pid file names (sshhost.stop_pid_file): a damaged one naming
-    pid 1 (every process the user may signal), 0 (the caller's own group) or anything but a pid is left alone.
-    The shell's kill is replaced by a function that only writes down what it was asked (nothing is signalled)."""
-    from tflab.sshhost import stop_pid_file
+def a_stranger(argv: list[str]) -> subprocess.Popen:
+    """A live process of this test's own (the same user as the sshd's), in a session of its own as a service is."""
+    proc = subprocess.Popen(argv, start_new_session=True)
+    wait_until(lambda: watchdog.runs(argv, _cmdline(proc.pid)), 30, what="its exec")
+    return proc
 
-    pid_file, asked = tmp_path / "svc.pid", tmp_path / "asked"
-    pid_file.write_text(text)
-    spy = f'kill() {{ echo "$*" >> {asked}; [ "$1" != -0 ]; }}; '  # -0: "is it alive", answered no
-    subprocess.run(["sh", "-c", spy + stop_pid_file(str(pid_file))], check=True, timeout=30)
-    said = asked.read_text().splitlines() if asked.exists() else []
-    assert said == (["-TERM -4242", "-0 4242"] if signalled else []), said
-    assert not pid_file.exists()
+
+def test_down_stops_only_what_proc_proves_and_never_a_reused_pid(target, tmp_path, caplog):
+    """tflab's own stop path (`down`: SshHost.stop_all_services) signals a pid file's process only when /proc
+    proves it is the service started (the watchdog's proof, run on the host): a service whose pid was reused by
+    another process (its record's pid, the start time another), a record-less pid file (an older tflab's) whose
+    pid another process of the same command took later, and a record naming another pid are left running and
+    said in one warning line each; the real services stop, an older tflab's record-less one too (its command,
+    session and start time prove it), and every pid file and record is removed."""
+    folder = tmp_path / "services"
+    strangers = {name: a_stranger(["sleep", str(620 + i)]) for i, name in enumerate(("reused", "unrecorded", "moved"))}
+    try:
+        with Connection(target) as connection, caplog.at_level("INFO", logger="tflab.sshhost"):
+            host = SshHost(connection)
+            real = [host.start_service(n, ["sleep", "619"], log_path=str(folder / f"{n}.log")) for n in ("a", "b")]
+            gone = host.start_service("reused", ["sleep", "618"], log_path=str(folder / "reused.log"))
+            record = json.loads((folder / "reused.id").read_text())
+            os.killpg(gone.pid, 9)  # it ended, and its pid went to another process (started later, as any reuse)
+            wait_until(lambda: not host.service_alive(gone), 30, what="it to end")
+            (folder / "reused.pid").write_text(str(strangers["reused"].pid))
+            (folder / "reused.id").write_text(json.dumps(record | {"pid": strangers["reused"].pid}))
+            (folder / "unrecorded.pid").write_text(str(strangers["unrecorded"].pid))  # as an older tflab's: no .id
+            (folder / "unrecorded.cmd").write_text("exec sleep 621")  # the stranger's very command
+            os.utime(folder / "unrecorded.pid", (1e9, 1e9))  # but written long before it started: a reused pid
+            older = start_the_old_way(connection, folder, "older", ["sleep", "622"])  # no record: proved by /proc
+            (folder / "moved.pid").write_text(str(strangers["moved"].pid))
+            (folder / "moved.id").write_text((folder / "a.id").read_text())
+            done = host.stop_all_services(str(folder))
+            for service in real:
+                wait_until(lambda: not host.service_alive(service), 30, what=f"{service.name} to end")
+            wait_until(lambda: not watchdog.runs(["sleep", "622"], _cmdline(older)), 30, what="the older one to end")
+        assert sorted(done["stopped"]) == [f"a (pid {real[0].pid})", f"b (pid {real[1].pid})", f"older (pid {older})"]
+        for name, proc in strangers.items():
+            assert proc.poll() is None, f"{name} was signalled"
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 3 and all("\n" not in w for w in warnings), warnings
+        said = {w.split("/services/")[1].split(".pid")[0]: w for w in warnings}
+        assert f"pid {strangers['reused'].pid} is another process now (it started at another time); not " \
+               "signalled (its pid file removed)" in said["reused"]
+        assert f"pid {strangers['unrecorded'].pid} is another process now (it started" in said["unrecorded"]
+        assert "another pid" in said["moved"]
+        assert all(w.startswith(f"left alone on test host: {folder}/") for w in warnings)
+        assert sorted(p.name for p in folder.iterdir() if p.suffix in (".pid", ".id")) == []
+    finally:
+        for proc in strangers.values():
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_restarted_service_never_signals_the_process_that_reused_its_pid(target, tmp_path, caplog):
+    """run-lab restarts a service whose command changed, or whose pid file names a live process: the old one is
+    stopped only when /proc proves it is the service; a pid reused by another process is left running (one
+    warning line) and the service starts afresh with its own record; a proved old one is stopped."""
+    folder = tmp_path / "services"
+    stranger = a_stranger(["sleep", "630"])
+    try:
+        with Connection(target) as connection, caplog.at_level("INFO", logger="tflab.sshhost"):
+            host = SshHost(connection)
+            old = host.start_service("svc", ["sleep", "631"], log_path=str(folder / "svc.log"))
+            record = json.loads((folder / "svc.id").read_text())
+            os.killpg(old.pid, 9)
+            wait_until(lambda: not host.service_alive(old), 30, what="it to end")
+            (folder / "svc.pid").write_text(str(stranger.pid))
+            (folder / "svc.id").write_text(json.dumps(record | {"pid": stranger.pid}))
+            new = host.start_service("svc", ["sleep", "631"], log_path=str(folder / "svc.log"))
+            assert not new.kept and new.pid != stranger.pid and host.service_alive(new)
+            assert stranger.poll() is None
+            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+            assert len(warnings) == 1 and f"svc.pid: pid {stranger.pid} is another process now" in warnings[0]
+            assert json.loads((folder / "svc.id").read_text())["pid"] == new.pid
+            newer = host.start_service("svc", ["sleep", "632"], log_path=str(folder / "svc.log"))  # another command
+            wait_until(lambda: not host.service_alive(new), 30, what="the proved old one to be stopped")
+            assert "stopped svc (pid %d) on test host" % new.pid in caplog.text
+            host.stop_service(newer)
+            wait_until(lambda: not host.service_alive(newer), 30, what="it to end")
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait(10)
 
 
 def start_the_old_way(connection, folder: Path, name: str, argv: list[str]) -> int:
