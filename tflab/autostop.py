@@ -1,4 +1,9 @@
-"""`tflab autostop`: show and change the idle watchdog's policy on a lab host (remote/watchdog.py).
+"""The idle watchdog on this machine's side: its one owner here. remote/watchdog.py is its one definition
+on the host; this module alone knows its folder, file names and policy keys, and writes them: the part
+of `up`'s boot script that installs it (boot_script), the policy `up` gives it (policy), where run-lab's
+lab is (tell_lab_dir), the other nodes of a lab (peers.json: tell_peers, write_peers), the model
+server's activity stamp (activity_env), and `tflab autostop`/`tflab status` (autostop, view_of), which
+show and change its policy.
 
 The watchdog runs on the host and needs nothing from this machine; this only talks to it over SSH
 with short commands, which its idle clock does not count as activity.
@@ -12,9 +17,139 @@ import posixpath
 import re
 import shlex
 import time
+from typing import TYPE_CHECKING, Callable
 
-from tflab.errors import InputError, LabStepError, NotFoundError, UnreachableError
-from tflab.ssh import Connection
+from tflab.errors import InputError, LabStepError, NotFoundError, TflabError, UnreachableError
+
+if TYPE_CHECKING:
+    from tflab.console import Console
+    from tflab.ssh import Connection, SshTarget
+    from tflab.state import LabState
+
+# The watchdog's files, as remote/watchdog.py reads them (its `paths` and `valid_policy`).
+WATCHDOG_DIR = "~/tflab"  # where `up`'s boot script puts the watchdog (run-lab's --workdir may differ)
+WATCHDOG_UNIT = "tflab-watchdog.service"  # `up`'s systemd unit
+STATE_DIR = "/var/lib/tflab"  # root's: `up`'s watchdog program and its last good policy, out of the lab user's reach
+BOOT_PROGRAM = f"{STATE_DIR}/watchdog.py"  # where the boot script puts remote/watchdog.py
+FOLDER = "autostop"  # <workdir>/autostop/: policy.json, view.json, peers.json, lab-dir
+POLICY_FILE = "policy.json"
+PEERS_FILE = "peers.json"
+LAB_DIR_FILE = "lab-dir"  # run-lab's workdir, when it is not the watchdog's own
+ACTIVITY_FILE = "model-server.activity"  # in <lab workdir>/services/: the model server stamps it at each request
+ACTIVITY_ENV = "TFLAB_ACTIVITY_FILE"  # where the model server (remote/tfserving/server.py) reads that file's path
+
+
+def policy(idle_seconds: float | None, max_lifetime_seconds: float | None) -> dict:
+    """The watchdog's policy document (remote/watchdog.py valid_policy's keys); off when neither is given."""
+    return {"enabled": bool(idle_seconds or max_lifetime_seconds), "idle_seconds": idle_seconds or None,
+            "max_lifetime_seconds": max_lifetime_seconds or None, "keep_until": None}
+
+
+def activity_env(lab_workdir: str) -> dict[str, str]:
+    """The model server's environment for its activity stamp in the lab's services folder."""
+    return {ACTIVITY_ENV: posixpath.join(lab_workdir, "services", ACTIVITY_FILE)}
+
+
+def boot_script(folder: str, ssh_user: str, policy: dict, program: str) -> str:
+    """The part of the user data that installs the idle watchdog with the lab's policy, as a systemd unit that
+    starts now and at every boot (a detached process where there is no systemd); program is the shell that
+    writes remote/watchdog.py to BOOT_PROGRAM (the user data's here-document). It acts by the instance's own
+    shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate.
+
+    The program and its last good policy are root's (STATE_DIR), out of reach of the lab user's
+    `rm -rf ~/tflab`, and systemd restarts it whatever ends it (Restart=always): the lab never bills on
+    unwatched. A copy in the lab's folder serves `tflab autostop`."""
+    q = shlex.quote
+    own = posixpath.join(folder, FOLDER)
+    run = shlex.join(["/usr/bin/python3", BOOT_PROGRAM, "run", "--workdir", folder, "--action", "shutdown",
+                      "--state", STATE_DIR])
+    unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
+            f"ExecStart={run}\nRestart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
+    return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
+            f"mkdir -p {STATE_DIR} {q(own)} {q(folder + '/remote')}\n"
+            f"{program}\n"
+            f"cp {BOOT_PROGRAM} {q(folder + '/remote/watchdog.py')}\n"
+            f"[ -f {q(own + '/' + POLICY_FILE)} ] || printf %s {q(json.dumps(policy))} > "
+            f"{q(own + '/' + POLICY_FILE)}\n"
+            f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
+            f"if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then\n"
+            f"  printf %s {q(unit)} > /etc/systemd/system/{WATCHDOG_UNIT}\n"
+            f"  systemctl daemon-reload && systemctl enable --now {WATCHDOG_UNIT}\n"
+            f"else\n  nohup {run} >/var/log/tflab-watchdog.log 2>&1 &\nfi\n")
+
+
+def tell_lab_dir(connection: Connection, lab_workdir: str) -> None:
+    """Tell the watchdog in WATCHDOG_DIR (`up`'s, started at boot) where run-lab's lab is: its services, their
+    ports and the model server's activity stamp (run-lab's --workdir may be another folder)."""
+    where = shlex.quote(connection.absolute(WATCHDOG_DIR) + "/" + FOLDER)
+    connection.run(f"mkdir -p {where} && printf %s {shlex.quote(lab_workdir)} > {where}/{LAB_DIR_FILE}",
+                   step="autostop")
+
+
+def peers_token(state: LabState) -> str:
+    """The lab's peers token: the secret its nodes' watchdogs sign their questions and answers with, so that
+    only the lab's own nodes count as each other's activity. Derived from the lab's private key (HMAC-SHA256),
+    which only this machine holds, so `up` and every `run-lab` write the same one; a random one without it."""
+    import hashlib
+    import hmac
+    import secrets
+    from pathlib import Path
+
+    try:
+        key = Path(state.key_path).read_bytes() if state.key_path else b""
+    except OSError:
+        key = b""
+    if not key:
+        return secrets.token_hex(32)
+    return hmac.new(hashlib.sha256(key).digest(), b"tflab peers token\0" + state.name.encode(), "sha256").hexdigest()
+
+
+def peers_command(state: LabState, index: int, token: str) -> tuple[str, bytes]:
+    """Shell that tells node index's idle watchdog the other nodes' private addresses and the lab's token
+    (remote/watchdog.py peers.json, readable by the lab user only), so that the lab stops as one; and the
+    document it reads on its stdin (the SSH channel): the token is never in a command line, which any user
+    of the host sees in its process list."""
+    others = [n["private_ip"] for n in state.nodes if n["index"] != index and n.get("private_ip")]
+    folder = f"{WATCHDOG_DIR}/{FOLDER}"
+    path = f"{folder}/{PEERS_FILE}"
+    return (f"mkdir -p {folder} && (umask 077; rm -f {path}.new; cat > {path}.new && mv -f {path}.new {path})",
+            json.dumps({"token": token, "peers": others}).encode())
+
+
+def write_peers(connection: Connection, state: LabState, index: int, token: str) -> None:
+    """Write node index's peers.json over connection (peers_command); LabStepError if that fails."""
+    command, document = peers_command(state, index, token)
+    status, _, err = connection.exec_bytes(command, stdin=document, timeout=60)
+    if status != 0:
+        raise LabStepError("autostop peers", "could not write the watchdog's peers.json", status=status,
+                           tail=err.decode(errors="replace"))
+
+
+def tell_peers(state: LabState, target_of: Callable[[int], SshTarget], console: Console) -> None:
+    """Each node's watchdog learns the others (best effort: run-lab tells them again); target_of(index) is the
+    SSH target of the lab's node index."""
+    from tflab.ssh import Connection
+
+    token = peers_token(state)
+    for node in state.nodes:
+        try:
+            with Connection(target_of(node["index"]), connect_timeout=10) as connection:
+                write_peers(connection, state, node["index"], token)
+        except (TflabError, OSError) as exc:
+            console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
+                         "run-lab does it")
+
+
+def view_of(target: SshTarget) -> dict:
+    """The watchdog's view on `up`'s lab host (in WATCHDOG_DIR), asked over SSH (a short query, not activity)
+    within 5 s to connect and 15 s to answer, and checked (read_view); {"error": ...} when it cannot be had."""
+    from tflab.ssh import Connection
+
+    try:
+        with Connection(target, connect_timeout=5) as connection:
+            return autostop(connection, WATCHDOG_DIR, timeout=15)
+    except (TflabError, OSError, ValueError, EOFError) as exc:
+        return {"error": str(exc)}
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

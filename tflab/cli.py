@@ -420,7 +420,7 @@ def up(
                          ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user,
                          timeouts={"--wait-timeout": wait_timeout, "--host-key-timeout": host_key_timeout,
                                    "--ssh-timeout": ssh_timeout})
-    from tflab.autostop import describe, parse_duration
+    from tflab.autostop import describe, parse_duration, policy as watchdog_policy
 
     idle_seconds, lifetime_seconds = parse_duration(idle_stop, "--idle-stop"), parse_duration(max_lifetime,
                                                                                                "--max-lifetime")
@@ -433,8 +433,7 @@ def up(
     provider = _provider(region, profile, store.load(name))
     from tflab.cloud import boot_user_data, packed_user_data
 
-    policy = {"enabled": bool(idle_seconds or lifetime_seconds), "idle_seconds": idle_seconds or None,
-              "max_lifetime_seconds": lifetime_seconds or None, "keep_until": None}
+    policy = watchdog_policy(idle_seconds, lifetime_seconds)
     if not policy["enabled"]:
         console.warn("autostop is OFF (--idle-stop off --max-lifetime off): the lab bills until `tflab down`")
     elif not idle_seconds:
@@ -700,7 +699,7 @@ def autostop(
                                           ("keep", keep, "--keep"))}
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     if workdir is None:
-        from tflab.cloud import WATCHDOG_DIR
+        from tflab.autostop import WATCHDOG_DIR
 
         # a lab's watchdog is there whatever run-lab's --workdir; a --host's is in it (remembered for a --host lab)
         workdir = (_recorded_workdir(name) if host is None and _is_host_lab(name) else None) or WATCHDOG_DIR

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
+from tflab.autostop import BOOT_PROGRAM, boot_script as watchdog_boot_script, tell_peers
 from tflab.console import Console
 from tflab.ports import LAB_PORTS
 from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
@@ -33,41 +34,6 @@ class Cancelled(TflabError):
     """The user said no; nothing was changed."""
 
     exit_code = ExitCode.INTERRUPTED
-
-
-WATCHDOG_UNIT = "tflab-watchdog.service"
-WATCHDOG_DIR = "~/tflab"  # where `up`'s boot script puts the watchdog (run-lab's --workdir may differ)
-
-
-def watchdog_boot_script(folder: str, ssh_user: str, policy: dict) -> str:
-    """The part of the user data that installs the idle watchdog (remote/watchdog.py, gzip + base64 to
-    stay well within the 16 KB of user data) with the lab's policy, as a systemd unit that starts now
-    and at every boot (a detached process where there is no systemd). It acts by the instance's own
-    shutdown, which InstanceInitiatedShutdownBehavior turns into a stop or a terminate.
-
-    The program and its last good policy are root's (/var/lib/tflab), out of reach of the lab user's
-    `rm -rf ~/tflab`, and systemd restarts it whatever ends it (Restart=always): the lab never bills on
-    unwatched. A copy in the lab's folder serves `tflab autostop`."""
-    import json
-
-    q = shlex.quote
-    state = "/var/lib/tflab"
-    watchdog = f"{state}/watchdog.py"
-    run = shlex.join(["/usr/bin/python3", watchdog, "run", "--workdir", folder, "--action", "shutdown",
-                      "--state", state])
-    unit = ("[Unit]\nDescription=tflab idle watchdog\nAfter=network.target\n\n[Service]\n"
-            f"ExecStart={run}\nRestart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n")
-    return (f"# tflab: the idle watchdog ({WATCHDOG_UNIT})\n"
-            f"mkdir -p {state} {q(folder + '/autostop')} {q(folder + '/remote')}\n"
-            f"{embedded('watchdog.py', watchdog)}\n"
-            f"cp {watchdog} {q(folder + '/remote/watchdog.py')}\n"
-            f"[ -f {q(folder + '/autostop/policy.json')} ] || printf %s {q(json.dumps(policy))} > "
-            f"{q(folder + '/autostop/policy.json')}\n"
-            f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
-            f"if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then\n"
-            f"  printf %s {q(unit)} > /etc/systemd/system/{WATCHDOG_UNIT}\n"
-            f"  systemctl daemon-reload && systemctl enable --now {WATCHDOG_UNIT}\n"
-            f"else\n  nohup {run} >/var/log/tflab-watchdog.log 2>&1 &\nfi\n")
 
 
 def embedded(name: str, path: str) -> str:
@@ -115,7 +81,7 @@ def without_comments(source: str) -> str:
 def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None = None) -> str:
     """The boot script (the user data, before packed_user_data compresses it) that starts the host's bootstrap
     while the instance boots (run-lab then waits for it), and installs the idle watchdog with the policy
-    autostop (remote/watchdog.py's policy keys).
+    autostop (tflab.autostop.policy: remote/watchdog.py's policy keys).
 
     It runs as root at boot: the user is checked (check_ssh_user) and every value is shell-quoted.
     """
@@ -130,7 +96,8 @@ def boot_user_data(ssh_user: str, workdir: str = "tflab", autostop: dict | None 
             f"mkdir -p {q(folder + '/remote')}\n{embedded('bootstrap.sh', bootstrap)}\n"
             f"chown -R {q(ssh_user + ':')} {q(folder)}\n"
             f"sudo -u {q(ssh_user)} -H nohup bash {q(bootstrap)} {q(folder)} >/dev/null 2>&1 &\n"
-            + (watchdog_boot_script(folder, ssh_user, autostop) if autostop else ""))
+            + (watchdog_boot_script(folder, ssh_user, autostop, embedded("watchdog.py", BOOT_PROGRAM))
+               if autostop else ""))
 
 
 def packed_user_data(script: str) -> bytes:
@@ -535,7 +502,7 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
             reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
                        for index in range(max(1, len(state.nodes)))]
             if state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
-                tell_peers(store, state, console)
+                tell_peers(state, lambda index: node_target(store, state.name, index), console)
         return state, "created"
 
 
@@ -570,63 +537,6 @@ def check_same_place(store: StateStore, state: LabState | None, provider, name: 
     raise InputError(f"lab '{name}' on this machine is in {' and '.join(where)}; its state and private key "
                      f"({store.lab_dir(name)}) are kept", hint=f"{again} (the lab's own); for another lab, use "
                                                               "another --name")
-
-
-def peers_token(state: LabState) -> str:
-    """The lab's peers token: the secret its nodes' watchdogs sign their questions and answers with, so that
-    only the lab's own nodes count as each other's activity. Derived from the lab's private key (HMAC-SHA256),
-    which only this machine holds, so `up` and every `run-lab` write the same one; a random one without it."""
-    import hashlib
-    import hmac
-    import secrets
-    from pathlib import Path
-
-    try:
-        key = Path(state.key_path).read_bytes() if state.key_path else b""
-    except OSError:
-        key = b""
-    if not key:
-        return secrets.token_hex(32)
-    return hmac.new(hashlib.sha256(key).digest(), b"tflab peers token\0" + state.name.encode(), "sha256").hexdigest()
-
-
-def peers_command(state: LabState, index: int, token: str) -> tuple[str, bytes]:
-    """Shell that tells node index's idle watchdog the other nodes' private addresses and the lab's token
-    (remote/watchdog.py peers.json, readable by the lab user only), so that the lab stops as one; and the
-    document it reads on its stdin (the SSH channel): the token is never in a command line, which any user
-    of the host sees in its process list."""
-    import json
-
-    others = [n["private_ip"] for n in state.nodes if n["index"] != index and n.get("private_ip")]
-    folder = f"{WATCHDOG_DIR}/autostop"
-    path = f"{folder}/peers.json"
-    return (f"mkdir -p {folder} && (umask 077; rm -f {path}.new; cat > {path}.new && mv -f {path}.new {path})",
-            json.dumps({"token": token, "peers": others}).encode())
-
-
-def write_peers(connection, state: LabState, index: int, token: str) -> None:
-    """Write node index's peers.json over connection (peers_command); LabStepError if that fails."""
-    from tflab.errors import LabStepError
-
-    command, document = peers_command(state, index, token)
-    status, _, err = connection.exec_bytes(command, stdin=document, timeout=60)
-    if status != 0:
-        raise LabStepError("autostop peers", "could not write the watchdog's peers.json", status=status,
-                           tail=err.decode(errors="replace"))
-
-
-def tell_peers(store: StateStore, state: LabState, console: Console) -> None:
-    """Each node's watchdog learns the others (best effort: run-lab tells them again)."""
-    from tflab.ssh import Connection
-
-    token = peers_token(state)
-    for node in state.nodes:
-        try:
-            with Connection(node_target(store, state.name, node["index"]), connect_timeout=10) as c:
-                write_peers(c, state, node["index"], token)
-        except (TflabError, OSError) as exc:
-            console.note(f"could not tell node {node['index']}'s watchdog about the other nodes ({exc}); "
-                         "run-lab does it")
 
 
 def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool,
@@ -746,17 +656,14 @@ def stopped_why(inst) -> str | None:
 
 
 def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
-    """The lab's watchdog view, asked over SSH (a short query, not activity) within 5 s to connect and 15 s
-    to answer, and checked (autostop.read_view); {"error": ...} when it cannot be had."""
-    from tflab.autostop import autostop
-    from tflab.ssh import Connection
+    """The lab's watchdog view (tflab.autostop.view_of); {"error": ...} when it cannot be had."""
+    from tflab.autostop import view_of
 
     try:
         target = node_target(store, name)
-        with Connection(target, connect_timeout=5) as connection:
-            return autostop(connection, WATCHDOG_DIR, timeout=15)
-    except (TflabError, OSError, ValueError, EOFError) as exc:
+    except (TflabError, OSError) as exc:
         return {"error": str(exc)}
+    return view_of(target)
 
 
 def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dict:

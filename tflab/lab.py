@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tflab.autostop import activity_env
 from tflab.console import Console
 from tflab.errors import LabStepError
 from tflab.host import Host, Service
@@ -277,9 +278,8 @@ class LabRun:
         server = server_command(host, model_base_path=posixpath.join(workdir, "models", options.model_name),
                                 model_name=options.model_name, port=ports["serving"], rest_port=ports.get("rest", 0),
                                 prefer_builtin=options.prefer_builtin_server, kind=host.serving)
-        activity = {"TFLAB_ACTIVITY_FILE": posixpath.join(workdir, "services", "model-server.activity")}
-        services = {"model-server": self._start("model-server", server.argv, {**env, **activity}, ports["serving"],
-                                                server.describe())}
+        services = {"model-server": self._start("model-server", server.argv, {**env, **activity_env(workdir)},
+                                                ports["serving"], server.describe())}
         if server.exposure():
             console.warn(server.exposure())
         services["tensorboard"] = self._start(

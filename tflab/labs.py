@@ -202,8 +202,6 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
     Raises NotFoundError (no such lab), InputError (a bad --host, key or folder).
     """
-    import shlex
-
     from tflab.host import Host, LocalHost
     from tflab.lab import LabRun, across
 
@@ -212,7 +210,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     if local:
         results = (out or Path.cwd() / "tflab-results" / "local").resolve()
         return LabRun(LocalHost(workdir=results), options, console, results)
-    from tflab.cloud import WATCHDOG_DIR, peers_token, write_peers
+    from tflab.autostop import peers_token, tell_lab_dir, write_peers
     from tflab.errors import NotFoundError
     from tflab.ssh import Connection
     from tflab.sshhost import SshHost
@@ -245,9 +243,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         state = store.load(name)
         if state is not None and state.workdir != prepared.workdir:
             store.save(LabState.from_dict(state.to_dict() | {"workdir": prepared.workdir}))
-        folder = shlex.quote(ssh_host.connection.absolute(WATCHDOG_DIR) + "/autostop")
-        ssh_host.connection.run(f"mkdir -p {folder} && printf %s {shlex.quote(prepared.workdir)} > {folder}/lab-dir",
-                                step="autostop")
+        tell_lab_dir(ssh_host.connection, prepared.workdir)
         if state is not None and state.nodes:  # a lab of several stops as one: each watchdog knows the others
             token = peers_token(state)  # and the lab's token, which only its own nodes' answers carry
             for index, node in enumerate([ssh_host, *others]):

@@ -512,7 +512,7 @@ def test_the_peers_token_is_never_in_a_command_line(tmp_path):
 
     from tests.sshd import Sshd
     from tests.users import users
-    from tflab import cloud, ports
+    from tflab import autostop, ports
     from tflab.ssh import Connection, SshTarget
 
     token = "ef" * 32
@@ -550,7 +550,7 @@ def test_the_peers_token_is_never_in_a_command_line(tmp_path):
 
                 connection.exec_bytes = exec_bytes
                 for _ in range(3):
-                    cloud.write_peers(connection, state, 0, token)
+                    autostop.write_peers(connection, state, 0, token)
             done.set()
             watcher.join(10)
         finally:

@@ -160,7 +160,7 @@ def test_a_node_that_cannot_be_reached_ends_the_run_naming_it(nodes):
 def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(nodes, tmp_path):
     """A lab made by `up --nodes 2` (its state written here as `up` writes it, each node an sshd of its own
     user, reached at 127.0.0.1 which stands in for both the public and the private address)."""
-    from tflab import cloud
+    from tflab import autostop
     from tflab.state import LabState, StateStore
 
     (first, second), _, common, _ = nodes
@@ -186,7 +186,7 @@ def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(no
     for server in (first, second):  # each node's watchdog now knows the other (the lab stops as one)
         peers = Path(os.path.expanduser(f"~{server.user}")) / "tflab" / "autostop" / "peers.json"
         told = json.loads(peers.read_text())  # with the lab's token, which only its nodes have (0600)
-        assert told == {"token": cloud.peers_token(store.load("duo")), "peers": ["127.0.0.1"]}
+        assert told == {"token": autostop.peers_token(store.load("duo")), "peers": ["127.0.0.1"]}
         assert peers.stat().st_mode & 0o077 == 0
     assert store.load("duo").workdir == str(Path(os.path.expanduser(f"~{first.user}")) / "tflab")
 

@@ -306,7 +306,7 @@ def test_the_nodes_of_a_lab_of_several_stop_as_one(sshd, tmp_path):
     nodes = {name: Lab(sshd, tmp_path / name, extra=("--peer-port", str(listen[name]), "--peer-bind", "127.0.0.1"))
              for name in "ab"}
     try:
-        for name, other in (("a", "b"), ("b", "a")):  # as `up` and run-lab write it (cloud.peers_command)
+        for name, other in (("a", "b"), ("b", "a")):  # as `up` and run-lab write it (autostop.peers_command)
             (nodes[name].workdir / "autostop" / "peers.json").write_text(
                 json.dumps({"token": TOKEN, "peers": [f"127.0.0.1:{listen[other]}"]}))
         nodes["a"].cli("set", "--keep", str(IDLE * 2.5))  # node a is active on its own
