@@ -300,9 +300,12 @@ def proc_read(pid: int, name: str) -> bytes:
         return f.read(LIMIT)
 
 
-def step_running(workdir: str) -> tuple[bool, str]:
-    """A lab step (remote/steps.py) or the bootstrap (remote/bootstrap.sh: pip, an image pull) running."""
-    markers = [os.path.join(workdir, "remote", name).encode() for name in ("steps.py", "bootstrap.sh")]
+def step_running(*workdirs: str) -> tuple[bool, str]:
+    """A lab step (remote/steps.py) or the bootstrap (remote/bootstrap.sh: pip, an image pull) running from
+    one of workdirs: run-lab's lab folder, and the watchdog's own, where `up`'s user data starts the boot-time
+    bootstrap (an instance still bootstrapping is never idle, even once run-lab has put the lab elsewhere)."""
+    markers = [os.path.join(workdir, "remote", name).encode() for workdir in dict.fromkeys(workdirs)
+               for name in ("steps.py", "bootstrap.sh")]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
@@ -590,7 +593,7 @@ class Watcher:
         found["jupyter"] = {"active": active, "detail": detail}
         active, detail = guarded(gpu_busy, args.gpu_percent)
         found["gpu"] = {"active": active, "detail": detail}
-        active, detail = guarded(step_running, p["lab"])
+        active, detail = guarded(step_running, p["lab"], args.workdir)
         found["step"] = {"active": active, "detail": detail}
         keep = policy.get("keep_until")
         found["keep"] = {"active": bool(keep and keep > t),
