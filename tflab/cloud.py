@@ -328,12 +328,14 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
     """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started".
 
     With settings.wait, it returns once SSH answers with the host key pinned from the console output
-    (or, with accept_new_host_key, trusted on first use). An instance that runs but does not answer
-    SSH in time is kept (and said so): `down` removes it.
+    (or, with accept_new_host_key, trusted on first use). An instance this `up` launched that does not
+    answer SSH in time is removed with the rest of what it created (kept with keep_on_failure); an existing
+    lab's instance that `up` started is kept (and said so): `down` removes it.
     """
     from infra.errors import AmiError, InfraError, LabBusy, PermissionDenied
     from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
     from infra.provider import Created
+    from tflab.errors import UnreachableError
 
     name = check_name(spec.lab)
     profile, wait, wait_timeout = settings.profile, settings.wait, settings.wait_timeout
@@ -476,6 +478,11 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 elif not all(prints):
                     console.note("the host key fingerprints are not in the console output yet; "
                                  "they are read again when tflab first connects")
+            state = _state_from(name, provider, inst, previous, store, profile, prints[0], nodes=nodes,
+                                node_prints=prints, placement_group=group_name, **overrides)
+            store.save(state)
+            reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
+                       for index in range(max(1, len(state.nodes)))] if wait and ssh_wait else []
         except KeyboardInterrupt:
             console.warn(f"interrupted; `tflab down --name {name}` removes what was created")
             raise
@@ -486,23 +493,25 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
                 console.warn(f"up failed; kept what it created (--keep-on-failure): `tflab down --name {name}` removes it")
             elif created.key_pair or created.security_group or created.placement_group or created.instances:
                 # Never by tag: another `up` of the lab (another machine) may have made the rest.
-                console.warn(f"up failed ({exc}); removing what it created")
+                console.warn(f"up failed ({getattr(exc, 'unanswered', None) or exc}); removing what it created")
                 try:
                     with console.waiting(f"removing what this `up` of lab '{name}' created") as update:
-                        provider.remove_created(created, update)
+                        removed = provider.remove_created(created, update)
                     if created.key_pair:  # the private key this `up` wrote is of the key pair just deleted
                         store.delete(name)
                 except (InfraError, OSError) as cleanup_error:
                     console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
+                else:
+                    if getattr(exc, "unanswered", None):  # SSH never answered: nothing is left to come back to
+                        raise UnreachableError(
+                            f"{exc.unanswered}; removed what this `up` created ({', '.join(removed) or 'nothing'})",
+                            hint="SSH is let in from --ssh-cidr only (else the address detected for this machine, "
+                                 "shown above): behind a proxy or a NAT with several exits that may not be yours, so "
+                                 "`tflab up --ssh-cidr <your address>/32`; a slow image: a longer --ssh-timeout; "
+                                 "--keep-on-failure keeps the instance to look at") from exc
             raise
-        state = _state_from(name, provider, inst, previous, store, profile, prints[0], nodes=nodes, node_prints=prints,
-                            placement_group=group_name, **overrides)
-        store.save(state)
-        if wait and ssh_wait:
-            reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
-                       for index in range(max(1, len(state.nodes)))]
-            if state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
-                tell_peers(state, lambda index: node_target(store, state.name, index), console)
+        if reached and state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
+            tell_peers(state, lambda index: node_target(store, state.name, index), console)
         return state, "created"
 
 
@@ -556,12 +565,14 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
         with console.waiting(f"waiting for SSH on {target.display}") as update:
             connection = wait_for_ssh(target, timeout=timeout, progress=update)
     except UnreachableError as exc:
-        raise UnreachableError(f"{exc.message}; the instance runs and is kept",
+        kept = UnreachableError(f"{exc.message}; the instance runs and is kept",
                                hint=f"`tflab up --name {state.name}` waits again; `tflab down --name {state.name}` "
                                     "removes it. SSH is let in from --ssh-cidr only (else the address detected for "
                                     "this machine, shown above): behind a proxy or a NAT with several exits that "
                                     f"may not be yours, so `tflab down --name {state.name}` and `tflab up --ssh-cidr "
-                                    "<your address>/32`") from exc
+                                    "<your address>/32`")
+        kept.unanswered = exc.message  # a failed `up` that removes the instance says so instead
+        raise kept from exc
     if connection.host_key_note:
         console.note(f"host key of {target.display} {connection.host_key_note}")
     connection.close()

@@ -88,8 +88,10 @@ def tensorboard_command(host: Host, logdir: str, port: int) -> list[str]:
 
 
 def jupyter_command(host: Host, port: int, root: str) -> list[str]:
-    """JupyterLab bound to 127.0.0.1 on the host, its token read from JUPYTER_TOKEN_FILE (never argv)."""
-    return [host.python, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+    """JupyterLab bound to 127.0.0.1 on the host, its token read from JUPYTER_TOKEN_FILE (never argv). Run as
+    `-m jupyterlab`, not `-m jupyter lab`, which execs jupyter-lab with other arguments: the running process
+    keeps this command line, so the watchdog and `down` can prove it is the lab's (remote/watchdog.py runs)."""
+    return [host.python, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
             f"--port={port}", "--port-retries=0", f"--ServerApp.root_dir={root}"]
 
 

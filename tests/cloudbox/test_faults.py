@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.cloudbox.box import leftovers
-from tests.cloudbox.conftest import SSH_CIDR, instances, wait_for
+from tests.cloudbox.conftest import SSH_CIDR, ec2, instances, wait_for
 
 pytestmark = [pytest.mark.cloudbox, pytest.mark.timeout(1800)]
 
@@ -21,21 +21,30 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("tflab: error:")]
 
 
-def test_an_instance_without_sshd_fails_up_within_its_limit(box, cli):
+def test_an_instance_without_sshd_fails_up_within_its_limit_and_leaves_nothing(box, cli):
+    """An `up` whose instance never answers SSH (sshd masked in its layer) fails after --ssh-timeout with one
+    error line naming the address and what it removed: the instance (its container, netns, veth, layer), the
+    security group and the key pair this `up` made, and the lab's local state: nothing left to bill or to
+    `down` (issue 19, fault 1)."""
     assert box.send("mask-sshd") == {"mask-sshd": "next launch"}
     up = cli("up", "--name", "nossh", "--yes", *SSH_CIDR, "--ssh-timeout", "45", timeout=600)
     assert up.returncode == 5, up.stderr  # a host that did not answer in time
     (error,) = error_lines(up.stderr)
-    assert "198.51.100." in error and "kept" in error, up.stderr  # which address, and that the instance is kept
-    assert "hint: `tflab up --name nossh` waits again; `tflab down --name nossh` removes it" in up.stderr
-    # The host keys were read from the console all the same (cloud-init makes them, sshd or not).
-    status = cli("status", "--name", "nossh", "--json", timeout=120)
-    assert json.loads(status.stdout)["host_key_fingerprints"], status.stdout + status.stderr
+    assert "198.51.100." in error and "did not answer SSH within 45 s" in error, up.stderr
+    assert "; removed what this `up` created (instance i-" in error and "kept" not in error, error
+    assert "security group sg-" in error and "key pair tflab-nossh" in error, error
+    assert "  hint: SSH is let in from --ssh-cidr only" in up.stderr
     (instance,) = instances(box, "nossh")
-    down = cli("down", "--name", "nossh", "--yes", timeout=600)
-    assert down.returncode == 0, down.stderr
+    assert instance["State"]["Name"] == "terminated"
+    client = ec2(box)
+    assert client.describe_key_pairs(Filters=[{"Name": "tag:tflab:lab", "Values": ["nossh"]}])["KeyPairs"] == []
+    assert client.describe_security_groups(Filters=[{"Name": "tag:tflab:lab", "Values": ["nossh"]}])[
+        "SecurityGroups"] == []
     assert leftovers([instance["InstanceId"]]) == {"containers": [], "netns": [], "links": [], "mounts": [],
                                                    "layers": []}
+    status = cli("status", "--name", "nossh", timeout=120)
+    assert status.returncode == 7, status.stdout + status.stderr  # no such lab: nothing to come back to
+    assert not (cli.home / "labs" / "nossh").exists()
 
 
 def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli):

@@ -1,5 +1,6 @@
-"""When SSH does not answer in time, `up` keeps the instance and its hint says why it may be: the security
-group lets in the one address given or detected, which behind a proxy or a multi-exit NAT is not yours."""
+"""When SSH does not answer in time, `up` removes what it launched (nothing is left to bill; --keep-on-failure
+keeps it) and its hint says why it may be: the security group lets in the one address given or detected, which
+behind a proxy or a multi-exit NAT is not yours."""
 
 from __future__ import annotations
 
@@ -25,7 +26,16 @@ def test_the_ssh_timeout_hint_names_ssh_cidr(endpoint, tmp_path):
                "--host-key-timeout", "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout", "1",
                "--accept-new-host-key", "--yes", env=env, timeout=120)
     assert up.returncode == 5 and "Traceback" not in up.stderr, up.stderr
-    assert "the instance runs and is kept" in up.stderr
+    (error,) = [line for line in up.stderr.splitlines() if line.startswith("tflab: error: ")]
+    assert f"port {closed}" in error and "; removed what this `up` created (instance i-" in error, error
+    assert "key pair" in error and "security group" in error and "kept" not in error, error
     hint = next(line for line in up.stderr.splitlines() if line.startswith("  hint: "))
     assert "SSH is let in from --ssh-cidr only" in hint and "`tflab up --ssh-cidr <your address>/32`" in hint
-    assert tflab("down", "--name", "hint", "--yes", env=env, timeout=120).returncode == 0
+    status = tflab("status", "--name", "hint", env=env, timeout=120)  # nothing left: no state, no instance
+    assert status.returncode == 7 and "Traceback" not in status.stderr, status.stdout + status.stderr
+    assert not (tmp_path / "home" / "labs" / "hint").exists()
+    kept = tflab("up", "--name", "kept", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER,
+                 "--host-key-timeout", "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout",
+                 "1", "--accept-new-host-key", "--keep-on-failure", "--yes", env=env, timeout=120)
+    assert kept.returncode == 5 and "the instance runs and is kept" in kept.stderr, kept.stderr
+    assert tflab("down", "--name", "kept", "--yes", env=env, timeout=120).returncode == 0
