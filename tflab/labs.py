@@ -234,7 +234,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
     # `up` has its own, started at boot, that powers the instance off.
     ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                       watchdog="stop-services" if host is not None else None,
+                       watchdog="stop-services" if host is not None else None, booted=host is None,
                        peer=lab_nodes[0].get("private_ip") if lab_nodes else None)
 
     def remember_workdir(prepared: Host) -> None:
@@ -258,7 +258,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         node = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new, store=store,
                           node=entry["index"])
         others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                              peer=entry.get("private_ip")))
+                              peer=entry.get("private_ip"), booted=True))
     if others:
         options = across(options, len(others) + 1)
     key = host_name or lab_key(name, host, target)

@@ -114,8 +114,9 @@ class SshHost(Host):
 
     def __init__(self, connection: Connection, *, workdir: str = "~/tflab", python: str | None = None,
                  ssh_timeout: float = 600.0, bootstrap_timeout: float = 3600.0, watchdog: str | None = None,
-                 peer: str | None = None):
+                 peer: str | None = None, booted: bool = False):
         self.connection = connection
+        self._booted = booted  # a lab made by `up`: its user data starts the bootstrap at boot, in ~/tflab
         self._peer = peer  # the address the run's other hosts reach it at (a lab node's private address)
         self.watchdog = watchdog  # run-lab starts the idle watchdog with this action (remote/watchdog.py)
         self.name = connection.target.display
@@ -162,6 +163,8 @@ class SshHost(Host):
             console.note(f"host key of {target.display} {self.connection.host_key_note}")
         self.marks["connect"] = time.monotonic()
         self._workdir = self.connection.absolute(self._workdir)
+        if self._booted:
+            self._check_boot_bootstrap(console)
         with console.waiting(f"pushing remote/ to {self.remote_dir}") as update:
             pushed = self.connection.push(remote_dir(), self.remote_dir, progress=update)
         if self.connection.no_sftp_note:
@@ -184,6 +187,32 @@ class SshHost(Host):
                             step="jupyter token")
         if self.watchdog:
             self.start_watchdog(self.watchdog, console)
+
+    def _check_boot_bootstrap(self, console) -> None:
+        """Say it in one line when the user data did not start the bootstrap at boot (run-lab then runs it
+        itself, from the start; the user data may not have installed the idle watchdog either): no trace of it
+        (its lock, log or marker in ~/tflab) once cloud-init has finished (`cloud-init status --wait`, bounded),
+        with what cloud-init says of the boot and the last line of the user data's output."""
+        folder = '"$HOME"/tflab'
+        trace = " || ".join(f"[ -e {folder}/bootstrap.{n} ]" for n in ("lock", "log", "done"))
+        command = (f"if {trace}; then echo started; exit 0; fi; command -v cloud-init >/dev/null 2>&1 || "
+                   f"{{ echo no-cloud-init; exit 0; }}; timeout 240 cloud-init status --wait >/dev/null 2>&1; "
+                   f"if {trace}; then echo started; exit 0; fi; echo not-started; "
+                   "cloud-init status --long 2>&1 | head -n 20; echo '--- output'; "
+                   "{ sudo -n tail -n 20 /var/log/cloud-init-output.log || tail -n 20 /var/log/cloud-init-output.log; } "
+                   "2>/dev/null | grep -v '^Cloud-init v\\. \\| - [a-z_]*\\.py\\[' | tail -n 3")
+        with console.waiting("checking that the instance's user data started the bootstrap at boot"):
+            lines = self.connection.output(command, timeout=300).splitlines()
+        if not lines or lines[0] != "not-started":
+            return
+        status, _, output = "\n".join(lines[1:]).partition("--- output")
+        said = dict(line.split(":", 1) for line in status.splitlines() if ":" in line and not line.startswith(" "))
+        detail = " ".join(status.split("detail:", 1)[1].split()) if "detail:" in status else ""
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+        console.warn(f"the instance's user data did not start the bootstrap at boot (cloud-init: status "
+                     f"{said.get('status', '?').strip()}{'; ' + detail[:200] if detail else ''}"
+                     f"{'; its output ends: ' + last[:200] if last else ''}): run-lab runs it now (see "
+                     "/var/log/cloud-init-output.log there; its idle watchdog may be missing too: `tflab autostop`)")
 
     def start_watchdog(self, action: str, console) -> None:
         """The idle watchdog as one of the lab's services (kept across runs), with the lab's default

@@ -76,12 +76,16 @@ def main() -> int:
 
 def _control(box, stop: threading.Event) -> None:
     """Lines on stdin, for tests' faults, each answered by one JSON line: `kill INSTANCE_ID` pulls an instance's
-    plug; `mask-sshd` masks ssh.service in the layer of the next instance launched. EOF does nothing."""
+    plug; `mask-sshd` masks ssh.service in the layer of the next instance launched; `fail-user-data` makes the
+    next instance's user data exit 1 on its second line (before the bootstrap and the watchdog). EOF does nothing."""
     for line in sys.stdin:
         words = line.split()
         if words == ["mask-sshd"]:
             box.mask_sshd_next = True
             print(json.dumps({"mask-sshd": "next launch"}), flush=True)
+        elif words == ["fail-user-data"]:
+            box.fail_user_data_next = True
+            print(json.dumps({"fail-user-data": "next launch"}), flush=True)
         elif len(words) == 2 and words[0] == "kill":
             container = box.container(words[1])
             if container is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import gzip
 import ipaddress
 import json
 import logging
@@ -114,6 +115,7 @@ class Container:
         self.public_ip: str | None = None
         self.booted_once = False
         self.mask_sshd = False  # a fault for tests: the layer's sshd masked before the first boot
+        self.fail_user_data = False  # a fault for tests: the user data exits before it starts anything
         for path in (self.upper, self.work, self.merged):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -134,7 +136,12 @@ class Container:
         seed = self.merged / "var/lib/cloud/seed/nocloud"
         seed.mkdir(parents=True, exist_ok=True)
         raw = self.instance.user_data
-        (seed / "user-data").write_bytes(base64.b64decode(raw.as_bytes()) if raw is not None else b"")
+        data = base64.b64decode(raw.as_bytes()) if raw is not None else b""
+        if self.fail_user_data:  # tflab's own script, failing on its second line (as a broken image's bash would)
+            script = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            first, _, rest = script.partition(b"\n")
+            data = first + b"\necho 'cloudbox fault: the user data fails before it starts anything' >&2; exit 1\n" + rest
+        (seed / "user-data").write_bytes(data)
         hostname = "ip-" + self.instance.private_ip.replace(".", "-")
         meta = {"instance-id": self.id, "local-hostname": hostname}
         key = self.box.public_key(self.instance.key_name)
@@ -259,6 +266,7 @@ class Box:
         self.endpoint = ""
         self.spawner = Spawner()
         self.mask_sshd_next = False  # a fault for tests: the next instances launched have sshd masked
+        self.fail_user_data_next = False  # a fault for tests: the next instances' user data fails at once
 
     # ---- addresses
     def allocate_public(self) -> str:
@@ -293,6 +301,7 @@ class Box:
         with self.lock:
             self.containers[instance.id] = container
             container.mask_sshd, self.mask_sshd_next = self.mask_sshd_next, False
+            container.fail_user_data, self.fail_user_data_next = self.fail_user_data_next, False
         self._power_on(container)
 
     def _power_on(self, container: Container) -> None:

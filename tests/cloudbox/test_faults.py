@@ -1,10 +1,12 @@
-"""Faults on the cloud path, in the EC2 in a box: an instance whose sshd never comes up, and an instance that
-dies under a running `run-lab`. Each ends with one clear error, within its limit, and `down` leaves nothing."""
+"""Faults on the cloud path, in the EC2 in a box: an instance whose sshd never comes up, a user data that fails
+before it starts the bootstrap, and an instance that dies under a running `run-lab`. Each is said in one clear
+line, within its limit, and nothing is left (`up`'s own cleanup, or `down`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -63,6 +65,7 @@ def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli)
         wait_for(lambda: any("bootstrap |" in line for line in lines) or run.poll() is not None, 300,
                  "run-lab showing the bootstrap's log", interval=1)
         assert run.poll() is None, "".join(lines)
+        assert not any("did not start the bootstrap" in line for line in lines), "".join(lines)  # it did start
         assert box.send(f"kill {instance}") == {"killed": instance}
         run.wait(300)
     finally:
@@ -75,5 +78,45 @@ def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli)
     (error,) = error_lines(stderr)
     assert "doomed" in error or "198.51.100." in error, stderr[-3000:]
     down = cli("down", "--name", "doomed", "--yes", timeout=600)
+    assert down.returncode == 0, down.stderr
+    assert leftovers([instance]) == {"containers": [], "netns": [], "links": [], "mounts": [], "layers": []}
+
+
+def test_a_user_data_that_fails_to_start_the_bootstrap_is_said_by_run_lab(box, cli):
+    """The instance's user data fails before it starts the bootstrap (the box makes tflab's own script exit 1 on
+    its second line): `up` works (SSH and the host keys come from the image and cloud-init), and `run-lab` says
+    in one line that the boot-time bootstrap never started, with what cloud-init says of the boot, then runs
+    the bootstrap itself (issue 19, fault 2)."""
+    assert box.send("fail-user-data") == {"fail-user-data": "next launch"}
+    up = cli("up", "--name", "nobootstrap", "--yes", "--json", *SSH_CIDR, timeout=600)
+    assert up.returncode == 0, up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    env = {**box.env, "TFLAB_HOME": str(cli.home)}
+    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "nobootstrap"], cwd=cli.home,
+                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("bootstrap |" in line for line in lines) or run.poll() is not None, 420,
+                 "run-lab running the bootstrap itself", interval=1)
+        assert run.poll() is None, "".join(lines)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            try:
+                run.wait(120)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+    reader.join(30)
+    said = [line for line in lines if "user data did not start the bootstrap at boot" in line]
+    assert len(said) == 1, "".join(lines)[-3000:]
+    print(said[0])  # what a user reads (shown with -s)
+    assert "(cloud-init: status error" in said[0] and "run-lab runs it now" in said[0], said[0]
+    assert "its output ends: cloudbox fault: the user data fails before it starts anything)" in said[0], said[0]
+    assert "/var/log/cloud-init-output.log" in said[0], said[0]
+    down = cli("down", "--name", "nobootstrap", "--yes", timeout=600)
     assert down.returncode == 0, down.stderr
     assert leftovers([instance]) == {"containers": [], "netns": [], "links": [], "mounts": [], "layers": []}
