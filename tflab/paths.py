@@ -13,3 +13,9 @@ def remote_dir() -> Path:
         return Path(list(spec.submodule_search_locations)[0])
     return Path(__file__).resolve().parent.parent / "remote"  # a source checkout, not installed
 
+
+
+def remote_script(name: str) -> str:
+    """The text of a host-side script in remote/ (run there with `python3 -c`: it is needed before remote/
+    is pushed, or whatever state the pushed copy is in)."""
+    return (remote_dir() / name).read_text()

@@ -29,6 +29,7 @@ from typing import Callable
 from tflab.addresses import check_address
 from tflab.errors import ExitCode, InputError, LabStepError, TflabError, UnreachableError
 from tflab.host import CommandResult, LineSink
+from tflab.paths import remote_script
 from tflab.waiting import NotYet, poll
 
 log = logging.getLogger(__name__)
@@ -569,13 +570,7 @@ class Connection:
 
     def _remote_hashes(self, remote_dir: str) -> dict[str, tuple[str, bool]]:
         """{relative path: (sha256, executable)} of the files already under remote_dir."""
-        script = ("import hashlib, os, sys\nroot = sys.argv[1]\n"
-                  "for base, dirs, files in os.walk(root):\n"
-                  "    for name in files:\n"
-                  "        p = os.path.join(base, name)\n"
-                  "        h = hashlib.sha256(open(p, 'rb').read()).hexdigest()\n"
-                  "        print(h, int(os.access(p, os.X_OK) and os.stat(p).st_mode & 0o111 != 0), "
-                  "os.path.relpath(p, root))\n")
+        script = remote_script("file_hashes.py")
         command = f"test -d {shlex.quote(remote_dir)} && python3 -c {shlex.quote(script)} {shlex.quote(remote_dir)} || true"
         found = {}
         for line in self.output(command).splitlines():
@@ -608,7 +603,8 @@ class Connection:
         if sent:
             if progress is not None:
                 progress(f"{len(sent)} files in one tar stream (no SFTP)")
-            status, _, err = self.exec_bytes(f"python3 -c {shlex.quote(_TAR_RECEIVER)} {shlex.quote(remote_dir)}",
+            status, _, err = self.exec_bytes(f"python3 -c {shlex.quote(remote_script('receive_tar.py'))} "
+                                             f"{shlex.quote(remote_dir)}",
                                              stdin=buffer.getvalue())
             if status != 0:
                 raise LabStepError("push", f"could not write the files under {remote_dir} on {self.target.display}",
@@ -692,25 +688,6 @@ class Connection:
         home = self.output("cd ~ && pwd").strip()
         rest = path[2:] if path.startswith("~/") else ("" if path == "~" else path)
         return posixpath.join(home, rest).rstrip("/")
-
-
-# push() without SFTP, on the host: a tar stream on stdin -> each file written beside its place
-# and renamed over it, with its mode; member names stay under the folder (no absolute paths, no ..).
-_TAR_RECEIVER = """import os, sys, tarfile
-root = sys.argv[1]
-with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as archive:
-    for member in archive:
-        name = os.path.normpath(member.name)
-        if not member.isfile() or name.startswith(("/", "..")):
-            sys.exit("refusing " + member.name)
-        path = os.path.join(root, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tflab-partial"
-        with open(tmp, "wb") as f:
-            f.write(archive.extractfile(member).read())
-        os.chmod(tmp, member.mode & 0o7777)
-        os.replace(tmp, path)
-"""
 
 
 # The remote side of every command tflab runs over SSH. The command runs in its own session and

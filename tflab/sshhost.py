@@ -22,74 +22,15 @@ import time
 from pathlib import Path
 
 from tflab.host import PORT_NAMES, CommandResult, Host, Service
-from tflab.paths import remote_dir
+from tflab.paths import remote_dir, remote_script
 from tflab.ssh import Connection, wait_for_ssh
 from tflab.tunnels import Forward, Tunnels
 
 log = logging.getLogger(__name__)
 
-# On the host: the ports its services listen on. A port held by one of the lab's own services that
-# still runs is kept; else the wanted port when it is free there; else a free one. Also says which
-# kernel and network namespace it runs in, so that a host that is this machine is recognised.
-_CHOOSE_PORTS = """import json, os, socket, sys
-wanted, folder, avoid = json.loads(sys.argv[1]), sys.argv[2], set(json.loads(sys.argv[3]))
-owners = {"serving": "model-server", "rest": "model-server"}
-def alive(service):
-    try:
-        os.kill(int(open(os.path.join(folder, service + ".pid")).read()), 0)
-        return True
-    except PermissionError:
-        return True
-    except (OSError, ValueError):
-        return False
-def free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-def any_free(taken):
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
-    sys.exit("no free port")
-try:
-    previous = json.load(open(os.path.join(folder, "ports.json")))
-except (OSError, ValueError):
-    previous = {}
-chosen = {}
-for name, port in wanted.items():
-    old = previous.get(name) if isinstance(previous, dict) else None
-    if not port:  # not wanted (REST off)
-        chosen[name] = 0
-    elif isinstance(old, int) and old and old not in chosen.values() and old not in avoid and \
-            alive(owners.get(name, name)):
-        chosen[name] = old
-    elif port and port not in chosen.values() and port not in avoid and free(port):
-        chosen[name] = port
-    else:
-        chosen[name] = any_free(set(chosen.values()) | avoid)
-os.makedirs(folder, exist_ok=True)
-with open(os.path.join(folder, "ports.json.tmp"), "w") as f:  # the other names' ports stay recorded
-    json.dump({**(previous if isinstance(previous, dict) else {}), **chosen}, f)
-os.replace(os.path.join(folder, "ports.json.tmp"), os.path.join(folder, "ports.json"))
-print(json.dumps({"ports": chosen, "network": network()}))
-"""
-_NETWORK = """def network():
-    try:
-        return open("/proc/sys/kernel/random/boot_id").read().strip() + ":" + str(os.stat("/proc/self/ns/net").st_ino)
-    except OSError:
-        return ""
-"""
-
 
 def this_network() -> str:
-    """This machine's kernel boot and network namespace, as _NETWORK reports the host's."""
+    """This machine's kernel boot and network namespace, as remote/choose_ports.py reports the host's."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + ":" + str(os.stat("/proc/self/ns/net").st_ino)
     except OSError:
@@ -231,7 +172,7 @@ class SshHost(Host):
                          "`tflab autostop` shows and changes it)")
 
     def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
-        script = _NETWORK + _CHOOSE_PORTS
+        script = remote_script("choose_ports.py")
         answer = json.loads(self.connection.output(
             f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(wanted))} "
             f"{shlex.quote(posixpath.join(self._workdir, 'services'))} {shlex.quote(json.dumps(sorted(avoid)))}"
@@ -311,7 +252,7 @@ class SshHost(Host):
         log) is kept: TensorFlow Serving and TensorBoard pick up new versions and logs by themselves.
         Kept only while its record's pid and start time are still /proc's (a pid reused since is not it).
         One kept without an identity record (started by an older tflab) gets one when /proc proves it is the
-        service (_ADOPT); else that is logged in one line and the idle watchdog leaves it alone.
+        service (remote/adopt_service.py); else that is logged in one line and the idle watchdog leaves it alone.
         Another command under the same name, or one that ended, is stopped first, if /proc proves its pid
         file's process is the service started (stop_services; a pid file naming another process now is
         removed, that process left alone).
@@ -328,7 +269,8 @@ class SshHost(Host):
                    f"[ \"$(cat {cmd_q} 2>/dev/null)\" = {shlex.quote(inner)} ] && {{ [ ! -f {id_q} ] || "
                    f"grep -qF \"\\\"pid\\\": $(cat {pid_q}), \\\"start\\\": $(sed 's/^.*) //' /proc/$(cat {pid_q})/stat "
                    f"2>/dev/null | cut -d' ' -f20),\" {id_q}; }}; then "
-                   f"[ -f {shlex.quote(base + '.id')} ] || python3 -c {shlex.quote(_ADOPT)} {pid_q} "
+                   f"[ -f {shlex.quote(base + '.id')} ] || "
+                   f"python3 -c {shlex.quote(remote_script('adopt_service.py'))} {pid_q} "
                    f"{shlex.quote(base + '.id')} {shlex.quote(json.dumps(argv))} 2>&1 | tail -n 1; "
                    f"echo kept $(cat {pid_q}); exit 0; fi; "
                    f"if [ -f {pid_q} ] && kill -0 $(cat {pid_q}) 2>/dev/null; then echo running $(cat {pid_q}); "
@@ -442,54 +384,6 @@ class SshHost(Host):
         return self.connection.read_text(path)
 
 
-# On the host, for a service kept running that has no identity record (started by a tflab that wrote none):
-# the record identity_record() would have written, made only when /proc proves the pid file's process is the
-# service run-lab started: the command it would have started (after its exec), owned by this user, in a
-# session of its own (setsid), started as the pid file was written (not a pid reused since). Prints one line.
-_ADOPT = r"""import json, os, re, sys
-pid_path, id_path, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-def runs(cmdline):  # as remote/watchdog.py's runs(): argv after its exec (a #! script's interpreter first)
-    n = len(argv) - 1
-    return len(cmdline) > n and cmdline[len(cmdline) - n:] == argv[1:] and \
-        os.path.basename(cmdline[-n - 1]) == os.path.basename(argv[0])
-def prove():
-    text = open(pid_path).read(64).strip()
-    if not text.isdigit() or int(text) <= 1:
-        return None, "the pid file says %r" % text[:20]
-    pid = int(text)
-    fields = open("/proc/%d/stat" % pid, "rb").read().rsplit(b")", 1)[1].split()
-    cmdline = [a.decode(errors="replace") for a in open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[:-1]]
-    uid = int(re.search(r"\nUid:\s*(\d+)", open("/proc/%d/status" % pid).read()).group(1))
-    if fields[0] == b"Z":
-        return None, "pid %d has ended" % pid
-    if uid != os.getuid():
-        return None, "pid %d belongs to another user (uid %d)" % (pid, uid)
-    if not runs(cmdline):
-        return None, "pid %d runs another command: %s" % (pid, " ".join(cmdline)[:100])
-    if int(fields[2]) != pid or int(fields[3]) != pid:
-        return None, "pid %d is not in a session of its own, as a service run-lab starts is" % pid
-    btime = int(next(line.split()[1] for line in open("/proc/stat") if line.startswith("btime ")))
-    started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    written = os.stat(pid_path).st_mtime
-    if not written - 30 <= started <= written + 2:  # $! is written as soon as it is forked
-        return None, "pid %d started %.0f s from when its pid file was written: not the process it names" % (
-            pid, started - written)
-    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
-    return {"pid": pid, "start": int(fields[19]), "uid": uid, "boot": boot, "argv": argv}, ""
-try:
-    record, why = prove()
-except (OSError, ValueError, AttributeError, StopIteration) as exc:
-    record, why = None, "cannot read what /proc says of it (%s)" % exc
-if record is None:
-    print("identity: not recorded: " + why)
-else:
-    with open(id_path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(id_path + ".tmp", id_path)
-    print("identity: recorded")
-"""
-
-
 def identity_record(pid: str, argv: list[str], path: str) -> str:
     """Shell that records what identifies the service just started as pid (its boot, start time: /proc's stat
     field 22, owner and command) in path: the idle watchdog signals a pid only when /proc still says all that
@@ -498,5 +392,3 @@ def identity_record(pid: str, argv: list[str], path: str) -> str:
             "printf '{\"pid\": %s, \"start\": %s, \"uid\": %s, \"boot\": \"%s\", \"argv\": %s}' \"$p\" \"$s\" "
             f"\"$(id -u)\" \"$(cat /proc/sys/kernel/random/boot_id)\" {shlex.quote(json.dumps(argv))} "
             f"> {shlex.quote(path)}; true)")
-
-
