@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from tflab.errors import InputError, LabStepError, NotFoundError, TflabError, UnreachableError
+from tflab.jsontext import nesting
 
 if TYPE_CHECKING:
     from tflab.console import Console
@@ -182,7 +183,6 @@ def describe(seconds: float | None) -> str:
 DEADLINE = 30.0  # seconds a call to the watchdog on the host may take (its `view` and `set` answer at once)
 VIEW_LIMIT, VIEW_DEPTH = 262144, 16  # the most bytes and nesting read from the host's view
 LATEST = 1e10  # no time the watchdog gives is later than this (the year 2286): a larger one is damage
-_JSON = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
 
 
 def autostop(connection: Connection, workdir: str, *, idle: float | None = None, max_lifetime: float | None = None,
@@ -231,11 +231,8 @@ def read_view(line: str, where: str) -> dict:
 
     if len(line) > VIEW_LIMIT:
         raise damaged(f"more than {VIEW_LIMIT} bytes")
-    depth = 0
-    for token in _JSON.finditer(line):
-        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token.group(), 0)
-        if depth > VIEW_DEPTH:
-            raise damaged(f"nested deeper than {VIEW_DEPTH}")
+    if nesting(line) > VIEW_DEPTH:
+        raise damaged(f"nested deeper than {VIEW_DEPTH}")
     try:
         view = json.loads(line, parse_constant=lambda name: float(name))
     except (ValueError, RecursionError) as exc:

@@ -434,17 +434,14 @@ def host_ports(connection: Connection, workdir: str) -> dict[str, int]:
     import json
     import shlex
 
-    from tflab.autostop import _JSON
+    from tflab.jsontext import nesting
 
     folder = '"$HOME"' + shlex.quote(workdir[1:]) if workdir.startswith("~/") else shlex.quote(workdir)
     # Bounded on the host (a link to /dev/zero, a huge file), and a regular file only (a FIFO would block).
     path = f"{folder}/services/ports.json"
     text = connection.open().output(f"[ -f {path} ] && head -c {PORTS_FILE_LIMIT + 1} {path} 2>/dev/null; true",
                                     timeout=30.0)
-    depth = deepest = 0
-    for token in _JSON.finditer(text[:PORTS_FILE_LIMIT + 1]):
-        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token.group(), 0)
-        deepest = max(deepest, depth)
+    deepest = nesting(text[:PORTS_FILE_LIMIT + 1])
     why = f"more than {PORTS_FILE_LIMIT} bytes" if len(text) > PORTS_FILE_LIMIT else \
         "nested deeper than 4" if deepest > 4 else None
     if why is None:
