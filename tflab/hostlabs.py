@@ -85,11 +85,13 @@ def status(name: str, store: StateStore) -> dict:
 
 
 def running_services(connection, workdir: str) -> dict[str, bool]:
-    """Which of the lab's services run on the host, by the pid files in <workdir>/services (one command)."""
+    """Which of the lab's services run on the host, by the pid files in <workdir>/services (one command): a
+    process that ended and is not reaped yet (a zombie, state Z in /proc) does not run."""
     folder = '"$HOME"' + shlex.quote(workdir[1:]) if workdir.startswith("~/") else shlex.quote(workdir)
     text = connection.output(f"for f in {folder}/services/*.pid; do [ -f \"$f\" ] || continue; "
-                             "p=$(head -c 32 \"$f\"); case $p in ''|*[!0-9]*) s=no;; *) "
-                             "if kill -0 \"$p\" 2>/dev/null; then s=yes; else s=no; fi;; esac; "
+                             "p=$(head -c 32 \"$f\"); s=no; case $p in ''|*[!0-9]*) ;; *) "
+                             "if kill -0 \"$p\" 2>/dev/null && [ \"$(sed 's/^.*) //' /proc/$p/stat 2>/dev/null "
+                             "| cut -c1)\" != Z ]; then s=yes; fi;; esac; "
                              "echo \"$(basename \"$f\" .pid) $s\"; done; true", timeout=30.0)
     found = {}
     for line in text.splitlines():
