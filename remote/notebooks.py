@@ -157,10 +157,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tensorboard-url", default=None, help="TensorBoard as the user reaches it")
     parser.add_argument("--kernel-dir", default=None, help="write the lab's kernel spec under DIR/kernels")
     parser.add_argument("--python", default=sys.executable, help="the kernel's Python (with --kernel-dir)")
+    parser.add_argument("--keep-existing", action="store_true",
+                        help="leave a notebook that is there as it is (the user's work); write the missing ones")
     args = parser.parse_args(argv)
     os.makedirs(args.folder, exist_ok=True)
     for name, content in lab_notebooks(args.remote_dir, args.workdir, args.port, args.tensorboard_url).items():
-        write_json(os.path.join(args.folder, name), content)
+        path = os.path.join(args.folder, name)
+        if not (args.keep_existing and os.path.lexists(path)):
+            write_json(path, content)
     if args.kernel_dir:
         spec_dir = os.path.join(args.kernel_dir, "kernels", "python3")
         os.makedirs(spec_dir, exist_ok=True)

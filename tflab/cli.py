@@ -648,25 +648,60 @@ def tunnel(
     Prints the lab's URLs, Jupyter's with its token (read from the host, never written here).
     The host key is verified by tflab first; the forwards then run in the system's `ssh` where present."""
     from tflab import labs
+    from tflab.session import forward_lab
     from tflab.ssh import Connection
-    from tflab.tunnels import (choose_client, forward_until_interrupted, host_jupyter_token, host_ports,
-                               lab_forwards, parse_forward)
+    from tflab.tunnels import parse_forward
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
     extra = [parse_forward(spec) for spec in forward or []]
     if no_lab_ports and not extra:
         raise InputError("nothing to forward", hint="drop --no-lab-ports or add --forward LOCAL:REMOTE")
-    console = _console(json_out)
-    connection = Connection(target)
     if workdir is None:
         workdir = "~/tflab" if host is not None else _recorded_workdir(name)
-    chosen = host_ports(connection, workdir) if workdir and not no_lab_ports else {}
-    token = host_jupyter_token(connection, workdir) if workdir and not no_lab_ports else None
-    key = labs.lab_key(name, host, target)  # the local ports the lab last used: its URLs stay the same
-    forwards = [] if no_lab_ports else lab_forwards(chosen, console, labs.remembered_local_ports(key))
-    client = choose_client(client)
-    forward_until_interrupted(connection, forwards + extra, console, reconnect_tries, client,
-                              on_up=lambda local: labs.remember_local_ports(key, local), jupyter_token=token)
+    forward_lab(Connection(target), _console(json_out), key=labs.lab_key(name, host, target), workdir=workdir,
+                extra=extra, lab_ports=not no_lab_ports, tries=reconnect_tries, client=client)
+
+
+@app.command("open")
+def open_(
+    name: LabName = "lab",
+    region: Region = None,
+    profile: Profile = None,
+    browser: bool = typer.Option(False, "--browser", help="Open Jupyter and TensorBoard in your browser "
+                                                          "(Python's webbrowser)."),
+    reconnect_tries: int = typer.Option(8, "--reconnect-tries", min=0, help="Reconnects to try when SSH drops."),
+    client: str = typer.Option("auto", "--client", envvar="TFLAB_TUNNEL_CLIENT",
+                               click_type=click.Choice(["auto", "openssh", "paramiko"], case_sensitive=False),
+                               help="Who carries the forwards (as `tflab tunnel --client`)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON line with every URL (Jupyter's with its "
+                                                        "token) each time the tunnels are up, as `tunnel --json`."),
+) -> None:
+    """Come back to a lab: start its services where they are down, with nothing retrained (the model server
+    serves the last exported version; the notebooks and TensorBoard's logs are where they were), open the
+    tunnels, and print the URLs, Jupyter's with its token (read from the host, never written here), until
+    Ctrl-C. The URLs are the ones the lab's tunnels used before, where those ports are free here.
+    A lab made by `up` must be running: a stopped one is started by `tflab up --name N` (open says so).
+    For a lab run on any machine (run-lab --host), nothing on AWS is called."""
+    from tflab.labs import host_lab
+    from tflab.session import open_lab
+    from tflab.state import StateStore, check_name
+
+    store = StateStore()
+    state = store.load(check_name(name))
+    cloud_status = None
+    if state is not None:
+        from tflab.cloud import status as lab_status
+
+        provider = _provider(region, profile, state)
+        cloud_status = lambda: lab_status(provider, store, name, ask_host=False)  # noqa: E731
+    elif host_lab(name, store) is None:
+        from tflab.errors import NotFoundError
+
+        raise NotFoundError(f"no lab named '{name}' on this machine",
+                            hint="`tflab list` shows the labs; `tflab up` makes one on AWS, `tflab run-lab --host "
+                                 "user@address --name N` one on any machine")
+    open_lab(name, _console(json_out), cloud_status=cloud_status, browser=browser, tries=reconnect_tries,
+             client=client)
 
 
 @app.command()

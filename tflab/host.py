@@ -79,6 +79,10 @@ class Host(ABC):
     def prepare(self, console) -> None:
         """Make the host ready to run the lab (connect, push remote/, bootstrap)."""
 
+    def attach(self, console) -> None:
+        """Reach a host a run prepared before, as it left it, to serve its lab again (no training)."""
+        self.prepare(console)
+
     @abstractmethod
     def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
         """The ports its services listen on, by name: the wanted ones where free there (and not in

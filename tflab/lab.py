@@ -226,15 +226,7 @@ class LabRun:
         self._prepare()
         self.on_prepared(host)
         prepared = time.monotonic()
-        wanted = dict(self.options.ports)
-        if host.jupyter_token_file is None:
-            wanted.pop("jupyter", None)
-        ports = host.choose_ports(wanted, console)
-        env = quiet_tensorflow_env()
-        server, services = self._start_services(ports, env)
-        host.forward(ports, self.local_ports, console)
-        if "jupyter" in ports:  # after the tunnels: its TensorBoard notebook links TensorBoard as they bring it
-            services["jupyter"] = self._start_jupyter(ports, env)
+        ports, env, server, services = self._serve()
         steps = self._steps(env)
         timings = {"steps": self._steps_seconds}
         result = self._predict(steps["export"]["version"], services["model-server"], prepared, timings)
@@ -271,6 +263,55 @@ class LabRun:
         self.report.save(self.out / "report.json")
         return self.report
 
+    def resume(self) -> dict:
+        """Serve the lab again as its last run left it, with nothing trained: the host reached as it was
+        prepared (Host.attach), the services started where they are down (kept where they run) over the
+        lab's models, logs and notebooks (a notebook there is left as it is), the tunnels, the last exported
+        version AVAILABLE and answering Predict, TensorBoard and Jupyter answering from here.
+
+        Returns {"workdir", "model", "version", "ports", "services": {name: "started" | "kept running"}}.
+        Raises NotFoundError when no version was exported there."""
+        from tflab.errors import NotFoundError
+
+        host, console, name = self.host, self.console, self.options.model_name
+        host.attach(console)
+        self.on_prepared(host)
+        versions = [int(v) for v in self._listing(posixpath.join(host.workdir, "models", name)) if v.isdigit()]
+        if not versions:
+            raise NotFoundError(f"no exported version of model {name} in {host.workdir} on {host.name}",
+                                hint="`tflab run-lab` trains and exports it")
+        ports, _, _, services = self._serve(keep_notebooks=True)
+        self._predict(max(versions), services["model-server"], time.monotonic(), {})
+        runs = [r for r in self._listing(posixpath.join(host.workdir, "logs")) if r.startswith("run-")]
+        if runs:
+            self._check_from_here(max(runs, key=lambda r: int(r[4:]) if r[4:].isdigit() else -1), services)
+        self.on_forwarded({n: host.local_port(n) for n in ports if ports[n]})
+        return {"workdir": host.workdir, "model": name, "version": max(versions), "ports": ports,
+                "services": {s.name: "kept running" if s.kept else "started" for s in services.values()}}
+
+    def _listing(self, folder: str) -> list[str]:
+        """The names in a folder on the host ([] when there is none)."""
+        names: list[str] = []
+        self.host.run(["sh", "-c", 'ls -1 "$1" 2>/dev/null; true', "sh", folder], step="list", timeout=60,
+                      on_line=lambda kind, line: names.append(line) if kind == "out" else None)
+        return names
+
+    def _serve(self, keep_notebooks: bool = False) -> tuple[dict, dict, ServerCommand, dict[str, Service]]:
+        """The lab's services on the host and the way here: the ports they get there, the model server and
+        TensorBoard (started first, so that their start-up overlaps what follows), the tunnels, then Jupyter
+        (where the host has it). Returns (ports, the TensorFlow environment, the server's command, services)."""
+        host, console = self.host, self.console
+        wanted = dict(self.options.ports)
+        if host.jupyter_token_file is None:
+            wanted.pop("jupyter", None)
+        ports = host.choose_ports(wanted, console)
+        env = quiet_tensorflow_env()
+        server, services = self._start_services(ports, env)
+        host.forward(ports, self.local_ports, console)
+        if "jupyter" in ports:  # after the tunnels: its TensorBoard notebook links TensorBoard as they bring it
+            services["jupyter"] = self._start_jupyter(ports, env, keep_notebooks)
+        return ports, env, server, services
+
     def _start_services(self, ports: dict[str, int], env: dict) -> tuple[ServerCommand, dict[str, Service]]:
         """The model server, TensorBoard and (where the host has it) Jupyter, started before the steps so
         that their start-up overlaps them; returns the server's command and the services by name."""
@@ -289,10 +330,11 @@ class LabRun:
             f"TensorBoard on 127.0.0.1:{ports['tensorboard']} over {logs_root}")
         return server, services
 
-    def _start_jupyter(self, ports: dict[str, int], env: dict) -> Service:
-        """The lab's notebooks (remote/notebooks.py), then JupyterLab over them. Its kernels run the lab's
-        kernel spec (found through JUPYTER_PATH), which keeps TensorFlow's C++ log lines out of the cells;
-        Jupyter itself gets the quiet TensorFlow environment too."""
+    def _start_jupyter(self, ports: dict[str, int], env: dict, keep_notebooks: bool = False) -> Service:
+        """The lab's notebooks (remote/notebooks.py; keep_notebooks: the ones there are left as they are),
+        then JupyterLab over them. Its kernels run the lab's kernel spec (found through JUPYTER_PATH), which
+        keeps TensorFlow's C++ log lines out of the cells; Jupyter itself gets the quiet TensorFlow
+        environment too."""
         host = self.host
         workdir = host.workdir
         notebooks = posixpath.join(workdir, "notebooks")
@@ -300,7 +342,8 @@ class LabRun:
         host.run([host.python, posixpath.join(host.remote_dir, "notebooks.py"), notebooks, "--remote-dir",
                   host.remote_dir, "--workdir", workdir, "--port", str(ports["serving"]),
                   "--tensorboard-url", f"http://127.0.0.1:{host.local_port('tensorboard')}/",
-                  "--kernel-dir", jupyter_path, "--python", host.python], step="notebooks", timeout=60)
+                  "--kernel-dir", jupyter_path, "--python", host.python]
+                 + (["--keep-existing"] if keep_notebooks else []), step="notebooks", timeout=60)
         return self._start("jupyter", jupyter_command(host, ports["jupyter"], notebooks),
                            {**env, "JUPYTER_TOKEN_FILE": host.jupyter_token_file, "JUPYTER_PATH": jupyter_path,
                             # the lab's layout (open tabs) is the lab's, not mixed with the user's other JupyterLabs

@@ -97,13 +97,7 @@ class SshHost(Host):
     # ------------------------------------------------------------------ the pipeline's steps
 
     def prepare(self, console) -> None:
-        target = self.connection.target
-        with console.waiting(f"connecting to {target.display}") as update:
-            self.connection = wait_for_ssh(target, timeout=self.ssh_timeout, progress=update)
-        if self.connection.host_key_note:
-            console.note(f"host key of {target.display} {self.connection.host_key_note}")
-        self.marks["connect"] = time.monotonic()
-        self._workdir = self.connection.absolute(self._workdir)
+        self._connect(console)
         if self._booted:
             self._check_boot_bootstrap(console)
         with console.waiting(f"pushing remote/ to {self.remote_dir}") as update:
@@ -117,10 +111,37 @@ class SshHost(Host):
                                         self._want_python or ""]),
                             step="bootstrap", timeout=self.bootstrap_timeout,
                             on_line=lambda kind, line: console.stream("bootstrap", line.removeprefix("[bootstrap] ")))
-        self._python = self.read_text(posixpath.join(self._workdir, "python")).strip()
-        self.serving = self.read_text(posixpath.join(self._workdir, "serving")).strip()
+        self._settle(console)
         self.marks["bootstrap"] = time.monotonic()
         self.bootstrap_seconds = self.marks["bootstrap"] - self.marks["push"]
+
+    def attach(self, console) -> None:
+        """Connect to a host run-lab prepared before, as it left it: nothing pushed, no bootstrap (its
+        interpreter and serving kind are the ones that bootstrap recorded). Raises NotFoundError when
+        run-lab never prepared the lab's workdir there."""
+        from tflab.errors import NotFoundError
+
+        self._connect(console)
+        done = posixpath.join(self._workdir, "bootstrap.done")
+        if self.connection.run(f"[ -f {shlex.quote(done)} ]", step="check", check=False, quick=True).status != 0:
+            raise NotFoundError(f"run-lab has not prepared {self._workdir} on {self.name} yet",
+                                hint="`tflab run-lab` runs the lab there first")
+        self._settle(console)
+
+    def _connect(self, console) -> None:
+        target = self.connection.target
+        with console.waiting(f"connecting to {target.display}") as update:
+            self.connection = wait_for_ssh(target, timeout=self.ssh_timeout, progress=update)
+        if self.connection.host_key_note:
+            console.note(f"host key of {target.display} {self.connection.host_key_note}")
+        self.marks["connect"] = time.monotonic()
+        self._workdir = self.connection.absolute(self._workdir)
+
+    def _settle(self, console) -> None:
+        """What every run reads or makes once the host is prepared: its interpreter and serving kind (as the
+        bootstrap recorded them), Jupyter's token, and the idle watchdog."""
+        self._python = self.read_text(posixpath.join(self._workdir, "python")).strip()
+        self.serving = self.read_text(posixpath.join(self._workdir, "serving")).strip()
         self.jupyter_token_file = posixpath.join(self._workdir, "jupyter-token")
         # Made once; later runs keep the same token and URL.
         path = shlex.quote(self.jupyter_token_file)

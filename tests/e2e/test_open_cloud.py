@@ -1,41 +1,32 @@
-"""`tflab list` against a moto server (AWS_ENDPOINT_URL): the labs made by `up` and the labs run on any machine,
-each with its kind."""
+"""`tflab open` and `tflab list` for labs made by `up`, against a moto server (AWS_ENDPOINT_URL): a lab whose
+instance is stopped is not started behind the user's back (that bills, and `up` asks first): open says so and
+how to start it; list shows the labs made by `up` and the labs run on any machine, each with its kind."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.conftest import moto_server as moto_endpoint, tflab
-from tests.e2e.test_cloud_cli import UP as CLOUD_UP
+from tests.e2e.test_cloud_cli import UP, cli, moto_server  # noqa: F401 (the CLI against moto, as there)
 from tflab.labs import remember_host_lab
 from tflab.ssh import SshTarget
 from tflab.state import StateStore
 
 
-PARAMETER = "/test/open-cloud/ami-id"  # its own: moto servers in one process share one account
-UP = [PARAMETER if arg == "/test/dlami/ami-id" else arg for arg in CLOUD_UP]
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    with moto_endpoint(PARAMETER) as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def cli(moto_server, tmp_path):
-    import boto3
-
-    env = {"AWS_ENDPOINT_URL": moto_server, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
-
-    def run(*args):
-        return tflab(*args, env=env, timeout=120)
-
-    run.ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto_server)
-    run.home = tmp_path / "home"
-    return run
+def test_open_says_how_to_start_a_stopped_lab_and_never_starts_it(cli):
+    up = cli(*UP, "--name", "back1", "--yes", "--json")
+    assert up.returncode == 0, up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    never_run = cli("open", "--name", "back1")  # running, but run-lab never ran there: nothing to serve
+    assert never_run.returncode == 7 and "lab 'back1' has not run the lab yet" in never_run.stderr
+    assert "hint: `tflab run-lab --name back1`" in never_run.stderr
+    cli.ec2.stop_instances(InstanceIds=[instance])
+    stopped = cli("open", "--name", "back1")
+    assert stopped.returncode == 5, stopped.stderr
+    assert "tflab: error: lab 'back1' is stopp" in stopped.stderr  # stopping or stopped, as EC2 says it now
+    assert "hint: `tflab up --name back1` starts it again" in stopped.stderr
+    state = cli.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("stopping", "stopped")  # open did not start it
+    assert cli("down", "--name", "back1", "--yes").returncode == 0
 
 
 def test_list_shows_both_kinds_of_lab(cli):
