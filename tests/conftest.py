@@ -39,6 +39,25 @@ def no_placement_groups_yet():
     moto_placement.reset()
 
 
+CLOUDBOX = REPO / "tests" / "cloudbox"
+
+
+def pytest_collection_modifyitems(items):
+    """The EC2-in-a-box tests share one box's bridge, netns names and state folder: under pytest-xdist
+    (scripts/test.sh, `--dist loadgroup`) they all run on one worker, one after another."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(CLOUDBOX):
+            item.add_marker(pytest.mark.xdist_group("cloudbox"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def state_home_of_the_session(tmp_path_factory):
+    """No test reads or writes the user's own ~/.tflab: the session (each xdist worker) has a state home of
+    its own; a test that needs a fresh one still sets TFLAB_HOME itself."""
+    os.environ["TFLAB_HOME"] = str(tmp_path_factory.mktemp("tflab-home"))
+    yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def loopback_only():
     """A safety net: in the test process, a connection to anything but loopback fails at once.

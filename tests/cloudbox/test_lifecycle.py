@@ -1,6 +1,6 @@
 """The cloud path for real, in the EC2 in a box: `up` boots an instance whose cloud-init runs tflab's user data,
 `run-lab` waits for the boot-time bootstrap and runs the lab there, the watchdog stops the idle instance by
-its own shutdown, `up` starts it again, `down` leaves nothing. Through the real CLI, as a user types it.
+its own shutdown, `up` starts it again, `open` brings its services back without training, `down` leaves nothing. Through the real CLI, as a user types it.
 
 The tests of this module share one lab, in order (each says what it adds); the box is stopped at the end and
 must leave nothing behind.
@@ -15,6 +15,8 @@ import pytest
 
 from tests.cloudbox.box import PUBLIC_NET, leftovers
 from tests.cloudbox.conftest import SSH_CIDR, instances, on_lab, wait_for
+from tests.ssh.conftest import TunnelProcess
+from tflab.client import ServingClient
 
 pytestmark = [pytest.mark.cloudbox, pytest.mark.timeout(2400)]
 LAB = "box"
@@ -104,6 +106,22 @@ def test_the_idle_instance_stops_itself_and_up_starts_it_again(box, cli, lab):
     # The same host keys (they are on the disk): still pinned, no prompt.
     whoami = on_lab(cli, LAB, "whoami")
     assert whoami.returncode == 0 and whoami.stdout.strip() == "ubuntu", whoami.stderr
+    # `tflab open` brings the lab back as the first run-lab left it: the services came down with the instance
+    # and come up again serving the version exported before the stop, with no training.
+    versions = on_lab(cli, LAB, "ls ~/tflab/models/nn").stdout.split()
+    assert versions, "run-lab exported no version before the stop"
+    opened = TunnelProcess(["--name", LAB], {**box.env, "TFLAB_HOME": str(cli.home)}, command="open")
+    try:
+        opened.forwards(timeout=600)
+        urls = opened.events[0]["urls"]
+        with ServingClient(urls["serving_grpc"], timeout=30) as client:
+            result = client.predict([1.0], model="nn", signature="prediction")
+        assert result.version == max(int(v) for v in versions)
+        assert "/lab?token=" in urls["jupyter"] and urls["tensorboard"].startswith("http://127.0.0.1:")
+    finally:
+        assert opened.close() == 0, "".join(opened.lines)
+    assert "nothing trained" in "".join(opened.lines), "".join(opened.lines)
+    assert on_lab(cli, LAB, "ls ~/tflab/models/nn").stdout.split() == versions
     run = cli("run-lab", "--name", LAB, "--json", timeout=1200)
     assert run.returncode == 0, run.stderr[-4000:]
     assert json.loads(run.stdout)["host"]["address"] == f"{again['public_ip']}:22"

@@ -9,8 +9,8 @@ inherits, so that what is left can be found after the command is gone (orphans a
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,23 +189,27 @@ def host(tmp_path_factory):
     server.stop()
 
 
-def ssh_folders() -> set[str]:
-    return set(glob.glob("/tmp/tflab-ssh-*"))
+def ssh_folders(cmd: Command) -> set[str]:
+    """The control-socket folders the command's own ssh children use (other tests may make theirs meanwhile)."""
+    found = set()
+    for line in marked(cmd.mark):
+        found.update(re.findall(r"(/tmp/tflab-ssh-[^/\s]+)/", line))
+    return found
 
 
 def test_run_lab_on_a_host_ends_its_tunnel_and_the_remote_steps_on_sigterm(host):
     server, args, tmp = host
     workdir = tmp / "workdir"
-    before = ssh_folders()
     cmd = Command("run-lab", *args, "--python", sys.executable, "--workdir", str(workdir), "--out",
                   str(tmp / "out"), "--steps", "100000")
     try:
         cmd.wait_for("running the lab steps")
         wait_until(lambda: any("steps.py" in p for p in processes_mentioning(str(workdir))), 60,
                    what="the steps to run on the host")
+        folders = wait_until(lambda: ssh_folders(cmd), 30, what="the tunnels' ssh child")
         assert cmd.signal(signal.SIGTERM) == 143
         assert cmd.left_behind() == []  # the ssh child carrying the tunnels too
-        assert ssh_folders() - before == set()  # its control socket's folder is gone
+        assert [f for f in folders if os.path.exists(f)] == []  # its control socket's folder is gone
         # The steps the run was running on the host ended with its channel; the services stay (asked for).
         wait_until(lambda: not any("steps.py" in p for p in processes_mentioning(str(workdir))), 15,
                    what="the remote steps to end")
@@ -222,16 +226,17 @@ def test_tunnel_ends_its_ssh_child_on_sighup_and_on_kill_9(host):
     server, args, tmp = host
     wanted = [ports.free_port(), ports.free_port()]
     for sig in (signal.SIGHUP, signal.SIGKILL):
-        before = ssh_folders()
         cmd = Command("tunnel", *args, "--no-lab-ports", "--forward", f"{wanted[0]}:22", "--forward",
                       f"{wanted[1]}:22")
         cmd.wait_for("until Ctrl-C")
         assert any(Path(p.split()[0]).name == "ssh" for p in marked(cmd.mark))  # the system's ssh carries them
+        folders = ssh_folders(cmd)
+        assert folders
         assert cmd.signal(sig) in (0, -signal.SIGKILL)
         assert cmd.left_behind() == []
         assert_free(*wanted)
         if sig != signal.SIGKILL:
-            assert ssh_folders() - before == set()
+            assert [f for f in folders if os.path.exists(f)] == []
 
 
 def test_ssh_with_a_command_ends_the_remote_command_on_sigterm(host, tmp_path):
