@@ -17,6 +17,7 @@ import posixpath
 import re
 import shlex
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from tflab.errors import InputError, LabStepError, NotFoundError, TflabError, UnreachableError
@@ -178,6 +179,41 @@ def describe(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class LaunchPolicy:
+    """The watchdog's policy for a lab `up` makes, from --idle-stop, --max-lifetime, --idle-action and --spot,
+    and what the instance's own shutdown does (its InstanceInitiatedShutdownBehavior)."""
+
+    idle_seconds: float
+    lifetime_seconds: float
+    behavior: str  # "stop" | "terminate"
+
+    @classmethod
+    def of(cls, idle_stop: str, max_lifetime: str, idle_action: str | None, spot: bool) -> LaunchPolicy:
+        """Checked: a duration that is not one, or a spot lab asked to stop, is an InputError."""
+        idle, lifetime = parse_duration(idle_stop, "--idle-stop"), parse_duration(max_lifetime, "--max-lifetime")
+        if spot and idle_action == "stop":
+            raise InputError("a one-time spot instance cannot be stopped, only terminated",
+                             hint="drop --idle-action stop (a spot lab's watchdog terminates it), or drop --spot")
+        return cls(idle, lifetime, idle_action or ("terminate" if spot else "stop"))
+
+    @property
+    def document(self) -> dict:
+        return policy(self.idle_seconds, self.lifetime_seconds)
+
+    def announce(self, console: Console) -> None:
+        """What the lab will do by itself, said before launching (a warning where it may bill on)."""
+        if not self.document["enabled"]:
+            console.warn("autostop is OFF (--idle-stop off --max-lifetime off): the lab bills until `tflab down`")
+        elif not self.idle_seconds:
+            console.warn(f"--idle-stop off: an idle lab keeps billing until its maximum lifetime "
+                         f"({describe(self.lifetime_seconds)}) or `tflab down`")
+        else:
+            console.info(f"autostop: the instance {'stops' if self.behavior == 'stop' else 'terminates'} itself "
+                         f"after {describe(self.idle_seconds)} without activity, and after "
+                         f"{describe(self.lifetime_seconds)} in any case (`tflab autostop` changes it)")
 
 
 DEADLINE = 30.0  # seconds a call to the watchdog on the host may take (its `view` and `set` answer at once)

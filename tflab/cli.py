@@ -209,51 +209,10 @@ def serve(
 
     Further TensorFlow Serving flags (--enable_batching, --monitoring_config_file=...) go to the server as given.
     """
-    import re
-    import subprocess
+    from tflab.serving import serve_here
 
-    from tflab import ports
-    from tflab.errors import PortInUseError
-    from tflab.host import LocalHost, tied_to_this_process
-    from tflab.serving import quiet_tensorflow_env, server_command
-
-    console = _console(False)
-    if not str(model_base_path).strip() or str(model_base_path) == ".":
-        raise InputError("--model-base-path is empty", hint="give the folder that holds the version folders, "
-                                                             "e.g. tflab-results/local/models/nn")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
-        raise InputError(f"--model-name {model_name!r} is not a model name",
-                         hint="use letters, digits, '.', '_' and '-', e.g. nn")
-    base = model_base_path.resolve()
-    if not base.is_dir():
-        raise InputError(f"{base} is not a folder", hint="give the folder that holds the version folders, e.g. .../models/nn")
-    for p, option in ((port, "--port"), (rest_port, "--rest-port")):
-        if p and not ports.is_free(p):
-            raise PortInUseError(p, "the model server", option)
-    command = server_command(LocalHost(), model_base_path=str(base), model_name=model_name, port=port,
-                             rest_port=rest_port, prefer_builtin=builtin)
-    versions = sorted(int(n.name) for n in base.iterdir() if n.name.isdigit())
-    console.info(command.describe())
-    if command.exposure():
-        console.warn(command.exposure())
-    if not versions:
-        console.note(f"no version folder in {base} yet; the server will load the first one that appears")
-    import os
-
-    # The server is killed when tflab dies, however it dies (parent-death signal); a signal here stops it first.
-    proc = subprocess.Popen(tied_to_this_process([*command.argv, *ctx.args]), env={**os.environ, **quiet_tensorflow_env()})
-    try:
-        status = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        return
-    if status not in (0, -signal.SIGTERM, -signal.SIGINT):
-        raise TflabError(f"the model server exited with status {status}", hint="its output is above")
+    serve_here(model_base_path, model_name=model_name, port=port, rest_port=rest_port, builtin=builtin,
+               extra=list(ctx.args), console=_console(False))
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -409,55 +368,22 @@ def up(
     host key (the host's bootstrap starts at boot), and remember it as a lab. An idle watchdog on the
     instance stops it after an hour without activity, and after 12 hours in any case (`tflab autostop`).
     With --nodes N, N instances in one zone for training across machines (`tflab run-lab` uses them all)."""
-    from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
-    from tflab.cloud import UpSettings, check_launch_options, ssh_cidr as resolve_cidr, up as run_up
-    from tflab.state import StateStore, check_name
+    from tflab.cloud import UpRequest, UpSettings, up_lab
+    from tflab.state import StateStore
 
-    check_name(name)
     if ami is not None and ami_parameter is not None:
         raise typer.BadParameter("give --ami or --ami-parameter, not both", param_hint="--ami")
-    check_launch_options(instance_type=instance_type, ami=ami, ami_parameter=ami_parameter, subnet_id=subnet_id,
-                         ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user,
-                         timeouts={"--wait-timeout": wait_timeout, "--host-key-timeout": host_key_timeout,
-                                   "--ssh-timeout": ssh_timeout})
-    from tflab.autostop import describe, parse_duration, policy as watchdog_policy
-
-    idle_seconds, lifetime_seconds = parse_duration(idle_stop, "--idle-stop"), parse_duration(max_lifetime,
-                                                                                               "--max-lifetime")
-    if spot and idle_action == "stop":
-        raise InputError("a one-time spot instance cannot be stopped, only terminated",
-                         hint="drop --idle-action stop (a spot lab's watchdog terminates it), or drop --spot")
-    behavior = idle_action or ("terminate" if spot else "stop")
-    console = _console(json_out)
-    store = StateStore()
-    provider = _provider(region, profile, store.load(name))
-    from tflab.cloud import boot_user_data, packed_user_data
-
-    policy = watchdog_policy(idle_seconds, lifetime_seconds)
-    if not policy["enabled"]:
-        console.warn("autostop is OFF (--idle-stop off --max-lifetime off): the lab bills until `tflab down`")
-    elif not idle_seconds:
-        console.warn(f"--idle-stop off: an idle lab keeps billing until its maximum lifetime "
-                     f"({describe(lifetime_seconds)}) or `tflab down`")
-    else:
-        console.info(f"autostop: the instance {'stops' if behavior == 'stop' else 'terminates'} itself after "
-                     f"{describe(idle_seconds)} without activity, and after {describe(lifetime_seconds)} in any case "
-                     "(`tflab autostop` changes it)")
-    cidr = resolve_cidr(ssh_cidr)
-    if ssh_cidr is None:  # detected: say which, since a proxy or a multi-exit NAT makes it wrong
-        console.info(f"SSH will be let in from {cidr} only: this machine's address as checkip.amazonaws.com sees "
-                     "it (behind a proxy or a NAT with several exits, pass --ssh-cidr with yours)")
-    spec = LaunchSpec(lab=name, ssh_cidr=cidr, instance_type=instance_type, disk_gb=disk_gb,
-                      spot=spot, ami=ami, ami_parameter=ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=subnet_id,
-                      user_data=packed_user_data(boot_user_data(ssh_user or "ubuntu", autostop=policy)),
-                      shutdown_behavior=behavior,
-                      nodes=nodes, placement=placement)
     settings = UpSettings(profile=profile, wait=not no_wait, wait_timeout=wait_timeout,
                           host_key_timeout=host_key_timeout, keep_on_failure=keep_on_failure, ssh_host=ssh_host,
                           ssh_port=ssh_port, ssh_user=ssh_user, ssh_timeout=ssh_timeout,
                           accept_new_host_key=accept_new_host_key)
-    state, action = run_up(provider, store, spec, console, confirm=_confirm(yes, "launch an instance"),
-                           settings=settings)
+    request = UpRequest(name=name, instance_type=instance_type, spot=spot, nodes=nodes, placement=placement,
+                        disk_gb=disk_gb, ami=ami, ami_parameter=ami_parameter, ssh_cidr=ssh_cidr,
+                        subnet_id=subnet_id, idle_stop=idle_stop, max_lifetime=max_lifetime,
+                        idle_action=idle_action, settings=settings)
+    console = _console(json_out)
+    state, action = up_lab(request, lambda known: _provider(region, profile, known), StateStore(), console,
+                           confirm=_confirm(yes, "launch an instance"))
     doc = state.to_dict() | {"action": action}
     address = state.ssh_host or state.public_ip
     text = (f"lab '{name}' {action}: {state.instance_id} ({state.instance_type}) in {state.region}, "
@@ -479,19 +405,10 @@ def status(
     """Show a lab: state (and why it stopped), type, address, uptime, what it costs, its autostop
     watchdog (idle for how long, when it acts), ports. For a lab run on any machine (run-lab --host): its
     address and whether each of its services runs and answers, asked over SSH (nothing on AWS)."""
-    from tflab.cloud import status as lab_status
-    from tflab.state import StateStore, check_name
+    from tflab.hostlabs import status_any
 
-    store = StateStore()
-    if _is_host_lab(name):
-        from tflab.hostlabs import status as host_status
-
-        doc = host_status(name, store)
-        _console(json_out).result(doc, _host_status_text(doc))
-        return
-    provider = _provider(region, profile, store.load(check_name(name)))  # a damaged state: its error, no AWS call
-    doc = lab_status(provider, store, name, ask_host=not no_host)
-    _console(json_out).result(doc, _status_text(doc))
+    kind, doc = status_any(name, lambda state: _provider(region, profile, state), ask_host=not no_host)
+    _console(json_out).result(doc, _host_status_text(doc) if kind == "host" else _status_text(doc))
 
 
 @app.command("list")
@@ -502,15 +419,14 @@ def list_(
 ) -> None:
     """List every tflab lab: the labs made by `up` in the region (found by tags), and the labs run on any
     machine (run-lab --host) that this machine remembers (no AWS call for those)."""
-    from tflab.cloud import list_labs
-    from tflab.hostlabs import host_lab_rows
-    from tflab.state import StateStore
+    from tflab.hostlabs import list_all
 
-    store = StateStore()
-    hosts = host_lab_rows(store)
-    provider = _provider(region, profile)
-    rows = [row | {"kind": "up"} for row in list_labs(provider, store)]
-    damaged = store.damaged()  # each one line, after the labs found by tags
+    console = _console(json_out)
+    doc = list_all(lambda state: _provider(region, profile, state), console)
+    console.result(doc, _list_text(doc))
+
+
+def _list_text(doc: dict) -> str:
     def cost(row: dict) -> str:
         total = (row.get("cost_usd_estimate") or {}).get("total")
         return f"${total:.2f}" if total is not None else "-"
@@ -519,19 +435,19 @@ def list_(
         count = len(row.get("nodes", [])) or 1
         return (f"{count} x " if count > 1 else "") + row.get("instance_type", "-")
 
-    text = "\n".join(f"{r['name']:<16} {'up':<5} {r.get('state', '-'):<10} {kind(r):<18} "
-                     f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}" for r in rows)
-    text = "\n".join(filter(None, [text, *(f"{h['name']:<16} {'host':<5} {'-':<10} {'-':<18} {h['address']:<16} "
-                                            f"{'-':<20} {'-':>8}" for h in hosts)]))
+    def line(r: dict) -> str:
+        if r["kind"] == "host":
+            return f"{r['name']:<16} {'host':<5} {'-':<10} {'-':<18} {r['address']:<16} {'-':<20} {'-':>8}"
+        return (f"{r['name']:<16} {'up':<5} {r.get('state', '-'):<10} {kind(r):<18} "
+                f"{r.get('public_ip') or '-':<16} {r.get('instance_id', '-'):<20} {cost(r):>8}")
+
+    text = "\n".join(line(r) for r in doc["labs"])
     if text:
         text = (f"{'LAB':<16} {'KIND':<5} {'STATE':<10} {'TYPE':<18} {'ADDRESS':<16} {'INSTANCE':<20} "
                 f"{'COST':>8}\n" + text)
-    text = text or f"no tflab labs in {provider.region}"
-    text += "".join(f"\n{d.name:<16} damaged state file {d.path} ({d.why}): `tflab down --name {d.name}` "
-                    "removes the lab by its tags and the file" for d in damaged)
-    _console(json_out).result({"region": provider.region, "labs": rows + hosts,
-                               "damaged_states": [{"name": d.name, "path": str(d.path), "error": d.why}
-                                                  for d in damaged]}, text)
+    text = text or f"no tflab labs in {doc['region']}"
+    return text + "".join(f"\n{d['name']:<16} damaged state file {d['path']} ({d['error']}): `tflab down --name "
+                          f"{d['name']}` removes the lab by its tags and the file" for d in doc["damaged_states"])
 
 
 @app.command()
@@ -545,31 +461,17 @@ def down(
     """Remove everything the lab created (found by tags), then check that nothing is left. For a lab run on
     any machine (run-lab --host): stop its services there and forget it here; nothing else on the machine
     is touched, and nothing on AWS is called."""
-    from tflab.cloud import down as lab_down
-    from tflab.labs import host_lab
-    from tflab.state import StateStore, check_name
+    from tflab.hostlabs import down_any
 
-    from tflab.state import DamagedStateError
-
-    store = StateStore()
-    try:
-        state = store.load(check_name(name))
-    except DamagedStateError:  # down works from the tags alone (it says why, and removes the file after)
-        state = None
-    else:
-        if state is None and host_lab(name, store) is not None:
-            from tflab.hostlabs import down as host_down
-
-            console = _console(json_out)
-            report = host_down(name, store, console, confirm=_confirm(yes, "remove a lab"))
-            console.result(report, f"lab '{name}' on {report['address']}: its services stopped, and the lab "
-                                   "forgotten here (nothing else on the machine was touched)")
-            return
-    provider = _provider(region, profile, state)
     console = _console(json_out)
-    report = lab_down(provider, store, name, console, confirm=_confirm(yes, "remove a lab"))
-    console.result(report, f"lab '{name}' in {report['region']}: "
-                           + ("removed; nothing tagged with it is left" if report["removed"] else "nothing to remove"))
+    kind, report = down_any(name, lambda state: _provider(region, profile, state), console,
+                            confirm=_confirm(yes, "remove a lab"))
+    if kind == "host":
+        console.result(report, f"lab '{name}' on {report['address']}: its services stopped, and the lab "
+                               "forgotten here (nothing else on the machine was touched)")
+    else:
+        console.result(report, f"lab '{name}' in {report['region']}: "
+                               + ("removed; nothing tagged with it is left" if report["removed"] else "nothing to remove"))
 
 
 # ---------------------------------------------------------------- SSH
@@ -592,33 +494,10 @@ def ssh(
     accept_new_host_key: AcceptNewHostKey = False,
 ) -> None:
     """Open a shell on the lab (or --host), or run a command there and exit with its status."""
-    import os
-    import shlex
-    import shutil
-
-    from tflab.ssh import Connection, interactive_shell, openssh_argv
+    from tflab.session import ssh_session
 
     target = _target(name, host, identity, known_hosts, accept_new_host_key)
-    console = _console(False)
-    with Connection(target) as connection:
-        connection.open()  # verifies the host key (and records a pinned or accepted one)
-        if connection.host_key_note:
-            console.note(f"host key of {target.display} {connection.host_key_note}")
-        if command:
-            def emit(kind: str, line: str) -> None:
-                stream = sys.stdout if kind == "out" else sys.stderr
-                stream.write(line + "\n")
-                stream.flush()
-
-            result = connection.run(shlex.join(command), step="ssh", on_line=emit, check=False, timeout=24 * 3600,
-                                    shell="login")
-            raise typer.Exit(result.status)
-        client = shutil.which("ssh")
-        if client is None or not sys.stdin.isatty():
-            if not sys.stdin.isatty():
-                raise InputError("an interactive shell needs a terminal", hint="give a command after --")
-            raise typer.Exit(interactive_shell(connection))
-    os.execv(client, openssh_argv(client, target))
+    raise typer.Exit(ssh_session(target, command, _console(False)))
 
 
 @app.command()
@@ -682,26 +561,10 @@ def open_(
     Ctrl-C. The URLs are the ones the lab's tunnels used before, where those ports are free here.
     A lab made by `up` must be running: a stopped one is started by `tflab up --name N` (open says so).
     For a lab run on any machine (run-lab --host), nothing on AWS is called."""
-    from tflab.labs import host_lab
     from tflab.session import open_lab
-    from tflab.state import StateStore, check_name
 
-    store = StateStore()
-    state = store.load(check_name(name))
-    cloud_status = None
-    if state is not None:
-        from tflab.cloud import status as lab_status
-
-        provider = _provider(region, profile, state)
-        cloud_status = lambda: lab_status(provider, store, name, ask_host=False)  # noqa: E731
-    elif host_lab(name, store) is None:
-        from tflab.errors import NotFoundError
-
-        raise NotFoundError(f"no lab named '{name}' on this machine",
-                            hint="`tflab list` shows the labs; `tflab up` makes one on AWS, `tflab run-lab --host "
-                                 "user@address --name N` one on any machine")
-    open_lab(name, _console(json_out), cloud_status=cloud_status, browser=browser, tries=reconnect_tries,
-             client=client)
+    open_lab(name, _console(json_out), provider_of=lambda state: _provider(region, profile, state), browser=browser,
+             tries=reconnect_tries, client=client)
 
 
 @app.command()
@@ -724,38 +587,20 @@ def autostop(
 ) -> None:
     """Show or change the idle watchdog of a lab (or --host): how long it has been idle, what is active,
     when it acts. A lab made by `up` powers itself off; on a --host machine the lab's services stop."""
-    from tflab.autostop import autostop as change, parse_duration, render
-    from tflab.ssh import Connection
+    from tflab.autostop import parse_duration, render
+    from tflab.labs import autostop_lab
 
     if off and on:
         raise typer.BadParameter("give --off or --on, not both", param_hint="--off")
     seconds = {key: parse_duration(value, option) if value is not None else None
                for key, value, option in (("idle", idle, "--idle"), ("max_lifetime", max_lifetime, "--max-lifetime"),
                                           ("keep", keep, "--keep"))}
-    target = _target(name, host, identity, known_hosts, accept_new_host_key)
-    if workdir is None:
-        from tflab.autostop import WATCHDOG_DIR
-
-        # a lab's watchdog is there whatever run-lab's --workdir; a --host's is in it (remembered for a --host lab)
-        workdir = (_recorded_workdir(name) if host is None and _is_host_lab(name) else None) or WATCHDOG_DIR
     console = _console(json_out)
-    with Connection(target) as connection:
-        view = change(connection, workdir, off=off, on=on, **seconds)
-    changing = off or on or any(v is not None for v in seconds.values())
-    if host is None and changing:  # a lab of several instances: every node's watchdog gets the same policy
-        from tflab.labs import lab_target
-        from tflab.state import StateStore
-
-        state = StateStore().load(name)
-        for node in (state.nodes if state else [])[1:]:
-            node_target = lab_target(name=name, identity=identity, known_hosts=known_hosts,
-                                     accept_new=accept_new_host_key, node=node["index"])
-            with Connection(node_target) as connection:
-                change(connection, workdir, off=off, on=on, **seconds)
-            console.info(f"node {node['index']} ({node_target.display}): the same policy")
+    view, where = autostop_lab(name, host, console, identity=identity, known_hosts=known_hosts,
+                               accept_new=accept_new_host_key, workdir=workdir, off=off, on=on, **seconds)
     if off:
-        console.warn(f"autostop is OFF on {target.display}: the lab keeps running (and billing) until you stop it")
-    console.result(view, render(view, target.display))
+        console.warn(f"autostop is OFF on {where}: the lab keeps running (and billing) until you stop it")
+    console.result(view, render(view, where))
 
 
 @app.command("iam-policy")
@@ -777,14 +622,6 @@ def iam_policy(
     _console(False).result(policy, json.dumps(policy, indent=2))
 
 
-def _is_host_lab(name: str) -> bool:
-    """Whether --name is a lab run-lab --host remembered (and no lab made by `up`)."""
-    from tflab.labs import host_lab
-    from tflab.state import StateStore
-
-    return StateStore().load(name) is None and host_lab(name) is not None
-
-
 def _recorded_workdir(name: str) -> str | None:
     """run-lab's workdir on a lab's host, as run-lab recorded it in the lab's state, or for a --host lab in
     its record (None before any run)."""
@@ -796,32 +633,10 @@ def _recorded_workdir(name: str) -> str | None:
 @app.command("ssh-config")
 def ssh_config(name: LabName = "lab") -> None:
     """Print an OpenSSH config block for the lab, so that `ssh tflab-<name>` works (append it to ~/.ssh/config)."""
-    from tflab.ssh import openssh_config
-    from tflab.tunnels import lab_forwards
+    from tflab.session import ssh_config_block
 
-    target = _target(name, None, None, None, False)
     console = _console(False)
-    if not Path(target.known_hosts).exists():
-        console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "
-                     "the host key, or ssh refuses the host (StrictHostKeyChecking)")
-    chosen: dict[str, int] = {}
-    workdir = _recorded_workdir(name)
-    if workdir and Path(target.known_hosts).exists():  # the ports the lab's services chose on its host
-        from tflab.ssh import Connection
-        from tflab.tunnels import host_ports
-
-        try:
-            with Connection(target) as connection:
-                chosen = host_ports(connection, workdir)
-        except TflabError as exc:
-            console.note(f"could not read the ports the lab's services use on its host ({exc.message}); "
-                         "the lab's own ports are forwarded")
-    lines = openssh_config(f"tflab-{name}", target)
-    from tflab.labs import remembered_local_ports  # the local ports the lab's tunnels last used: the same URLs
-
-    lines += [f"  LocalForward 127.0.0.1:{f.local_port} 127.0.0.1:{f.remote_port}"
-              for f in lab_forwards(chosen, console, remembered_local_ports(name))]
-    console.result({}, "\n".join(lines))
+    console.result({}, ssh_config_block(name, _target(name, None, None, None, False), console))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

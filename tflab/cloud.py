@@ -323,6 +323,56 @@ class UpSettings:
     accept_new_host_key: bool = False
 
 
+@dataclass(frozen=True)
+class UpRequest:
+    """`tflab up` as asked: what to launch (the CLI's options as given) and how to wait (settings)."""
+
+    name: str
+    instance_type: str = "g4dn.xlarge"
+    spot: bool = False
+    nodes: int = 1
+    placement: str = "cluster"
+    disk_gb: int = 100
+    ami: str | None = None
+    ami_parameter: str | None = None
+    ssh_cidr: str | None = None
+    subnet_id: str | None = None
+    idle_stop: str = "60m"
+    max_lifetime: str = "12h"
+    idle_action: str | None = None
+    settings: UpSettings = UpSettings()
+
+
+def up_lab(request: UpRequest, provider_of: Callable[[LabState | None], object], store: StateStore,
+           console: Console, *, confirm: Confirm) -> tuple[LabState, str]:
+    """`tflab up` whole: the request checked before any AWS call, the provider made (provider_of, given the lab's
+    state if it has one), the watchdog's policy and the SSH range said, then up() with the LaunchSpec."""
+    from infra.provider import DEFAULT_AMI_PARAMETER, LaunchSpec
+    from tflab.autostop import LaunchPolicy
+
+    r, settings = request, request.settings
+    check_name(r.name)
+    check_launch_options(instance_type=r.instance_type, ami=r.ami, ami_parameter=r.ami_parameter,
+                         subnet_id=r.subnet_id, ssh_host=settings.ssh_host, ssh_port=settings.ssh_port,
+                         ssh_user=settings.ssh_user,
+                         timeouts={"--wait-timeout": settings.wait_timeout,
+                                   "--host-key-timeout": settings.host_key_timeout,
+                                   "--ssh-timeout": settings.ssh_timeout})
+    autostop = LaunchPolicy.of(r.idle_stop, r.max_lifetime, r.idle_action, r.spot)
+    provider = provider_of(store.load(r.name))
+    autostop.announce(console)
+    cidr = ssh_cidr(r.ssh_cidr)
+    if r.ssh_cidr is None:  # detected: say which, since a proxy or a multi-exit NAT makes it wrong
+        console.info(f"SSH will be let in from {cidr} only: this machine's address as checkip.amazonaws.com sees "
+                     "it (behind a proxy or a NAT with several exits, pass --ssh-cidr with yours)")
+    spec = LaunchSpec(lab=r.name, ssh_cidr=cidr, instance_type=r.instance_type, disk_gb=r.disk_gb, spot=r.spot,
+                      ami=r.ami, ami_parameter=r.ami_parameter or DEFAULT_AMI_PARAMETER, subnet_id=r.subnet_id,
+                      user_data=packed_user_data(boot_user_data(settings.ssh_user or "ubuntu",
+                                                                autostop=autostop.document)),
+                      shutdown_behavior=autostop.behavior, nodes=r.nodes, placement=r.placement)
+    return up(provider, store, spec, console, confirm=confirm, settings=settings)
+
+
 def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
        settings: UpSettings = UpSettings()) -> tuple[LabState, str]:
     """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started".

@@ -1,5 +1,6 @@
 """Labs on any SSH machine, remembered by name (`run-lab --host`: TFLAB_HOME/labs/<name>/host.json, written
-by tflab.labs): what `tflab list`, `status` and `down` say and do for them.
+by tflab.labs): what `tflab list`, `status` and `down` say and do for them; and those three commands for any
+lab name (status_any, list_all, down_any), which hand a lab made by `up` to tflab.cloud.
 
 Nothing on AWS is called for a host lab. `status` asks the host over SSH which of the lab's services run
 and whether each answers on its port (a connection through the SSH session, as a tunnel makes one);
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+from typing import TYPE_CHECKING, Callable
 
 from tflab.errors import NotFoundError
 from tflab.ports import LAB_PORTS
 from tflab.state import NAME, StateStore
+
+if TYPE_CHECKING:
+    from tflab.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +140,62 @@ def down(name: str, store: StateStore, console, *, confirm) -> dict:
         store.delete(name)
     return {"name": name, "kind": "host", "address": address(record), "workdir": record["workdir"],
             "services_stopped": True, "forgotten": True}
+
+
+def status_any(name: str, provider_of: Callable, *, ask_host: bool = True) -> tuple[str, dict]:
+    """`tflab status`: ("host", the host lab's status over SSH, no AWS call) or ("up", tflab.cloud.status's
+    document). provider_of(state) makes the provider (the lab's own region and profile, unless given)."""
+    from tflab.state import check_name
+
+    from tflab.labs import is_host_lab
+
+    store = StateStore()
+    if is_host_lab(name, store):
+        return "host", status(name, store)
+    from tflab.cloud import status as cloud_status
+
+    provider = provider_of(store.load(check_name(name)))  # a damaged state: its error, no AWS call
+    return "up", cloud_status(provider, store, name, ask_host=ask_host)
+
+
+def list_all(provider_of: Callable, console: Console) -> dict:
+    """`tflab list`: the labs made by `up` in the region (by tags), then the host labs remembered here (no AWS
+    call for those) and the damaged state files, one entry each. Without AWS credentials, the host labs are
+    still listed (the labs on AWS are said not to be)."""
+    from infra.errors import CredentialsError
+    from tflab.cloud import list_labs
+
+    store = StateStore()
+    hosts = host_lab_rows(store)
+    region = None
+    try:
+        provider = provider_of(None)
+        region = provider.region
+        rows = [row | {"kind": "up"} for row in list_labs(provider, store)]
+    except CredentialsError as exc:
+        if not hosts:
+            raise
+        console.warn(f"the labs on AWS are not listed: {exc}" + (f" ({exc.hint})" if getattr(exc, "hint", None)
+                                                                   else ""))
+        rows = []
+    return {"region": region, "labs": rows + hosts,
+            "damaged_states": [{"name": d.name, "path": str(d.path), "error": d.why} for d in store.damaged()]}
+
+
+def down_any(name: str, provider_of: Callable, console: Console, *, confirm) -> tuple[str, dict]:
+    """`tflab down`: a host lab's services stopped there and the lab forgotten here ("host"; no AWS call), or
+    everything the lab made by `up` created removed by its tags ("up"; also when its state file is damaged)."""
+    from tflab.labs import host_lab
+    from tflab.state import DamagedStateError, check_name
+
+    store = StateStore()
+    try:
+        state = store.load(check_name(name))
+    except DamagedStateError:  # down works from the tags alone (it says why, and removes the file after)
+        state = None
+    else:
+        if state is None and host_lab(name, store) is not None:
+            return "host", down(name, store, console, confirm=confirm)
+    from tflab.cloud import down as cloud_down
+
+    return "up", cloud_down(provider_of(state), store, name, console, confirm=confirm)

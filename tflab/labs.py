@@ -189,6 +189,41 @@ def recorded_workdir(name: str) -> str | None:
     return record["workdir"] if record is not None else None
 
 
+def is_host_lab(name: str, store: StateStore | None = None) -> bool:
+    """Whether name is a lab run-lab --host remembered (and no lab made by `up`)."""
+    store = store or StateStore()
+    return store.load(name) is None and host_lab(name, store) is not None
+
+
+def autostop_lab(name: str, host: str | None, console: Console, *, identity: str | None = None,
+                 known_hosts: str | None = None, accept_new: bool = False, workdir: str | None = None,
+                 off: bool = False, on: bool = False, idle: float | None = None, max_lifetime: float | None = None,
+                 keep: float | None = None) -> tuple[dict, str]:
+    """`tflab autostop`: change the watchdog's policy of the lab --name (or of --host) where given, and return its
+    view with where it was asked. The watchdog is in ~/tflab on a lab made by `up` (whatever run-lab's --workdir),
+    in run-lab's workdir on a --host lab (its record's, else workdir, else ~/tflab). On a lab of several
+    instances every node's watchdog gets the same policy."""
+    from tflab.autostop import WATCHDOG_DIR, autostop as change
+    from tflab.ssh import Connection
+
+    target = resolve_target(name, host, identity, known_hosts, accept_new)
+    store = StateStore()
+    if workdir is None:
+        workdir = (recorded_workdir(name) if host is None and is_host_lab(name, store) else None) or WATCHDOG_DIR
+    changes = {"off": off, "on": on, "idle": idle, "max_lifetime": max_lifetime, "keep": keep}
+    with Connection(target) as connection:
+        view = change(connection, workdir, **changes)
+    state = store.load(name) if host is None else None
+    if state is not None and any(v not in (None, False) for v in changes.values()):
+        for node in state.nodes[1:]:
+            node_target = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                                     node=node["index"])
+            with Connection(node_target) as connection:
+                change(connection, workdir, **changes)
+            console.info(f"node {node['index']} ({node_target.display}): the same policy")
+    return view, target.display
+
+
 def open_run(options: LabOptions, console: Console, *, local: bool = False, name: str = "lab",
              host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
              accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",

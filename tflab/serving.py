@@ -7,8 +7,13 @@ import os
 import posixpath
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tflab.host import Host
+
+if TYPE_CHECKING:
+    from tflab.console import Console
 
 REAL_BINARY = "tensorflow_model_server"
 BUILTIN = "builtin"
@@ -91,3 +96,52 @@ def server_command(host: Host, *, model_base_path: str, model_name: str = "nn", 
 def quiet_tensorflow_env() -> dict[str, str]:
     """Environment that keeps TensorFlow's C++ start-up chatter out of logs and consoles."""
     return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1"}
+
+
+def serve_here(model_base_path: Path, *, model_name: str, port: int, rest_port: int, builtin: bool,
+               extra: list[str], console: Console) -> None:
+    """`tflab serve`: serve a SavedModel's version folders on this machine until Ctrl-C (TensorFlow Serving when
+    installed, else the stand-in); extra flags go to the server as given. Checked first: the folder, the model's
+    name, the ports (a taken one is PortInUseError)."""
+    import re
+    import signal
+    import subprocess
+
+    from tflab import ports
+    from tflab.errors import InputError, PortInUseError, TflabError
+    from tflab.host import LocalHost, tied_to_this_process
+
+    if not str(model_base_path).strip() or str(model_base_path) == ".":
+        raise InputError("--model-base-path is empty", hint="give the folder that holds the version folders, "
+                                                             "e.g. tflab-results/local/models/nn")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+        raise InputError(f"--model-name {model_name!r} is not a model name",
+                         hint="use letters, digits, '.', '_' and '-', e.g. nn")
+    base = model_base_path.resolve()
+    if not base.is_dir():
+        raise InputError(f"{base} is not a folder", hint="give the folder that holds the version folders, e.g. .../models/nn")
+    for p, option in ((port, "--port"), (rest_port, "--rest-port")):
+        if p and not ports.is_free(p):
+            raise PortInUseError(p, "the model server", option)
+    command = server_command(LocalHost(), model_base_path=str(base), model_name=model_name, port=port,
+                             rest_port=rest_port, prefer_builtin=builtin)
+    versions = sorted(int(n.name) for n in base.iterdir() if n.name.isdigit())
+    console.info(command.describe())
+    if command.exposure():
+        console.warn(command.exposure())
+    if not versions:
+        console.note(f"no version folder in {base} yet; the server will load the first one that appears")
+    # The server is killed when tflab dies, however it dies (parent-death signal); a signal here stops it first.
+    proc = subprocess.Popen(tied_to_this_process([*command.argv, *extra]), env={**os.environ, **quiet_tensorflow_env()})
+    try:
+        status = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        return
+    if status not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise TflabError(f"the model server exited with status {status}", hint="its output is above")

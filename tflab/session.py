@@ -1,5 +1,6 @@
-"""A person's session with a lab: its tunnels held open with its URLs (`tflab tunnel`), and the one command
-to come back to a lab (`tflab open`): its services brought back where they are down, then the same tunnels.
+"""A person's session with a lab: a shell or a command there (`tflab ssh`), its tunnels held open with its URLs
+(`tflab tunnel`), and the one command to come back to a lab (`tflab open`): its services brought back where
+they are down, then the same tunnels.
 
 `open` brings the services back with run-lab's own code (tflab.lab.LabRun.resume, over the Host tflab.labs
 makes for the lab): the model server over the lab's models folder (TensorFlow Serving's default policy
@@ -80,17 +81,27 @@ def check_running(name: str, cloud_status: Callable[[], dict]) -> None:
                                     f"notebooks and the logs), then `tflab open --name {name}`")
 
 
-def open_lab(name: str, console: Console, *, cloud_status: Callable[[], dict] | None, browser: bool = False,
-             tries: int = 8, client: str | None = None, open_url: Callable[[str], bool] | None = None) -> None:
+def open_lab(name: str, console: Console, *, provider_of: Callable, browser: bool = False, tries: int = 8,
+             client: str | None = None, open_url: Callable[[str], bool] | None = None) -> None:
     """`tflab open`: bring the lab's services back where they are down (no training), then forward them until
-    Ctrl-C with its URLs. cloud_status: the status of a lab made by `up` (None for a host lab: no AWS call).
-    Raises NotFoundError (no such lab, or run-lab never ran it), UnreachableError (a stopped lab, a host
-    that does not answer)."""
+    Ctrl-C with its URLs. A lab made by `up` must run (its status asked of the provider provider_of(state)
+    makes); a host lab calls nothing on AWS. Raises NotFoundError (no such lab, or run-lab never ran it),
+    UnreachableError (a stopped lab, a host that does not answer)."""
     from tflab import labs
     from tflab.ssh import Connection
+    from tflab.state import StateStore, check_name
 
-    if cloud_status is not None:
-        check_running(name, cloud_status)
+    store = StateStore()
+    state = store.load(check_name(name))
+    if state is not None:
+        from tflab.cloud import status
+
+        provider = provider_of(state)
+        check_running(name, lambda: status(provider, store, name, ask_host=False))
+    elif labs.host_lab(name, store) is None:
+        raise NotFoundError(f"no lab named '{name}' on this machine",
+                            hint="`tflab list` shows the labs; `tflab up` makes one on AWS, `tflab run-lab --host "
+                                 "user@address --name N` one on any machine")
     workdir = labs.recorded_workdir(name)
     if not workdir:
         raise NotFoundError(f"lab '{name}' has not run the lab yet: there is nothing to serve",
@@ -102,3 +113,65 @@ def open_lab(name: str, console: Console, *, cloud_status: Callable[[], dict] | 
     on_urls = browser_opener(console, open_url) if browser else None
     forward_lab(Connection(labs.resolve_target(name, None)), console, key=name, workdir=served["workdir"],
                 tries=tries, client=client, on_urls=on_urls)
+
+
+def ssh_session(target, command: list[str] | None, console: Console) -> int:
+    """`tflab ssh`: the host key verified (and a pinned or accepted one recorded) by tflab's own connection, then
+    the command run there with its output streamed (its exit status returned), or an interactive shell: the
+    system's ssh exec'd in this process where there is one and a terminal, else paramiko's."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    from tflab.errors import InputError
+    from tflab.ssh import Connection, interactive_shell, openssh_argv
+
+    with Connection(target) as connection:
+        connection.open()
+        if connection.host_key_note:
+            console.note(f"host key of {target.display} {connection.host_key_note}")
+        if command:
+            def emit(kind: str, line: str) -> None:
+                stream = sys.stdout if kind == "out" else sys.stderr
+                stream.write(line + "\n")
+                stream.flush()
+
+            return connection.run(shlex.join(command), step="ssh", on_line=emit, check=False, timeout=24 * 3600,
+                                  shell="login").status
+        if not sys.stdin.isatty():
+            raise InputError("an interactive shell needs a terminal", hint="give a command after --")
+        client = shutil.which("ssh")
+        if client is None:
+            return interactive_shell(connection)
+    os.execv(client, openssh_argv(client, target))
+
+
+def ssh_config_block(name: str, target, console: Console) -> str:
+    """`tflab ssh-config`: the OpenSSH config block for the lab (Host tflab-<name>), forwarding its services
+    from the local ports its tunnels last used to the ports they chose on the host (read over SSH where the
+    host key is known here; else, said in a note, the lab's own ports)."""
+    from pathlib import Path
+
+    from tflab.errors import TflabError
+    from tflab.labs import recorded_workdir, remembered_local_ports
+    from tflab.ssh import Connection, openssh_config
+    from tflab.tunnels import host_ports, lab_forwards
+
+    known = Path(target.known_hosts).exists()
+    if not known:
+        console.note(f"{target.known_hosts} does not exist yet: run `tflab ssh --name {name} -- true` once to pin "
+                     "the host key, or ssh refuses the host (StrictHostKeyChecking)")
+    chosen: dict[str, int] = {}
+    workdir = recorded_workdir(name)
+    if workdir and known:
+        try:
+            with Connection(target) as connection:
+                chosen = host_ports(connection, workdir)
+        except TflabError as exc:
+            console.note(f"could not read the ports the lab's services use on its host ({exc.message}); "
+                         "the lab's own ports are forwarded")
+    lines = openssh_config(f"tflab-{name}", target)
+    lines += [f"  LocalForward 127.0.0.1:{f.local_port} 127.0.0.1:{f.remote_port}"
+              for f in lab_forwards(chosen, console, remembered_local_ports(name))]
+    return "\n".join(lines)

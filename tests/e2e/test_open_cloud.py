@@ -1,10 +1,14 @@
 """`tflab open` and `tflab list` for labs made by `up`, against a moto server (AWS_ENDPOINT_URL): a lab whose
 instance is stopped is not started behind the user's back (that bills, and `up` asks first): open says so and
-how to start it; list shows the labs made by `up` and the labs run on any machine, each with its kind."""
+how to start it; list shows the labs made by `up` and the labs run on any machine, each with its kind (the
+latter also without AWS credentials)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from tests.e2e.test_cloud_cli import UP, cli, moto_server  # noqa: F401 (the CLI against moto, as there)
 from tflab.labs import remember_host_lab
@@ -42,3 +46,27 @@ def test_list_shows_both_kinds_of_lab(cli):
     assert [line.split()[:2] for line in text[1:]] == [["cloud1", "up"], ["box1", "host"]]
     assert "ada@10.0.0.5:2222" in text[2]
     assert cli("down", "--name", "cloud1", "--yes").returncode == 0
+
+
+def test_list_without_aws_credentials_still_shows_the_host_labs(tmp_path):
+    """A user of host labs only, with no AWS account set up: list shows them and says the AWS side is not
+    listed; with no host lab either, the missing credentials are the error, as before."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_DEFAULT_REGION="us-west-2",
+               AWS_EC2_METADATA_DISABLED="true", TFLAB_HOME=str(tmp_path / "home"))
+    box = SshTarget(host="10.0.0.6", user="ada", port=22, identity=None, known_hosts=str(tmp_path / "kh"))
+    remember_host_lab("box2", box, "/srv/lab", StateStore(tmp_path / "home"))
+
+    def tflab_list(*args: str, home: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tflab", "list", *args], capture_output=True, text=True,
+                              timeout=120, env={**env, "TFLAB_HOME": home}, stdin=subprocess.DEVNULL)
+
+    listed = tflab_list("--json", home=str(tmp_path / "home"))
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["name"], r["kind"]) for r in json.loads(listed.stdout)["labs"]] == [("box2", "host")]
+    assert "the labs on AWS are not listed" in listed.stderr and "credentials" in listed.stderr.lower()
+    text = tflab_list(home=str(tmp_path / "home"))
+    assert text.returncode == 0 and text.stdout.splitlines()[1].split()[:2] == ["box2", "host"]
+    nothing = tflab_list(home=str(tmp_path / "empty"))
+    assert nothing.returncode == 3, nothing.stderr
+    assert nothing.stderr.startswith("tflab: error:") and "credentials" in nothing.stderr.lower()
