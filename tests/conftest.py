@@ -40,14 +40,36 @@ def no_placement_groups_yet():
 
 
 CLOUDBOX = REPO / "tests" / "cloudbox"
+# Tests that run the lab's services on this machine, where run-lab gives each the lab's own port when it is free
+# there (9000, 8501, 6006, 8888): two labs at once could both find a port free, and one lose it when its service
+# binds it seconds later. Under pytest-xdist they share one worker, one after another.
+ON_THE_LAB_PORTS = [REPO / "tests" / p for p in ("ssh", "browser", "e2e/test_run_lab_local.py", "e2e/test_signals.py")]
 
 
+def xdist_group(path: Path) -> str:
+    """Which tests run on one pytest-xdist worker, one after another (scripts/test.sh, `--dist loadgroup`): the
+    EC2-in-a-box tests (one box: its bridge, netns names and state folder), the tests on the lab's ports, and
+    otherwise each module's tests (its fixtures are then made once)."""
+    if path.is_relative_to(CLOUDBOX):
+        return "cloudbox"
+    if any(path == p or path.is_relative_to(p) for p in ON_THE_LAB_PORTS):
+        return "lab-ports"
+    return str(path.relative_to(REPO))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which puts the mark's group into the test's id
 def pytest_collection_modifyitems(items):
-    """The EC2-in-a-box tests share one box's bridge, netns names and state folder: under pytest-xdist
-    (scripts/test.sh, `--dist loadgroup`) they all run on one worker, one after another."""
     for item in items:
-        if Path(str(item.fspath)).is_relative_to(CLOUDBOX):
-            item.add_marker(pytest.mark.xdist_group("cloudbox"))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(Path(str(item.fspath)))))
+
+
+def pytest_configure(config):
+    dist = config.getoption("dist", None) if config.pluginmanager.hasplugin("xdist") else None
+    if dist == "loadgroup" and tuple(int(n) for n in pytest.__version__.split(".")[:2]) >= (9, 2):
+        # pytest 9.2 keeps the node id where pytest-xdist 3.8 does not write the group (Node._id, not
+        # _nodeid): the groups would be lost without a word, and two EC2 boxes run at once
+        raise pytest.UsageError(f"pytest {pytest.__version__} loses pytest-xdist's --dist loadgroup groups: "
+                                "install the versions pyproject.toml names (bash scripts/install.sh --test)")
 
 
 @pytest.fixture(autouse=True, scope="session")
