@@ -496,8 +496,9 @@ def ssh(
     """Open a shell on the lab (or --host), or run a command there and exit with its status."""
     from tflab.session import ssh_session
 
-    target = _target(name, host, identity, known_hosts, accept_new_host_key)
-    raise typer.Exit(ssh_session(target, command, _console(False)))
+    status = ssh_session(_target(name, host, identity, known_hosts, accept_new_host_key), command, _console(False))
+    if status is not None:  # else the system's ssh has taken this process's place
+        raise typer.Exit(status)
 
 
 @app.command()

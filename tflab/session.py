@@ -115,10 +115,11 @@ def open_lab(name: str, console: Console, *, provider_of: Callable, browser: boo
                 tries=tries, client=client, on_urls=on_urls)
 
 
-def ssh_session(target, command: list[str] | None, console: Console) -> int:
+def ssh_session(target, command: list[str] | None, console: Console) -> int | None:
     """`tflab ssh`: the host key verified (and a pinned or accepted one recorded) by tflab's own connection, then
-    the command run there with its output streamed (its exit status returned), or an interactive shell: the
-    system's ssh exec'd in this process where there is one and a terminal, else paramiko's."""
+    the command run there with its output streamed (its exit status returned), or an interactive shell:
+    paramiko's (its status returned) where there is no system ssh, else the system's ssh exec'd in this
+    process's place (None is returned only where execv is not what it is, in tests)."""
     import os
     import shlex
     import shutil

@@ -446,6 +446,17 @@ def _box_alive(home: Path) -> bool:
         return False
 
 
+def _processes_inside(home: Path) -> list[int]:
+    """The processes whose root is in one of home's layers (a container's, still ending)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "root").startswith(str(home) + "/"):
+                    found.append(int(proc.name))
+    return found
+
+
 def sweep_dead_boxes() -> list[str]:
     """Remove what a box killed without its cleanup (kill -9) left: its containers, mounts, network namespaces,
     veths and layers, found under STATE/box-<pid> of a process that is gone, and the bridge if no box lives."""
@@ -463,6 +474,11 @@ def sweep_dead_boxes() -> list[str]:
             if argv.startswith(b"systemd-nspawn") and str(home).encode() in argv:
                 with contextlib.suppress(OSError):
                     os.kill(int(proc.name), signal.SIGKILL)
+        # The containers' own processes end with them, a moment later (their init gets the parent-death
+        # signal): until then they write into their layers, and a removal would leave files behind.
+        deadline = time.monotonic() + 30
+        while _processes_inside(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
         for layer in (p for p in home.iterdir() if p.is_dir()):
             merged = layer / "merged"
             if os.path.ismount(merged):
@@ -470,7 +486,11 @@ def sweep_dead_boxes() -> list[str]:
             sh("ip", "link", "del", VETH_PREFIX + layer.name.removeprefix("i-")[-11:], check=False)
             if Path("/run/netns", NETNS_PREFIX + layer.name).exists():
                 sh("ip", "netns", "del", NETNS_PREFIX + layer.name, check=False)
-        shutil.rmtree(home, ignore_errors=True)
+        for _ in range(10):
+            shutil.rmtree(home, ignore_errors=True)
+            if not home.exists():
+                break
+            time.sleep(0.5)
         removed.append(str(home))
     if not alive and Path("/sys/class/net", BRIDGE).exists():
         sh("ip", "link", "del", BRIDGE, check=False)

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from tests.cloudbox.box import leftovers
-from tests.cloudbox.conftest import SSH_CIDR, ec2, instances, wait_for
+from tests.cloudbox.conftest import SSH_CIDR, away_from_the_lab_ports, ec2, instances, wait_for
 
 pytestmark = [pytest.mark.cloudbox, pytest.mark.timeout(1800)]
 
@@ -54,6 +54,7 @@ def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli)
     assert up.returncode == 0, up.stderr
     instance = json.loads(up.stdout)["instance_id"]
     env = {**box.env, "TFLAB_HOME": str(cli.home)}
+    away_from_the_lab_ports(cli.home, "doomed")
     run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "doomed"], cwd=cli.home,
                            env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
@@ -92,6 +93,7 @@ def test_a_user_data_that_fails_to_start_the_bootstrap_is_said_by_run_lab(box, c
     assert up.returncode == 0, up.stderr
     instance = json.loads(up.stdout)["instance_id"]
     env = {**box.env, "TFLAB_HOME": str(cli.home)}
+    away_from_the_lab_ports(cli.home, "nobootstrap")
     run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "nobootstrap"], cwd=cli.home,
                            env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)

@@ -68,10 +68,11 @@ def nothing_left_by_a_failed_test():
 class Command:
     """`tflab ...` in its own process, its stderr read line by line as it comes."""
 
-    def __init__(self, *args: str, stdin=subprocess.DEVNULL):
+    def __init__(self, *args: str, stdin=subprocess.DEVNULL, env: dict | None = None):
         self.mark = uuid.uuid4().hex
         self.proc = subprocess.Popen([sys.executable, "-m", "tflab", *args], stdin=stdin, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, MARK: self.mark})
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {}), MARK: self.mark})
         _started.append(self)
         self.lines: list[str] = []  # stdout's and stderr's, as they come
         self._readers = [threading.Thread(target=lambda s=s: self.lines.extend(s), daemon=True)

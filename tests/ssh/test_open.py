@@ -5,6 +5,8 @@ URLs that keep working from one tunnel to the next, with no AWS call (AWS is a t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 
 import pytest
@@ -84,4 +86,25 @@ def test_open_of_an_unknown_lab_or_one_with_nothing_exported_is_one_line(host_la
         (lab.workdir / "models-away").rename(models)
     assert proc.returncode == 7 and "no exported version of model nn" in proc.stderr, proc.stderr
     assert "hint: `tflab run-lab` trains and exports it" in proc.stderr
+    assert aws.connections == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_ends_open_with_its_tunnels_and_leaves_the_lab_serving(host_lab, sshd, aws, sig):
+    """open waits until Ctrl-C, as tunnel does: SIGTERM, or SIGHUP (its terminal closed), is its normal way out
+    (exit 0, README: Signals), and ends its ssh child and local ports with it; the services it brought back
+    are the lab's, and keep running there."""
+    from tests.e2e.test_signals import Command, assert_free
+
+    lab = host_lab
+    cmd = Command("open", "--name", HOST_LAB, "--json", env=lab.env)
+    cmd.wait_for('"forwards"', timeout=240)
+    event = json.loads(next(line for line in cmd.lines if line.startswith("{")))
+    local = [int(f["local"].rsplit(":", 1)[1]) for f in event["forwards"].values()]
+    assert cmd.signal(sig) == 0, cmd.output[-3000:]
+    assert cmd.left_behind() == []  # the ssh child carrying the forwards too
+    assert_free(*local)
+    for service in ("model-server", "tensorboard", "jupyter"):  # the host is this machine
+        pid = int((lab.workdir / "services" / f"{service}.pid").read_text())
+        os.kill(pid, 0)
     assert aws.connections == 0
