@@ -49,18 +49,24 @@ def test_an_instance_without_sshd_fails_up_within_its_limit_and_leaves_nothing(b
     assert not (cli.home / "labs" / "nossh").exists()
 
 
-def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli):
-    up = cli("up", "--name", "doomed", "--yes", "--json", *SSH_CIDR, timeout=600)
+def up_then_run_lab(box, cli, lab: str):
+    """`tflab up --name lab`, then `tflab run-lab --name lab` in the background, its stderr read as it comes:
+    (the instance's id, the run-lab process, its stderr lines so far, their reader)."""
+    up = cli("up", "--name", lab, "--yes", "--json", *SSH_CIDR, timeout=600)
     assert up.returncode == 0, up.stderr
     instance = json.loads(up.stdout)["instance_id"]
-    env = {**box.env, "TFLAB_HOME": str(cli.home)}
-    away_from_the_lab_ports(cli.home, "doomed")
-    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "doomed"], cwd=cli.home,
-                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+    away_from_the_lab_ports(cli.home, lab)
+    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", lab], cwd=cli.home,
+                           env={**os.environ, **box.env, "TFLAB_HOME": str(cli.home)}, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
     reader.start()
+    return instance, run, lines, reader
+
+
+def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli):
+    instance, run, lines, reader = up_then_run_lab(box, cli, "doomed")
     try:
         # run-lab is on the instance: it waits for the boot-time bootstrap (its log shown)
         wait_for(lambda: any("bootstrap |" in line for line in lines) or run.poll() is not None, 300,
@@ -89,17 +95,7 @@ def test_a_user_data_that_fails_to_start_the_bootstrap_is_said_by_run_lab(box, c
     in one line that the boot-time bootstrap never started, with what cloud-init says of the boot, then runs
     the bootstrap itself (issue 19, fault 2)."""
     assert box.send("fail-user-data") == {"fail-user-data": "next launch"}
-    up = cli("up", "--name", "nobootstrap", "--yes", "--json", *SSH_CIDR, timeout=600)
-    assert up.returncode == 0, up.stderr
-    instance = json.loads(up.stdout)["instance_id"]
-    env = {**box.env, "TFLAB_HOME": str(cli.home)}
-    away_from_the_lab_ports(cli.home, "nobootstrap")
-    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "nobootstrap"], cwd=cli.home,
-                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
-    reader.start()
+    instance, run, lines, reader = up_then_run_lab(box, cli, "nobootstrap")
     try:
         wait_for(lambda: any("bootstrap |" in line for line in lines) or run.poll() is not None, 420,
                  "run-lab running the bootstrap itself", interval=1)

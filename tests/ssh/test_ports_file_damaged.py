@@ -31,7 +31,7 @@ def ports_file(tmp_path, content: str | None = None, link: str | None = None):
     ("[" * 30_000 + "]" * 30_000, "nested deeper than 4"),  # within 64 KB: was a RecursionError traceback
     ('{"jupyter": 18888, "pad": "' + "x" * (2 * PORTS_FILE_LIMIT) + '"}', f"more than {PORTS_FILE_LIMIT} bytes"),
     ("{not json", "not JSON"),
-])
+], ids=["nested", "too large", "not JSON"])  # the contents as ids made an environment too large for a child
 def test_a_damaged_ports_file_is_one_line_and_the_labs_own_ports(target, tmp_path, caplog, content, said):
     workdir = ports_file(tmp_path, content)
     with caplog.at_level(logging.WARNING, logger="tflab.tunnels"), Connection(target) as connection:

@@ -53,7 +53,7 @@ GOOD = {"policy": {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds"
         "acts_at": 1.8e9 + 3600, "acts_because": "idle for 3600 s", "acted": None, "problems": []}
 
 
-@pytest.mark.parametrize("view, what", [
+DAMAGED_VIEWS = [
     ('{"policy": {"enabled": true, "keep_until": 1e300}}', "policy.keep_until is 1e+300"),
     ('{"policy": {"enabled": true, "keep_until": Infinity}}', "policy.keep_until is inf"),
     ('{"policy": {"enabled": true, "idle_seconds": NaN}}', "policy.idle_seconds is nan"),
@@ -64,7 +64,11 @@ GOOD = {"policy": {"enabled": True, "idle_seconds": 3600, "max_lifetime_seconds"
     (NESTED[:40_000], "nested deeper than 16"),
     ("{" + '"x": "' + "a" * 1_000_000 + '"}', "not JSON"),  # cut to its last 256 KB on the host
     ("Traceback (most recent call last):", "not JSON"),
-])
+]
+
+
+# ids: what is said, not the views (a view as an id made an environment too large for a child process)
+@pytest.mark.parametrize("view, what", DAMAGED_VIEWS, ids=[what for _, what in DAMAGED_VIEWS])
 def test_a_damaged_view_is_one_error_line_naming_what(sshd, target, tmp_path, view, what):
     """`tflab autostop` on a host whose watchdog shows a hostile view (keep_until 1e300 was an OverflowError):
     one error line, exit 3, no traceback."""
