@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import moto_server as moto_endpoint, tflab
 from tests.tflab.test_state_hostile import bad_json, deep, fifo, folder, huge, wrong_types
 
+pytestmark = pytest.mark.slow  # many CLI calls against AWS's API: seconds each (not in scripts/test.sh --quick)
+
 PARAMETER = "/test/damaged/ami-id"
 UP = ["up", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER, "--host-key-timeout", "0",
       "--ssh-host", "127.0.0.1", "--ssh-port", "1", "--ssh-timeout", "1", "--no-wait", "--yes"]

@@ -22,6 +22,8 @@ import pytest
 from infra.iam import actions, iam_policy
 from tests.conftest import moto_server
 
+pytestmark = pytest.mark.slow  # many CLI calls against AWS's API: seconds each (not in scripts/test.sh --quick)
+
 REGION = "us-west-2"
 PARAMETER = "/test/dlami/iam-ami"
 UP = ["--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER, "--host-key-timeout", "0",
