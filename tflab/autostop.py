@@ -80,6 +80,20 @@ def boot_script(folder: str, ssh_user: str, policy: dict, program: str) -> str:
             f"else\n  nohup {run} >/var/log/tflab-watchdog.log 2>&1 &\nfi\n")
 
 
+def service_command(remote: str, workdir: str, action: str, ssh_port: int) -> tuple[list[str], dict[str, str]]:
+    """The idle watchdog as one of a lab's services, as run-lab starts it on a host (remote: the folder of the
+    pushed remote/ scripts; ssh_port: the port sshd listens on there). Its code's digest goes in its environment:
+    one started by another tflab (older code, e.g. one that trusted pid files) is not kept but restarted."""
+    import hashlib
+
+    from tflab.paths import remote_dir
+
+    argv = ["python3", posixpath.join(remote, "watchdog.py"), "run", "--workdir", workdir, "--action", action,
+            "--ssh-port", str(ssh_port)]
+    code = hashlib.sha256((remote_dir() / "watchdog.py").read_bytes()).hexdigest()[:16]
+    return argv, {"TFLAB_WATCHDOG_CODE": code}
+
+
 def tell_lab_dir(connection: Connection, lab_workdir: str) -> None:
     """Tell the watchdog in WATCHDOG_DIR (`up`'s, started at boot) where run-lab's lab is: its services, their
     ports and the model server's activity stamp (run-lab's --workdir may be another folder)."""

@@ -382,10 +382,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
     answer SSH in time is removed with the rest of what it created (kept with keep_on_failure); an existing
     lab's instance that `up` started is kept (and said so): `down` removes it.
     """
-    from infra.errors import AmiError, InfraError, LabBusy, PermissionDenied
-    from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
+    from infra.errors import LabBusy, PermissionDenied
     from infra.provider import Created
-    from tflab.errors import UnreachableError
 
     name = check_name(spec.lab)
     profile, wait, wait_timeout = settings.profile, settings.wait, settings.wait_timeout
@@ -400,92 +398,9 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         previous = store.load(name)
         check_same_place(store, previous, provider, name, "up")
         if existing:
-            nodes = by_node(existing)
-            if len(nodes) > 1 and any(i.node is None for i in nodes):  # not one lab of nodes: two `up`s raced
-                raise InputError(f"lab '{name}' has {len(nodes)} instances that are not its nodes "
-                                 f"({', '.join(i.id for i in nodes)})",
-                                 hint=f"`tflab down --name {name}` removes them all; then `tflab up` again")
-            if spec.nodes != len(nodes):
-                console.note(f"lab '{name}' exists with {len(nodes)} node(s); --nodes {spec.nodes} is not applied "
-                             f"(`tflab down --name {name}` first to change it)")
-            action = "reused"
-            for inst in nodes:
-                if inst.state == "stopping":
-                    raise InputError(f"lab '{name}' ({inst.id}) is stopping", hint="wait a minute, then `tflab up` again")
-            stopped = [i for i in nodes if i.state == "stopped"]
-            for inst in stopped:
-                console.info(f"lab '{name}' exists ({inst.id}, {inst.state}); starting it")
-                provider.start(inst.id)
-                action = "started"
-            if not stopped:
-                console.info(f"lab '{name}' exists already ({', '.join(f'{i.id} {i.state}' for i in nodes)}); "
-                             "reusing it")
-            if wait or action == "started":
-                reached_at = settings.ssh_host or (previous.ssh_host if previous else None)  # e.g. a VPN
-                with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run") as update:
-                    nodes = [provider.wait_running(i.id, wait_timeout, update, public=not reached_at)
-                             for i in nodes]
-            if not store.key_path(name).exists():
-                console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "
-                             "SSH to it needs that key")
-            state = _state_from(name, provider, nodes[0], previous, store, profile, nodes=nodes, **overrides)
-            store.save(state)
-            if wait and ssh_wait:
-                for index in range(max(1, len(state.nodes))):
-                    wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
-            return state, action
+            return _reuse(provider, store, spec, console, settings, existing, previous)
 
-        with console.waiting("checking the image, the instance type and the vCPU quota") as update:
-            image = provider.resolve_image(spec)
-            update(f"image {image.id} ({image.name or 'no name'}) from {image.source}")
-            itype = provider.describe_type(spec.instance_type)
-            if image.architecture not in itype.architectures:
-                raise AmiError(f"the image {image.id} is {image.architecture}, but {itype.name} runs "
-                               f"{'/'.join(itype.architectures)}",
-                               hint="choose a matching --instance-type or another --ami / --ami-parameter")
-            quota = provider.check_quota(itype, spec.spot, spec.nodes)
-        console.info(f"image: {image.id} {image.name} ({image.source})")
-        if dlami_unsupported(itype.name):  # allowed with --ami / --ami-parameter only (check_launch_options)
-            console.note(f"the Deep Learning Base OSS AMIs do not support {itype.name}'s GPU "
-                         f"({dlami_unsupported(itype.name)}): TensorFlow uses it only if {image.id} does")
-        many = f"{spec.nodes} x " if spec.nodes > 1 else ""
-        each = " each" if spec.nodes > 1 else ""
-        console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs{each}, GPUs{each}: {itype.gpus or 'none'}")
-        if quota.value is None:
-            console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
-        else:
-            console.info(f"quota: {quota.name} = {quota.value:g} vCPUs, this lab needs {quota.needed}")
-        listed = on_demand(itype.name, provider.region)
-        if listed:  # each node also holds a public IPv4 address, which AWS charges since 2024-02-01
-            price = spec.nodes * (listed.usd_per_hour + PUBLIC_IPV4_USD_PER_HOUR)
-            cost = (f"about ${price:.3f}/hour on demand ({many}{itype.name} ${listed.usd_per_hour:.3f} + public IPv4 "
-                    f"${PUBLIC_IPV4_USD_PER_HOUR:.3f}{each}; {listed.source}) + disk")
-        else:
-            cost = f"unknown ({itype.name} is not in the bundled price list)"
-        if spec.spot:
-            cost += "; spot usually costs less, and AWS may reclaim the instance"
-        console.info(f"estimated cost: {cost}, until `tflab down --name {name}`")
-        placement = spec.nodes > 1 and spec.placement == "cluster" and "cluster" in itype.placement_strategies
-        if spec.nodes > 1 and spec.placement == "cluster" and not placement:
-            console.note(f"{itype.name} cannot join a cluster placement group: the nodes are launched in one zone "
-                         "without one")
-        if spec.subnet_id:  # a public address reaches the lab only where the subnet routes to an internet gateway
-            reaches = provider.subnet_reaches_internet(spec.subnet_id)
-            if reaches is False and not settings.ssh_host:
-                raise InputError(f"subnet {spec.subnet_id} has no route to an internet gateway (0.0.0.0/0 to an "
-                                 "igw-): a public address there would not reach the lab",
-                                 hint="pass --subnet-id of a public subnet (or leave it out: the default VPC's), or "
-                                      "--ssh-host with the address you reach the lab at (a VPN to the subnet)")
-            if reaches is False:  # reached over a VPN: no public address to pay for, none to wait for
-                import dataclasses
-
-                spec = dataclasses.replace(spec, public_address=False)
-                console.info(f"subnet {spec.subnet_id} has no route to an internet gateway: no public address; "
-                             f"the lab is reached at {settings.ssh_host}")
-            elif reaches is None:
-                console.note(f"the route tables of subnet {spec.subnet_id} could not be read (no permission for "
-                             "ec2:DescribeRouteTables): a public address is asked for, which reaches the lab only "
-                             "if the subnet routes to an internet gateway")
+        spec, image, itype, placement, many = _preflight(provider, spec, console, settings)
         if not confirm(f"Launch {many}{itype.name} for lab '{name}' in {provider.region}?"):
             raise Cancelled("cancelled; nothing was created")
 
@@ -539,30 +454,146 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         except LabBusy:  # another `up` holds the lab: this one made nothing, and must not remove the other's
             raise
         except Exception as exc:  # any failure: remove what this `up` made (its Created record), then re-raise
-            if keep_on_failure:
-                console.warn(f"up failed; kept what it created (--keep-on-failure): `tflab down --name {name}` removes it")
-            elif created.key_pair or created.security_group or created.placement_group or created.instances:
-                # Never by tag: another `up` of the lab (another machine) may have made the rest.
-                console.warn(f"up failed ({getattr(exc, 'unanswered', None) or exc}); removing what it created")
-                try:
-                    with console.waiting(f"removing what this `up` of lab '{name}' created") as update:
-                        removed = provider.remove_created(created, update)
-                    if created.key_pair:  # the private key this `up` wrote is of the key pair just deleted
-                        store.delete(name)
-                except (InfraError, OSError) as cleanup_error:
-                    console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
-                else:
-                    if getattr(exc, "unanswered", None):  # SSH never answered: nothing is left to come back to
-                        raise UnreachableError(
-                            f"{exc.unanswered}; removed what this `up` created ({', '.join(removed) or 'nothing'})",
-                            hint="SSH is let in from --ssh-cidr only (else the address detected for this machine, "
-                                 "shown above): behind a proxy or a NAT with several exits that may not be yours, so "
-                                 "`tflab up --ssh-cidr <your address>/32`; a slow image: a longer --ssh-timeout; "
-                                 "--keep-on-failure keeps the instance to look at") from exc
+            _remove_after_failure(provider, store, name, created, exc, console, keep_on_failure)
             raise
         if reached and state.nodes and all(reached):  # else run-lab tells them, once it has verified every node
             tell_peers(state, lambda index: node_target(store, state.name, index), console)
         return state, "created"
+
+
+def _reuse(provider, store: StateStore, spec, console: Console, settings: UpSettings, existing: list,
+           previous: LabState | None) -> tuple[LabState, str]:
+    """`up` of a lab whose instances exist: started where stopped, waited for, its state refreshed ("reused" or
+    "started"); --nodes is not applied to it (said)."""
+    name = spec.lab
+    overrides = {"ssh_host": settings.ssh_host, "ssh_port": settings.ssh_port, "ssh_user": settings.ssh_user}
+    wait, wait_timeout = settings.wait, settings.wait_timeout
+    nodes = by_node(existing)
+    if len(nodes) > 1 and any(i.node is None for i in nodes):  # not one lab of nodes: two `up`s raced
+        raise InputError(f"lab '{name}' has {len(nodes)} instances that are not its nodes "
+                         f"({', '.join(i.id for i in nodes)})",
+                         hint=f"`tflab down --name {name}` removes them all; then `tflab up` again")
+    if spec.nodes != len(nodes):
+        console.note(f"lab '{name}' exists with {len(nodes)} node(s); --nodes {spec.nodes} is not applied "
+                     f"(`tflab down --name {name}` first to change it)")
+    action = "reused"
+    for inst in nodes:
+        if inst.state == "stopping":
+            raise InputError(f"lab '{name}' ({inst.id}) is stopping", hint="wait a minute, then `tflab up` again")
+    stopped = [i for i in nodes if i.state == "stopped"]
+    for inst in stopped:
+        console.info(f"lab '{name}' exists ({inst.id}, {inst.state}); starting it")
+        provider.start(inst.id)
+        action = "started"
+    if not stopped:
+        console.info(f"lab '{name}' exists already ({', '.join(f'{i.id} {i.state}' for i in nodes)}); "
+                     "reusing it")
+    if wait or action == "started":
+        reached_at = settings.ssh_host or (previous.ssh_host if previous else None)  # e.g. a VPN
+        with console.waiting(f"waiting for {', '.join(i.id for i in nodes)} to run") as update:
+            nodes = [provider.wait_running(i.id, wait_timeout, update, public=not reached_at)
+                     for i in nodes]
+    if not store.key_path(name).exists():
+        console.warn(f"the private key of lab '{name}' is not on this machine ({store.key_path(name)}); "
+                     "SSH to it needs that key")
+    state = _state_from(name, provider, nodes[0], previous, store, settings.profile, nodes=nodes,
+                        **overrides)
+    store.save(state)
+    if wait and settings.ssh_wait:
+        for index in range(max(1, len(state.nodes))):
+            wait_ssh(store, state, console, settings.ssh_timeout, settings.accept_new_host_key, node=index)
+    return state, action
+
+
+def _preflight(provider, spec, console: Console, settings: UpSettings):
+    """Before a launch: the image, the instance type and the vCPU quota checked, what the lab will cost said, the
+    placement and the subnet's route to the internet decided. Returns (spec, image, type, placement, many)."""
+    from infra.errors import AmiError
+    from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
+
+    name = spec.lab
+    with console.waiting("checking the image, the instance type and the vCPU quota") as update:
+        image = provider.resolve_image(spec)
+        update(f"image {image.id} ({image.name or 'no name'}) from {image.source}")
+        itype = provider.describe_type(spec.instance_type)
+        if image.architecture not in itype.architectures:
+            raise AmiError(f"the image {image.id} is {image.architecture}, but {itype.name} runs "
+                           f"{'/'.join(itype.architectures)}",
+                           hint="choose a matching --instance-type or another --ami / --ami-parameter")
+        quota = provider.check_quota(itype, spec.spot, spec.nodes)
+    console.info(f"image: {image.id} {image.name} ({image.source})")
+    if dlami_unsupported(itype.name):  # allowed with --ami / --ami-parameter only (check_launch_options)
+        console.note(f"the Deep Learning Base OSS AMIs do not support {itype.name}'s GPU "
+                     f"({dlami_unsupported(itype.name)}): TensorFlow uses it only if {image.id} does")
+    many = f"{spec.nodes} x " if spec.nodes > 1 else ""
+    each = " each" if spec.nodes > 1 else ""
+    console.info(f"instance: {many}{itype.name}, {itype.vcpus} vCPUs{each}, GPUs{each}: {itype.gpus or 'none'}")
+    if quota.value is None:
+        console.note(f"vCPU quota '{quota.name}' not checked: {quota.note}")
+    else:
+        console.info(f"quota: {quota.name} = {quota.value:g} vCPUs, this lab needs {quota.needed}")
+    listed = on_demand(itype.name, provider.region)
+    if listed:  # each node also holds a public IPv4 address, which AWS charges since 2024-02-01
+        price = spec.nodes * (listed.usd_per_hour + PUBLIC_IPV4_USD_PER_HOUR)
+        cost = (f"about ${price:.3f}/hour on demand ({many}{itype.name} ${listed.usd_per_hour:.3f} + public IPv4 "
+                f"${PUBLIC_IPV4_USD_PER_HOUR:.3f}{each}; {listed.source}) + disk")
+    else:
+        cost = f"unknown ({itype.name} is not in the bundled price list)"
+    if spec.spot:
+        cost += "; spot usually costs less, and AWS may reclaim the instance"
+    console.info(f"estimated cost: {cost}, until `tflab down --name {name}`")
+    placement = spec.nodes > 1 and spec.placement == "cluster" and "cluster" in itype.placement_strategies
+    if spec.nodes > 1 and spec.placement == "cluster" and not placement:
+        console.note(f"{itype.name} cannot join a cluster placement group: the nodes are launched in one zone "
+                     "without one")
+    if spec.subnet_id:  # a public address reaches the lab only where the subnet routes to an internet gateway
+        reaches = provider.subnet_reaches_internet(spec.subnet_id)
+        if reaches is False and not settings.ssh_host:
+            raise InputError(f"subnet {spec.subnet_id} has no route to an internet gateway (0.0.0.0/0 to an "
+                             "igw-): a public address there would not reach the lab",
+                             hint="pass --subnet-id of a public subnet (or leave it out: the default VPC's), or "
+                                  "--ssh-host with the address you reach the lab at (a VPN to the subnet)")
+        if reaches is False:  # reached over a VPN: no public address to pay for, none to wait for
+            import dataclasses
+
+            spec = dataclasses.replace(spec, public_address=False)
+            console.info(f"subnet {spec.subnet_id} has no route to an internet gateway: no public address; "
+                         f"the lab is reached at {settings.ssh_host}")
+        elif reaches is None:
+            console.note(f"the route tables of subnet {spec.subnet_id} could not be read (no permission for "
+                         "ec2:DescribeRouteTables): a public address is asked for, which reaches the lab only "
+                         "if the subnet routes to an internet gateway")
+    return spec, image, itype, placement, many
+
+
+def _remove_after_failure(provider, store: StateStore, name: str, created, exc: Exception, console: Console,
+                          keep_on_failure: bool) -> None:
+    """A failed `up` removes what it created (its Created record: never by tag, since another `up` of the lab,
+    on another machine, may have made the rest), or keeps it with --keep-on-failure; an instance that never
+    answered SSH is then one UnreachableError saying what was removed. The caller re-raises exc otherwise."""
+    from infra.errors import InfraError
+    from tflab.errors import UnreachableError
+
+    if keep_on_failure:
+        console.warn(f"up failed; kept what it created (--keep-on-failure): `tflab down --name {name}` removes it")
+    elif created.key_pair or created.security_group or created.placement_group or created.instances:
+        # Never by tag: another `up` of the lab (another machine) may have made the rest.
+        console.warn(f"up failed ({getattr(exc, 'unanswered', None) or exc}); removing what it created")
+        try:
+            with console.waiting(f"removing what this `up` of lab '{name}' created") as update:
+                removed = provider.remove_created(created, update)
+            if created.key_pair:  # the private key this `up` wrote is of the key pair just deleted
+                store.delete(name)
+        except (InfraError, OSError) as cleanup_error:
+            console.warn(f"could not remove everything ({cleanup_error}); run `tflab down --name {name}`")
+        else:
+            if getattr(exc, "unanswered", None):  # SSH never answered: nothing is left to come back to
+                raise UnreachableError(
+                    f"{exc.unanswered}; removed what this `up` created ({', '.join(removed) or 'nothing'})",
+                    hint="SSH is let in from --ssh-cidr only (else the address detected for this machine, "
+                         "shown above): behind a proxy or a NAT with several exits that may not be yours, so "
+                         "`tflab up --ssh-cidr <your address>/32`; a slow image: a longer --ssh-timeout; "
+                         "--keep-on-failure keeps the instance to look at") from exc
 
 
 def own_key_fingerprint(store: StateStore, name: str) -> str | None:

@@ -11,7 +11,6 @@ ports avoid the services' ports.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -180,13 +179,12 @@ class SshHost(Host):
         """The idle watchdog as one of the lab's services (kept across runs), with the lab's default
         policy unless one was set (`tflab autostop`)."""
         # The port sshd listens on there (behind NAT or a forwarded port it differs from the one we reach).
+        from tflab.autostop import service_command
+
         port = self.connection.output('echo "${SSH_CONNECTION##* }"').strip()
-        argv = ["python3", posixpath.join(self.remote_dir, "watchdog.py"), "run", "--workdir", self._workdir,
-                "--action", action, "--ssh-port", port if port.isdigit() else str(self.connection.target.port)]
-        # Its code's digest in its command: one started by another tflab (older code, e.g. one that trusted pid
-        # files) is not kept but restarted with the code just pushed.
-        code = hashlib.sha256((remote_dir() / "watchdog.py").read_bytes()).hexdigest()[:16]
-        service = self.start_service("watchdog", argv, env={"TFLAB_WATCHDOG_CODE": code},
+        argv, env = service_command(self.remote_dir, self._workdir, action,
+                                    int(port) if port.isdigit() else self.connection.target.port)
+        service = self.start_service("watchdog", argv, env=env,
                                      log_path=posixpath.join(self._workdir, "services", "watchdog.log"))
         if not service.kept:
             console.info(f"started the idle watchdog ({action} after an hour without activity; "
