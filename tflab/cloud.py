@@ -400,7 +400,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         if existing:
             return _reuse(provider, store, spec, console, settings, existing, previous)
 
-        spec, image, itype, placement, many = _preflight(provider, spec, console, settings)
+        spec, image, itype, placement = _preflight(provider, spec, console, settings)
+        many = f"{spec.nodes} x " if spec.nodes > 1 else ""
         if not confirm(f"Launch {many}{itype.name} for lab '{name}' in {provider.region}?"):
             raise Cancelled("cancelled; nothing was created")
 
@@ -507,7 +508,7 @@ def _reuse(provider, store: StateStore, spec, console: Console, settings: UpSett
 
 def _preflight(provider, spec, console: Console, settings: UpSettings):
     """Before a launch: the image, the instance type and the vCPU quota checked, what the lab will cost said, the
-    placement and the subnet's route to the internet decided. Returns (spec, image, type, placement, many)."""
+    placement and the subnet's route to the internet decided. Returns (spec, image, type, placement)."""
     from infra.errors import AmiError
     from infra.pricing import PUBLIC_IPV4_USD_PER_HOUR, dlami_unsupported, on_demand
 
@@ -563,7 +564,7 @@ def _preflight(provider, spec, console: Console, settings: UpSettings):
             console.note(f"the route tables of subnet {spec.subnet_id} could not be read (no permission for "
                          "ec2:DescribeRouteTables): a public address is asked for, which reaches the lab only "
                          "if the subnet routes to an internet gateway")
-    return spec, image, itype, placement, many
+    return spec, image, itype, placement
 
 
 def _remove_after_failure(provider, store: StateStore, name: str, created, exc: Exception, console: Console,

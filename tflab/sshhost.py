@@ -178,9 +178,9 @@ class SshHost(Host):
     def start_watchdog(self, action: str, console) -> None:
         """The idle watchdog as one of the lab's services (kept across runs), with the lab's default
         policy unless one was set (`tflab autostop`)."""
-        # The port sshd listens on there (behind NAT or a forwarded port it differs from the one we reach).
         from tflab.autostop import service_command
 
+        # The port sshd listens on there (behind NAT or a forwarded port it differs from the one we reach).
         port = self.connection.output('echo "${SSH_CONNECTION##* }"').strip()
         argv, env = service_command(self.remote_dir, self._workdir, action,
                                     int(port) if port.isdigit() else self.connection.target.port)
