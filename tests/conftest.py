@@ -40,20 +40,15 @@ def no_placement_groups_yet():
 
 
 CLOUDBOX = REPO / "tests" / "cloudbox"
-# Tests that run the lab's services on this machine, where run-lab gives each the lab's own port when it is free
-# there (9000, 8501, 6006, 8888): two labs at once could both find a port free, and one lose it when its service
-# binds it seconds later. Under pytest-xdist they share one worker, one after another.
-ON_THE_LAB_PORTS = [REPO / "tests" / p for p in ("ssh", "browser", "e2e/test_run_lab_local.py", "e2e/test_signals.py")]
 
 
 def xdist_group(path: Path) -> str:
     """Which tests run on one pytest-xdist worker, one after another (scripts/test.sh, `--dist loadgroup`): the
-    EC2-in-a-box tests (one box: its bridge, netns names and state folder), the tests on the lab's ports, and
-    otherwise each module's tests (its fixtures are then made once)."""
+    EC2-in-a-box tests (one box: its bridge, netns names and state folder), and otherwise each module's tests (its
+    fixtures are then made once). Labs on this machine run at once on several workers: each claims the ports it
+    chooses until its services bind them (remote/choose_ports.py), as two users' labs on one host do."""
     if path.is_relative_to(CLOUDBOX):
         return "cloudbox"
-    if any(path == p or path.is_relative_to(p) for p in ON_THE_LAB_PORTS):
-        return "lab-ports"
     return str(path.relative_to(REPO))
 
 

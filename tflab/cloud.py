@@ -23,6 +23,7 @@ from tflab.errors import ExitCode, InputError, NotFoundError, TflabError
 from tflab.state import LabState, StateStore, check_name, check_ssh_user
 
 if TYPE_CHECKING:
+    from infra.provider import LaunchSpec, Provider
     from tflab.ssh import SshTarget
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def by_node(instances: list) -> list:
     return sorted(instances, key=lambda i: (i.node is None, i.node or 0, i.launch_time or "", i.id))
 
 
-def _state_from(name: str, provider, inst, previous: LabState | None, store: StateStore, profile: str | None,
+def _state_from(name: str, provider: Provider, inst, previous: LabState | None, store: StateStore, profile: str | None,
                 fingerprints: dict | None = None, nodes: list | None = None, node_prints: list[dict] | None = None,
                 **overrides) -> LabState:
     from infra.pricing import hourly
@@ -373,7 +374,7 @@ def up_lab(request: UpRequest, provider_of: Callable[[LabState | None], object],
     return up(provider, store, spec, console, confirm=confirm, settings=settings)
 
 
-def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
+def up(provider: Provider, store: StateStore, spec: LaunchSpec, console: Console, *, confirm: Confirm,
        settings: UpSettings = UpSettings()) -> tuple[LabState, str]:
     """Make the lab (or find and reuse it); returns its state and "created" | "reused" | "started".
 
@@ -462,8 +463,8 @@ def up(provider, store: StateStore, spec, console: Console, *, confirm: Confirm,
         return state, "created"
 
 
-def _reuse(provider, store: StateStore, spec, console: Console, settings: UpSettings, existing: list,
-           previous: LabState | None) -> tuple[LabState, str]:
+def _reuse(provider: Provider, store: StateStore, spec: LaunchSpec, console: Console, settings: UpSettings,
+           existing: list, previous: LabState | None) -> tuple[LabState, str]:
     """`up` of a lab whose instances exist: started where stopped, waited for, its state refreshed ("reused" or
     "started"); --nodes is not applied to it (said)."""
     name = spec.lab
@@ -506,7 +507,7 @@ def _reuse(provider, store: StateStore, spec, console: Console, settings: UpSett
     return state, action
 
 
-def _preflight(provider, spec, console: Console, settings: UpSettings):
+def _preflight(provider: Provider, spec: LaunchSpec, console: Console, settings: UpSettings):
     """Before a launch: the image, the instance type and the vCPU quota checked, what the lab will cost said, the
     placement and the subnet's route to the internet decided. Returns (spec, image, type, placement)."""
     from infra.errors import AmiError
@@ -567,7 +568,7 @@ def _preflight(provider, spec, console: Console, settings: UpSettings):
     return spec, image, itype, placement
 
 
-def _remove_after_failure(provider, store: StateStore, name: str, created, exc: Exception, console: Console,
+def _remove_after_failure(provider: Provider, store: StateStore, name: str, created, exc: Exception, console: Console,
                           keep_on_failure: bool) -> None:
     """A failed `up` removes what it created (its Created record: never by tag, since another `up` of the lab,
     on another machine, may have made the rest), or keeps it with --keep-on-failure; an instance that never
@@ -609,7 +610,7 @@ def own_key_fingerprint(store: StateStore, name: str) -> str | None:
     return ed25519_fingerprint(text)
 
 
-def check_same_place(store: StateStore, state: LabState | None, provider, name: str, command: str) -> None:
+def check_same_place(store: StateStore, state: LabState | None, provider: Provider, name: str, command: str) -> None:
     """Refuse (an InputError, exit 3, the files kept) to act on lab `name` in another region or with another
     profile than the local state's: there this command would find nothing of the lab, and `down` would delete
     the live lab's state and private key, `up` make a second lab and overwrite them."""
@@ -694,7 +695,7 @@ def lab_instances(instances: list) -> list:
     return sorted(instances, key=lambda i: i.state != "running")
 
 
-def costs(provider, instances: list, lab: str) -> dict:
+def costs(provider: Provider, instances: list, lab: str) -> dict:
     """What the lab costs: the price charged now for its instances (the spot price in their zone for a
     spot lab, else the bundled on-demand estimate), its volumes, and the cost since they last started."""
     from infra.pricing import GP3_USD_PER_GB_HOUR, PUBLIC_IPV4_USD_PER_HOUR, on_demand
@@ -759,7 +760,7 @@ def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:
     return view_of(target)
 
 
-def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dict:
+def status(provider: Provider, store: StateStore, name: str, ask_host: bool = True) -> dict:
     """The lab's status from the cloud (and the local state when there is one): what it costs, and
     (ask_host) its watchdog's view, asked over SSH while it runs. A damaged state file is its one-line
     error (DamagedStateError), before any AWS call: `down` is what works from the tags alone."""
@@ -779,7 +780,7 @@ def status(provider, store: StateStore, name: str, ask_host: bool = True) -> dic
     return doc
 
 
-def list_labs(provider, store: StateStore) -> list[dict]:
+def list_labs(provider: Provider, store: StateStore) -> list[dict]:
     """Every tflab lab in the provider's region, found by tags."""
     by_lab: dict[str, list] = {}
     for inst in provider.find_instances(None):
@@ -830,7 +831,7 @@ def stop_host_services(store: StateStore, name: str, console: Console) -> None:
         console.note(f"could not stop the services on the host ({exc}); terminating the instance stops them")
 
 
-def down(provider, store: StateStore, name: str, console: Console, *, confirm: Confirm) -> dict:
+def down(provider: Provider, store: StateStore, name: str, console: Console, *, confirm: Confirm) -> dict:
     """Stop the lab's services, remove everything tagged with the lab, then check that nothing is
     left; returns a report."""
     from infra.errors import CloudError

@@ -192,9 +192,9 @@ class LocalHost(Host):
     def choose_ports(self, wanted: dict[str, int], console, avoid: frozenset[int] = frozenset()) -> dict[str, int]:
         from tflab import ports
 
-        chosen: dict[str, int] = {}
+        got = ports.choose({name: port for name, port in wanted.items() if port}, avoid)
+        chosen = {name: got.get(name, 0) for name in wanted}  # 0: not wanted (REST off)
         for name, port in wanted.items():
-            chosen[name] = ports.pick(port, taken=set(chosen.values()) | set(avoid)) if port else 0
             if port and chosen[name] != port:
                 console.note(f"port {port} ({PORT_NAMES.get(name, name)}) is in use; using {chosen[name]} instead")
         return chosen

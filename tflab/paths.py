@@ -19,3 +19,17 @@ def remote_script(name: str) -> str:
     """The text of a host-side script in remote/ (run there with `python3 -c`: it is needed before remote/
     is pushed, or whatever state the pushed copy is in)."""
     return (remote_dir() / name).read_text()
+
+
+def remote_module(name: str):
+    """A standard-library module of remote/ imported here too (remote/choose_ports.py chooses this machine's
+    ports the way it chooses a host's)."""
+    import sys
+
+    key = f"tflab_remote_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, remote_dir() / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]

@@ -1,4 +1,4 @@
-"""Local ports: check that one is free, or pick a free one near it."""
+"""Local ports: check that one is free, or choose free ones, claimed against the other labs on this machine."""
 
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def pick(preferred: int, taken: set[int] | frozenset[int] = frozenset(), host: str = "127.0.0.1") -> int:
-    """preferred when it is free (and not in taken), else a free port from the system."""
-    if preferred and preferred not in taken and is_free(preferred, host):
-        return preferred
-    for _ in range(20):
-        port = free_port(host)
-        if port not in taken:
-            return port
-    raise OSError("no free local port found")
+def choose(wanted: dict, taken: set[int] | frozenset[int] = frozenset(), host: str = "127.0.0.1") -> dict:
+    """{key: port} for wanted {key: port}: each wanted port (0: any) when it is free, not in taken and not claimed
+    by another lab on this machine, else a free one from the system; the ports are claimed for as long as this
+    process runs (remote/choose_ports.py: the window between choosing a port and binding it). Raises OSError
+    when no port is free."""
+    import os
+
+    from tflab.paths import remote_module
+
+    return remote_module("choose_ports").choose(wanted, taken, claimant=os.getpid(), host=host)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -690,32 +691,18 @@ class Connection:
         return posixpath.join(home, rest).rstrip("/")
 
 
-# The remote side of every command tflab runs over SSH. The command runs in its own session and
-# process group; a watcher reads the channel's stdin, which sshd closes when the channel closes:
-# when the command has not finished by then (Ctrl-C or a signal here, a timeout, a dropped
-# connection), its whole group gets SIGTERM, then SIGKILL. Without it, a remote command outlives
-# the SSH session that started it (no pty, so sshd sends it no SIGHUP). The command itself reads
-# no stdin, and runs under $2: sh for tflab's own commands, the login shell for a user's (as sshd
-# would run it; a second bash started by sshd reads ~/.bashrc again, ~90 ms with pyenv's).
-_ENDED_WITH_CHANNEL = """exec 3<&0
-if command -v setsid >/dev/null 2>&1; then setsid "$2" -c "$1" </dev/null 3<&- &
-else "$2" -c "$1" </dev/null 3<&- & fi
-p=$!
-( while read -r _ <&3; do :; done
-  kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; sleep 3; kill -KILL -"$p" 2>/dev/null ) >/dev/null 2>&1 &
-w=$!
-exec 3<&-
-wait "$p"; s=$?
-kill "$w" 2>/dev/null
-exit "$s"
-"""
-
-
 def ended_with_channel(command: str, shell: str = "sh") -> str:
     """A shell command line that runs command (with shell; "login" for the user's login shell) and ends
     it, its whole process group, when the SSH channel closes before it finished."""
     shell = '"${SHELL:-sh}"' if shell == "login" else shlex.quote(shell)
-    return f"sh -c {shlex.quote(_ENDED_WITH_CHANNEL)} tflab-run {shlex.quote(command)} {shell}"
+    return f"sh -c {shlex.quote(_ended_with_channel())} tflab-run {shlex.quote(command)} {shell}"
+
+
+@functools.cache
+def _ended_with_channel() -> str:
+    """remote/ended_with_channel.sh without its comments (it is sent with every command)."""
+    return "".join(line for line in remote_script("ended_with_channel.sh").splitlines(keepends=True)
+                   if not line.startswith("#"))
 
 
 def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None]) -> Connection:

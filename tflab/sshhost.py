@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import secrets
 import shlex
@@ -30,10 +29,9 @@ log = logging.getLogger(__name__)
 
 def this_network() -> str:
     """This machine's kernel boot and network namespace, as remote/choose_ports.py reports the host's."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + ":" + str(os.stat("/proc/self/ns/net").st_ino)
-    except OSError:
-        return ""
+    from tflab.paths import remote_module
+
+    return remote_module("choose_ports").network()
 
 
 def command_line(argv: list[str], cwd: str | None = None, env: dict | None = None) -> str:

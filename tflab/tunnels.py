@@ -353,13 +353,11 @@ class Tunnels:
     def start(self, wait: bool = True) -> "Tunnels":
         """Bind every forward's local port (a free one when the wanted port is taken). With wait=False
         the system's ssh logs in while the caller goes on, and ready() waits for it."""
-        taken: set[int] = set(self.avoid)
-        for f in self.forwards:
-            port = ports.pick(f.local_port, taken, self.bind)
-            if f.local_port and port != f.local_port:
-                self.moved[f.name] = (f.local_port, port)
-            taken.add(port)
-            self.local_ports[f.name] = port
+        got = ports.choose(dict(enumerate(f.local_port for f in self.forwards)), self.avoid, self.bind)
+        for i, f in enumerate(self.forwards):
+            if f.local_port and got[i] != f.local_port:
+                self.moved[f.name] = (f.local_port, got[i])
+            self.local_ports[f.name] = got[i]
         self.connection.open()  # the host key is verified (and recorded) here, whichever client forwards
         program = shutil.which("ssh") if self.wanted_client != "paramiko" else None
         if self.wanted_client == "openssh" and program is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,18 @@ from tests.ssh.conftest import host_args
 
 pytestmark = pytest.mark.slow
 
+SQUATTER = """
+import socket, time
+from tflab import ports
+deadline = time.monotonic() + 240  # another test's lab may hold 9000 meanwhile: it ends within that
+while ports.choose({"squat": 9000}) != {"squat": 9000} and time.monotonic() < deadline:
+    time.sleep(0.5)
+s = socket.socket()
+s.bind(("127.0.0.1", 9000))
+s.listen()
+print("listening", flush=True)
+time.sleep(900)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +41,10 @@ def moved_lab(sshd, tmp_path_factory):
     (report, workdir, tmp)."""
     tmp = tmp_path_factory.mktemp("moved")
     workdir = tmp / "host-workdir"
-    squatter = socket.socket()
-    try:
-        squatter.bind(("127.0.0.1", 9000))
-        squatter.listen()
-    except OSError:  # something else holds it already: taken either way
-        squatter.close()
-        squatter = None
+    # The squatter claims 9000 as a lab would before it listens: the labs of the tests running meanwhile on other
+    # workers (remote/choose_ports.py) then neither take it from the squatter nor lose it to it.
+    squatter = subprocess.Popen([sys.executable, "-c", SQUATTER], stdout=subprocess.PIPE, text=True)
+    assert squatter.stdout.readline() == "listening\n"
     try:
         proc = tflab("run-lab", *host_args(sshd, tmp), "--accept-new-host-key", "--python", sys.executable,
                      "--workdir", str(workdir), "--out", str(tmp / "results"), "--json", "--seed", "3",
@@ -50,8 +58,8 @@ def moved_lab(sshd, tmp_path_factory):
         target = SshTarget("127.0.0.1", sshd.user, sshd.port, str(sshd.user_key), str(tmp / "known_hosts"))
         with Connection(target) as conn:
             SshHost(conn).stop_all_services(f"{workdir}/services")
-        if squatter is not None:
-            squatter.close()
+        squatter.kill()
+        squatter.wait()
 
 
 def test_tunnel_forwards_to_the_port_the_hosts_model_server_really_uses(moved_lab, sshd):
