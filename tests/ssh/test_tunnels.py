@@ -42,8 +42,11 @@ class _CountThenReply(socketserver.BaseRequestHandler):
 def servers():
     made = {}
     for name, handler in (("echo", _Echo), ("count", _CountThenReply)):
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
         server.daemon_threads = True
+        server.request_queue_size = 128  # a hundred connections at once: the default backlog, 5, drops SYNs
+        server.server_bind()
+        server.server_activate()
         threading.Thread(target=server.serve_forever, daemon=True).start()
         made[name] = server
     yield {name: s.server_address[1] for name, s in made.items()}
