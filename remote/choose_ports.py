@@ -145,7 +145,10 @@ class Claims:
         if self.folder is None:
             return set()
         ports = set()
-        names = sorted(os.listdir(self.folder))[:MAX_CLAIM_FILES]
+        try:
+            names = sorted(os.listdir(self.folder))[:MAX_CLAIM_FILES]
+        except OSError:
+            return ports
         for name in names:
             if not name.endswith(".json"):
                 continue
