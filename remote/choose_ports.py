@@ -3,8 +3,9 @@
 As a script, on the host, as run-lab chooses its services' ports there (tflab/sshhost.py SshHost.choose_ports runs
 it with `python3 -c`): a port held by one of the lab's own services that still runs is kept; else the wanted port
 when it is free there; else a free one. Also says which kernel and network namespace it runs in, so that a host
-that is this machine is recognised. argv: the wanted ports (JSON; 0: not wanted), the services folder, the ports to avoid
-(JSON). Prints one JSON line. Imported, on this machine (tflab/ports.py), it chooses the local ports the same way.
+that is this machine is recognised. argv: the wanted ports (JSON; 0: not wanted), the services folder, the ports
+to avoid (JSON). Prints one JSON line. Imported, on this machine (tflab/ports.py), it chooses the local ports the
+same way.
 
 A port found free is not yet bound: the model server opens its ports after its first model loaded, that is after
 the training. Two labs on one machine (any users) choosing in that window would both take the same free port, and
@@ -106,7 +107,11 @@ class Claims:
     def __enter__(self):
         try:
             self._open_folder()
-            self.lock = os.open(os.path.join(self.folder, "lock"), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            lock = os.path.join(self.folder, "lock")
+            try:  # opened as it is when it exists: O_CREAT on another user's file in a sticky folder is refused
+                self.lock = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)  # (fs.protected_regular)
+            except FileNotFoundError:
+                self.lock = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             deadline = time.monotonic() + LOCK_SECONDS
             while True:
                 try:

@@ -286,9 +286,9 @@ def by_node(instances: list) -> list:
     return sorted(instances, key=lambda i: (i.node is None, i.node or 0, i.launch_time or "", i.id))
 
 
-def _state_from(name: str, provider: Provider, inst, previous: LabState | None, store: StateStore, profile: str | None,
-                fingerprints: dict | None = None, nodes: list | None = None, node_prints: list[dict] | None = None,
-                **overrides) -> LabState:
+def _state_from(name: str, provider: Provider, inst, previous: LabState | None, store: StateStore,
+                profile: str | None, fingerprints: dict | None = None, nodes: list | None = None,
+                node_prints: list[dict] | None = None, **overrides) -> LabState:
     from infra.pricing import hourly
 
     key = store.key_path(name)
@@ -568,8 +568,8 @@ def _preflight(provider: Provider, spec: LaunchSpec, console: Console, settings:
     return spec, image, itype, placement
 
 
-def _remove_after_failure(provider: Provider, store: StateStore, name: str, created, exc: Exception, console: Console,
-                          keep_on_failure: bool) -> None:
+def _remove_after_failure(provider: Provider, store: StateStore, name: str, created, exc: Exception,
+                          console: Console, keep_on_failure: bool) -> None:
     """A failed `up` removes what it created (its Created record: never by tag, since another `up` of the lab,
     on another machine, may have made the rest), or keeps it with --keep-on-failure; an instance that never
     answered SSH is then one UnreachableError saying what was removed. The caller re-raises exc otherwise."""
@@ -610,7 +610,8 @@ def own_key_fingerprint(store: StateStore, name: str) -> str | None:
     return ed25519_fingerprint(text)
 
 
-def check_same_place(store: StateStore, state: LabState | None, provider: Provider, name: str, command: str) -> None:
+def check_same_place(store: StateStore, state: LabState | None, provider: Provider, name: str,
+                     command: str) -> None:
     """Refuse (an InputError, exit 3, the files kept) to act on lab `name` in another region or with another
     profile than the local state's: there this command would find nothing of the lab, and `down` would delete
     the live lab's state and private key, `up` make a second lab and overwrite them."""
