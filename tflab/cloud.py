@@ -448,7 +448,8 @@ def up(provider: Provider, store: StateStore, spec: LaunchSpec, console: Console
             state = _state_from(name, provider, inst, previous, store, profile, prints[0], nodes=nodes,
                                 node_prints=prints, placement_group=group_name, **overrides)
             store.save(state)
-            reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index)
+            reached = [wait_ssh(store, state, console, ssh_timeout, accept_new_host_key, node=index,
+                                provider=provider)
                        for index in range(max(1, len(state.nodes)))] if wait and ssh_wait else []
         except KeyboardInterrupt:
             console.warn(f"interrupted; `tflab down --name {name}` removes what was created")
@@ -503,7 +504,8 @@ def _reuse(provider: Provider, store: StateStore, spec: LaunchSpec, console: Con
     store.save(state)
     if wait and settings.ssh_wait:
         for index in range(max(1, len(state.nodes))):
-            wait_ssh(store, state, console, settings.ssh_timeout, settings.accept_new_host_key, node=index)
+            wait_ssh(store, state, console, settings.ssh_timeout, settings.accept_new_host_key, node=index,
+                     provider=provider)
     return state, action
 
 
@@ -632,10 +634,16 @@ def check_same_place(store: StateStore, state: LabState | None, provider: Provid
                                                               "another --name")
 
 
+INSTANCE_LOOK_EVERY = 15.0  # seconds between looks at the instance while waiting for its SSH
+
+
 def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: float, accept_new: bool,
-             node: int = 0) -> bool:
+             node: int = 0, provider: Provider | None = None) -> bool:
     """Wait until the lab (its node `node`) answers SSH with its pinned (or, if asked, first-seen) host key;
-    False when its key cannot be verified yet, so nothing was tried."""
+    False when its key cannot be verified yet, so nothing was tried. With provider, the instance is looked at
+    every INSTANCE_LOOK_EVERY s meanwhile: one that stopped (its own shutdown, a spot reclaim) ends the wait at
+    once with InstanceStopped, instead of the whole timeout on an address nothing answers."""
+    from tflab.errors import InstanceStopped, UnreachableError
     from tflab.ssh import wait_for_ssh
 
     target = node_target(store, state.name, node, accept_new)
@@ -643,11 +651,13 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
         console.note("the SSH host key cannot be verified yet (no fingerprints in the console output): "
                      "run-lab and ssh check it when they connect (or add --accept-new-host-key)")
         return False
-    from tflab.errors import UnreachableError
-
+    instance_id = state.node(node)["instance_id"] if provider else None
     try:
         with console.waiting(f"waiting for SSH on {target.display}") as update:
-            connection = wait_for_ssh(target, timeout=timeout, progress=update)
+            connection = wait_for_ssh(target, timeout=timeout, progress=update,
+                                      alive=_still_up(provider, state.name, instance_id) if instance_id else None)
+    except InstanceStopped:
+        raise
     except UnreachableError as exc:
         kept = UnreachableError(f"{exc.message}; the instance runs and is kept",
                                hint=f"`tflab up --name {state.name}` waits again; `tflab down --name {state.name}` "
@@ -661,6 +671,33 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
         console.note(f"host key of {target.display} {connection.host_key_note}")
     connection.close()
     return True
+
+
+def _still_up(provider: Provider, name: str, instance_id: str) -> Callable[[], None]:
+    """alive() for a wait on the instance: every INSTANCE_LOOK_EVERY s, InstanceStopped once it is neither pending
+    nor running. A look-up that fails is no reason to stop waiting."""
+    from infra.errors import InfraError
+    from tflab.errors import InstanceStopped
+
+    next_look = [time.monotonic() + INSTANCE_LOOK_EVERY]
+
+    def alive() -> None:
+        if time.monotonic() < next_look[0]:
+            return
+        next_look[0] = time.monotonic() + INSTANCE_LOOK_EVERY
+        try:
+            inst = next((i for i in provider.find_instances(name, live_only=False) if i.id == instance_id), None)
+        except (InfraError, OSError):
+            return
+        if inst is not None and inst.state not in ("pending", "running"):
+            reason = inst.state_reason or ""
+            why = "it shut itself down" if "InstanceInitiatedShutdown" in reason else reason
+            raise InstanceStopped(
+                f"lab '{name}' ({instance_id}) is {inst.state} while tflab waited for its SSH"
+                + (f" ({why})" if why else ""),
+                hint=f"its console output says why: `aws ec2 get-console-output --latest --instance-id {instance_id}` "
+                     "(a failed `up` removes what it made; `tflab up --keep-on-failure` keeps it to look at)")
+    return alive
 
 
 def describe(state: LabState | None, instances: list, name: str, region: str | None = None) -> dict:

@@ -60,6 +60,10 @@ class UnreachableError(TflabError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class InstanceStopped(UnreachableError):
+    """The lab's instance stopped (or ended) while tflab waited for it."""
+
+
 class NotFoundError(TflabError):
     """What was asked for does not exist."""
 

@@ -705,12 +705,14 @@ def _ended_with_channel() -> str:
                    if not line.startswith("#"))
 
 
-def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None]) -> Connection:
+def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str], None],
+                 alive: Callable[[], None] | None = None) -> Connection:
     """Wait until the host answers SSH: TCP, then the banner, then authentication; returns the connection.
 
     Backs off from 0.5 s to 5 s between tries; raises UnreachableError after timeout with the
     stage it was stuck at and why. timeout 0 tries once (a named host that does not resolve, or
-    refuses, fails at once). Host key errors are not retried.
+    refuses, fails at once). Host key errors are not retried. alive() runs between tries and raises
+    when waiting is pointless (the machine stopped).
     """
     deadline = time.monotonic() + timeout
 
@@ -732,7 +734,8 @@ def wait_for_ssh(target: SshTarget, *, timeout: float, progress: Callable[[str],
         raise NotYet(f"stuck at the {stage}{': ' + last if last and last != stage else ''}")
 
     return poll(attempt, timeout=timeout, what=f"{target.display} did not answer SSH", interval=0.5, backoff=1.6,
-                max_interval=5.0, hint="check that the host runs and that the security group lets your address in")
+                max_interval=5.0, alive=alive or (lambda: None),
+                hint="check that the host runs and that the security group lets your address in")
 
 
 def _probe(target: SshTarget, timeout: float) -> tuple[str, bool, str]:

@@ -30,6 +30,15 @@ def missing() -> str | None:
     for tool, package in (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("ip", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} is missing (Debian package {package}; scripts/install.sh --test installs it)"
+    import subprocess
+
+    try:
+        clock = subprocess.run(["unshare", "--time", "--boottime=-1", "true"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unshare --time cannot run ({exc})"
+    if clock.returncode != 0:  # the instances' own clocks (box.own_clock): Linux 5.6+, util-linux 2.36+
+        return f"no time namespace for the instances' clocks (unshare --time: {clock.stderr.strip()})"
     return None
 
 

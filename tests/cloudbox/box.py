@@ -13,6 +13,8 @@ moto's EC2 backend is hooked (in this process only) so that:
 - A container that powers itself off (the watchdog's `shutdown -h now`) becomes `stopped`, or
   `terminated` when its InstanceInitiatedShutdownBehavior says so, with EC2's StateReason
   Client.InstanceInitiatedShutdown.
+- Each boot is a boot: the container's clocks start at its power-on (a time namespace of its own, own_clock),
+  so its uptime and boot time are the instance's, not this machine's.
 - GetConsoleOutput returns the container's console (systemd-nspawn's output: cloud-init prints the SSH
   host key fingerprints there), its last 64 KiB as EC2 keeps, base64 as EC2 sends it.
 Security groups are not enforced: every address on the box's bridge reaches every port.
@@ -60,6 +62,17 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Complet
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip() or result.stdout.strip()}")
     return result
+
+
+def own_clock() -> list[str]:
+    """The command prefix that starts a container in a time namespace of its own whose boot is now: a container
+    shares this machine's kernel, so without it /proc/uptime and /proc/stat's btime are this machine's, and an
+    instance would be as old as the machine that runs the box (the watchdog's maximum lifetime counts from the
+    boot: past it, every instance shut itself down at once). Linux's time namespaces (5.6+) offset
+    CLOCK_MONOTONIC and CLOCK_BOOTTIME, and /proc/uptime and btime with them (time_namespaces(7)); util-linux's
+    unshare sets the offsets and execs the command in it (no fork: the pid is the container's)."""
+    boot, monotonic = time.clock_gettime(time.CLOCK_BOOTTIME), time.clock_gettime(time.CLOCK_MONOTONIC)
+    return ["unshare", "--time", f"--boottime={-int(boot)}", f"--monotonic={-int(monotonic)}"]
 
 
 def _parent_death_sigterm() -> None:  # in the child: SIGTERM (an orderly poweroff) when the box dies
@@ -191,7 +204,7 @@ class Container:
             console.write(f"\n[cloudbox] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} power on\n".encode())
             console.flush()
             uid = uuid.UUID(bytes=(self.id.encode() * 2)[:16])
-            cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "-D", str(self.merged),
+            cmd = [*own_clock(), "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "-D", str(self.merged),
                    f"--machine={self.netns}", f"--uuid={uid}", "--link-journal=no", "--console=read-only",
                    f"--network-namespace-path=/run/netns/{self.netns}", "--timezone=off", "--resolv-conf=off",
                    f"--bind-ro={self.box.wheelhouse}:/var/cache/tflab-wheelhouse"]

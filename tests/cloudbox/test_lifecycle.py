@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 
 import pytest
 
@@ -33,6 +34,11 @@ def lab(cli):
     cli("down", "--name", LAB, "--yes", timeout=600)
 
 
+def booted_at(cli) -> int:
+    """The lab's instance's boot time, as its kernel says (/proc/stat's btime)."""
+    return int(on_lab(cli, LAB, "awk '/^btime/ {print $2}' /proc/stat").stdout)
+
+
 def test_up_boots_an_instance_that_runs_the_user_data(box, cli, lab):
     state, up = lab
     (instance,) = instances(box, LAB)
@@ -44,6 +50,8 @@ def test_up_boots_an_instance_that_runs_the_user_data(box, cli, lab):
     # cloud-init ran tflab's user data (the gzip'd script) without an error.
     status = on_lab(cli, LAB, "cloud-init status --wait --long")
     assert status.returncode == 0 and "status: done" in status.stdout, status.stdout + status.stderr
+    # Its clock starts at its own boot, not at this machine's (the watchdog's maximum lifetime counts from it).
+    assert booted_at(cli) >= instance["LaunchTime"].timestamp() - 5, instance["LaunchTime"]
     # The instance is at the private address EC2 reports.
     addresses = on_lab(cli, LAB, "ip -4 -o addr show eth0")
     assert f" {instance['PrivateIpAddress']}/" in addresses.stdout, addresses.stdout
@@ -98,9 +106,11 @@ def test_the_idle_instance_stops_itself_and_up_starts_it_again(box, cli, lab):
     assert not any(leftovers([state["instance_id"]])[kind] for kind in ("containers", "netns", "links", "mounts"))
     assert leftovers([state["instance_id"]])["layers"]  # a stopped instance keeps its disk
 
+    started = time.time()
     up = cli("up", "--name", LAB, "--yes", "--json", *SSH_CIDR, timeout=900)
     assert up.returncode == 0, up.stderr
     again = json.loads(up.stdout)
+    assert booted_at(cli) >= started - 5  # a start is a new boot
     assert again["action"] == "started" and again["instance_id"] == state["instance_id"]
     assert again["public_ip"] != first_ip  # a new public address, as EC2 gives without an Elastic IP
     # The same host keys (they are on the disk): still pinned, no prompt.

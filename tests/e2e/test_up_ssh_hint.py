@@ -39,3 +39,51 @@ def test_the_ssh_timeout_hint_names_ssh_cidr(endpoint, tmp_path):
                  "1", "--accept-new-host-key", "--keep-on-failure", "--yes", env=env, timeout=120)
     assert kept.returncode == 5 and "the instance runs and is kept" in kept.stderr, kept.stderr
     assert tflab("down", "--name", "kept", "--yes", env=env, timeout=120).returncode == 0
+
+
+def test_an_instance_that_stops_while_up_waits_for_ssh_ends_the_wait(endpoint, tmp_path):
+    """An instance that stops before SSH answers (its own shutdown: a broken image, the watchdog; a spot reclaim)
+    ends `up`'s wait with one line that says so, at the next look at the instance, not after --ssh-timeout on an
+    address nothing answers; what `up` made is removed."""
+    import os
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tflab import ports
+
+    env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
+    closed = ports.free_port()
+    up = subprocess.Popen([sys.executable, "-m", "tflab", "up", "--name", "stops", "--ssh-cidr", "203.0.113.7/32",
+                           "--ami-parameter", PARAMETER, "--host-key-timeout", "0", "--ssh-host", "127.0.0.1",
+                           "--ssh-port", str(closed), "--ssh-timeout", "600", "--accept-new-host-key", "--yes"],
+                          env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in up.stderr:  # until `up` waits for SSH (the instance runs)
+            lines.append(line)
+            if "waiting for SSH on" in line:
+                break
+        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint, aws_access_key_id="testing",
+                           aws_secret_access_key="testing")
+        found = ec2.describe_instances(Filters=[{"Name": "tag:tflab:lab", "Values": ["stops"]}])["Reservations"]
+        (instance,) = [i["InstanceId"] for r in found for i in r["Instances"]]
+        ec2.stop_instances(InstanceIds=[instance])
+        lines += up.stderr.readlines()
+        up.wait(120)  # far less than the 600 s of --ssh-timeout
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    stderr = "".join(lines)
+    assert up.returncode == 5 and "Traceback" not in stderr, stderr
+    (error,) = [line for line in stderr.splitlines() if line.startswith("tflab: error: ")]
+    assert f"lab 'stops' ({instance}) is stopped while tflab waited for its SSH" in error, error
+    print(error)  # what a user reads (shown with -s)
+    assert "did not answer SSH" not in error, error
+    hint = next(line for line in stderr.splitlines() if line.startswith("  hint: "))
+    assert f"get-console-output --latest --instance-id {instance}" in hint, hint
+    assert "removing what this `up` of lab 'stops' created" in stderr, stderr
+    assert tflab("status", "--name", "stops", env=env, timeout=120).returncode == 7  # nothing left
