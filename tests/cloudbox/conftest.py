@@ -5,7 +5,6 @@ the environment), and `tflab` run against it as a user types it. The box runs pe
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import subprocess
@@ -87,28 +86,14 @@ def box(tmp_path_factory):
         assert not any(left.values()), f"the box left {left}; its log:\n{log.read_text()[-3000:]}"
 
 
-def away_from_the_lab_ports(home: Path, lab: str) -> None:
-    """The box's labs remember local ports of their own (as after an earlier tunnel: local-ports.json), so that
-    their tunnels here never take the lab's default ports (9000, 8501, 6006, 8000) from the tests that run labs
-    on this machine at the same time (tests/conftest.py's lab-ports group, on the other pytest-xdist worker)."""
-    from tflab.labs import remember_local_ports, remembered_local_ports
-    from tflab.ports import LAB_PORTS, free_port
-    from tflab.state import StateStore
-
-    store = StateStore(home)
-    if not remembered_local_ports(lab, store):
-        remember_local_ports(lab, {name: free_port() for name in LAB_PORTS}, store)
-
-
 @pytest.fixture(scope="module")
 def cli(box, tmp_path_factory):
-    """`tflab ...` against the box, with a state folder of its own for the module (its labs' local ports away
-    from the lab's defaults: away_from_the_lab_ports)."""
+    """`tflab ...` against the box, with a state folder of its own for the module. Its labs' tunnels choose their
+    local ports as a user's do (tflab.ports.choose: the lab's defaults where free and not claimed by the labs
+    that other tests run on this machine at the same time)."""
     home = tmp_path_factory.mktemp("tflab-home")
 
     def run(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-        if args and args[0] in ("run-lab", "tunnel", "open") and "--name" in args:
-            away_from_the_lab_ports(home, args[args.index("--name") + 1])
         return tflab(*args, timeout=timeout, cwd=home, env={**box.env, "TFLAB_HOME": str(home), **(env or {})})
 
     run.home = home

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from tests.cloudbox.box import leftovers
-from tests.cloudbox.conftest import SSH_CIDR, away_from_the_lab_ports, ec2, instances, wait_for
+from tests.cloudbox.conftest import SSH_CIDR, ec2, instances, wait_for
 
 pytestmark = [pytest.mark.cloudbox, pytest.mark.timeout(1800)]
 
@@ -55,7 +55,6 @@ def up_then_run_lab(box, cli, lab: str):
     up = cli("up", "--name", lab, "--yes", "--json", *SSH_CIDR, timeout=600)
     assert up.returncode == 0, up.stderr
     instance = json.loads(up.stdout)["instance_id"]
-    away_from_the_lab_ports(cli.home, lab)
     run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", lab], cwd=cli.home,
                            env={**os.environ, **box.env, "TFLAB_HOME": str(cli.home)}, stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
