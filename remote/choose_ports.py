@@ -37,14 +37,23 @@ def network():
         return ""
 
 
+def proc_stat(pid):
+    """/proc/<pid>/stat read as (its command name, the fields after it: state, ppid, ...); OSError when it cannot
+    be read, ValueError when it is not such a line."""
+    with open(f"/proc/{pid}/stat") as f:
+        head, paren, rest = f.read().rpartition(")")
+    if not paren:
+        raise ValueError(f"/proc/{pid}/stat has no command name")
+    return head.partition("(")[2], rest.split()
+
+
 def started(pid):
     """The start time of pid (/proc's stat field 22), "" when /proc does not say, None when it does not run."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+        return proc_stat(pid)[1][19]
     except FileNotFoundError:
         return None
-    except (OSError, IndexError):
+    except (OSError, ValueError, IndexError):
         try:
             os.kill(pid, 0)
         except PermissionError:
@@ -60,9 +69,8 @@ def session_process():
     pid = os.getpid()
     for _ in range(16):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                head, _, rest = f.read().rpartition(")")
-            comm, parent = head.partition("(")[2], int(rest.split()[1])
+            comm, fields = proc_stat(pid)
+            parent = int(fields[1])
         except (OSError, ValueError, IndexError):
             break
         if comm in ("sshd", "sshd-session"):

@@ -349,7 +349,9 @@ def up(
     wait_timeout: float = typer.Option(900, "--wait-timeout", min=0, help="Seconds to wait for the instance to run."),
     host_key_timeout: float = typer.Option(240, "--host-key-timeout", min=0,
                                            help="Seconds to wait for the SSH host key fingerprints in the console output."),
-    ssh_timeout: float = typer.Option(600, "--ssh-timeout", min=0, help="Seconds to wait for SSH to answer."),
+    ssh_timeout: float = typer.Option(600, "--ssh-timeout", min=0,
+                                      help="Seconds to wait for SSH to answer (an instance that stops meanwhile "
+                                           "ends the wait at once)."),
     accept_new_host_key: AcceptNewHostKey = False,
     keep_on_failure: bool = typer.Option(False, "--keep-on-failure", help="Keep what a failed up created (for debugging)."),
     idle_stop: str = typer.Option("60m", "--idle-stop", help="Stop the lab after this long without activity "
