@@ -4,6 +4,10 @@ behind a proxy or a multi-exit NAT is not yours."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import moto_server as moto_endpoint, tflab
@@ -45,10 +49,6 @@ def test_an_instance_that_stops_while_up_waits_for_ssh_ends_the_wait(endpoint, t
     """An instance that stops before SSH answers (its own shutdown: a broken image, the watchdog; a spot reclaim)
     ends `up`'s wait with one line that says so, at the next look at the instance, not after --ssh-timeout on an
     address nothing answers; what `up` made is removed."""
-    import os
-    import subprocess
-    import sys
-
     import boto3
 
     from tflab import ports
