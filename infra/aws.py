@@ -693,7 +693,7 @@ class AwsProvider(Provider):
     def wait_running(self, instance_id: str, timeout: float, progress: Progress, public: bool = True) -> Instance:
         def check():
             inst = self._describe_instance(instance_id)
-            if inst.state in ("shutting-down", "terminated", "stopped"):
+            if not inst.coming_up:
                 raise CloudError(f"instance {instance_id} is {inst.state} instead of running",
                                  code="InstanceStopped",
                                  hint="spot capacity may have been reclaimed; `tflab down`, then try again")

@@ -94,6 +94,12 @@ class Instance:
     state_reason: str | None = None  # why it is in its state (e.g. "Client.InstanceInitiatedShutdown: ...")
     node: int | None = None  # its index in a lab of several instances (the tflab:node tag)
 
+    @property
+    def coming_up(self) -> bool:
+        """Pending or running; else it is stopping, stopped, shutting down or terminated, and comes up only if
+        started again ("Amazon EC2 instance state changes", EC2 User Guide)."""
+        return self.state in ("pending", "running")
+
 
 @dataclass(frozen=True)
 class Leftovers:

@@ -4,7 +4,7 @@
 #
 #   bootstrap.sh WORKDIR [PYTHON]
 #
-# PYTHON: an interpreter that already has everything (it is checked, nothing is installed), else a
+# PYTHON: an interpreter that already has everything (each module is looked for, nothing is installed), else a
 # virtual environment is made at WORKDIR/venv (the GPU build of TensorFlow where nvidia-smi works).
 # Serving, in order: the tensorflow/serving GPU image (Docker and an NVIDIA GPU, as on the Deep
 # Learning Base AMI), tensorflow_model_server on PATH or from an apt repository already configured,
@@ -87,11 +87,17 @@ else
 fi
 
 # ---- Python
-check_python() {
-  "$1" -c "import tensorflow, tensorboard, grpc, tensorflow_serving.apis, jupyterlab, matplotlib" >/dev/null 2>&1
+MODULES="tensorflow tensorboard grpc tensorflow_serving.apis jupyterlab matplotlib"
+check_python() {  # the venv tflab installs: each module imports (an interrupted install is done again)
+  "$1" -c "import ${MODULES// /, }" >/dev/null 2>&1
+}
+has_modules() {  # the user's interpreter: each module is installed (found, not imported: TensorFlow's import
+  # alone takes seconds, and the lab's steps import it first thing, saying why when it fails)
+  "$1" -c 'import importlib.util, sys
+sys.exit(any(importlib.util.find_spec(name) is None for name in sys.argv[1:]))' $MODULES >/dev/null 2>&1
 }
 if [ -n "$WANT_PYTHON" ]; then
-  if ! check_python "$WANT_PYTHON"; then
+  if ! has_modules "$WANT_PYTHON"; then
     say "error: $WANT_PYTHON lacks one of: tensorflow tensorboard grpcio tensorflow-serving-api jupyterlab matplotlib"
     exit 3
   fi

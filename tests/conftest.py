@@ -42,20 +42,56 @@ def no_placement_groups_yet():
 CLOUDBOX = REPO / "tests" / "cloudbox"
 
 
-def xdist_group(path: Path) -> str:
+# Module-scoped fixtures made in well under a second (a loopback sshd, a tripwire endpoint): a test that shares
+# nothing else with its module may run on either worker, which then makes its own.
+CHEAP_TO_REPEAT = frozenset({"sshd", "aws"})
+
+
+def shares_a_fixture(item) -> bool:
+    """Whether the test uses a fixture made once for its module or class that is costly to make twice (a lab run,
+    a model server, a browser): then it runs on the worker that made it."""
+    defs = getattr(item, "_fixtureinfo", None)
+    for name in defs.names_closure if defs else ():
+        for fixturedef in defs.name2fixturedefs.get(name, ()):
+            if fixturedef.scope in ("module", "class", "package") and name not in CHEAP_TO_REPEAT:
+                return True
+    return False
+
+
+def xdist_group(item) -> str | None:
     """Which tests run on one pytest-xdist worker, one after another (scripts/test.sh, `--dist loadgroup`): the
-    EC2-in-a-box tests (one box: its bridge, netns names and state folder), and otherwise each module's tests (its
-    fixtures are then made once). Labs on this machine run at once on several workers: each claims the ports it
-    chooses until its services bind them (remote/choose_ports.py), as two users' labs on one host do."""
+    EC2-in-a-box tests (one box: its bridge, netns names and state folder), and a module's tests that share a
+    costly fixture (made once). Every other test goes to whichever worker is free. Labs on this machine run at
+    once on several workers: each claims the ports it chooses until its services bind them
+    (remote/choose_ports.py), as two users' labs on one host do."""
+    path = Path(str(item.fspath))
     if path.is_relative_to(CLOUDBOX):
         return "cloudbox"
-    return str(path.relative_to(REPO))
+    return str(path.relative_to(REPO)) if shares_a_fixture(item) else None
+
+
+def first_the_longest(items) -> list:
+    """The box, then the modules that run TensorFlow pipelines (marked slow), then the rest: the workers take
+    groups in this order, so the long ones start first and the short ones fill in at the end (a module's tests
+    stay together, in their order)."""
+    def rank(item) -> int:
+        if Path(str(item.fspath)).is_relative_to(CLOUDBOX):
+            return 0
+        return 1 if any(i.get_closest_marker("slow") for i in by_module[item.fspath]) else 2
+
+    by_module: dict = {}
+    for item in items:
+        by_module.setdefault(item.fspath, []).append(item)
+    return sorted(items, key=rank)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which puts the mark's group into the test's id
 def pytest_collection_modifyitems(items):
+    items[:] = first_the_longest(items)
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(Path(str(item.fspath)))))
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_configure(config):

@@ -689,12 +689,11 @@ def _still_up(provider: Provider, name: str, instance_id: str) -> Callable[[], N
             inst = next((i for i in provider.find_instances(name, live_only=False) if i.id == instance_id), None)
         except (InfraError, OSError):
             return
-        if inst is not None and inst.state not in ("pending", "running"):
-            reason = inst.state_reason or ""
-            why = "it shut itself down" if "InstanceInitiatedShutdown" in reason else reason
+        if inst is not None and not inst.coming_up:
+            why = stop_reason(inst)
             raise InstanceStopped(
                 f"lab '{name}' ({instance_id}) is {inst.state} while tflab waited for its SSH"
-                + (f" ({why})" if why else ""),
+                + (f": {why}" if why else ""),
                 hint=f"its console output says why: `aws ec2 get-console-output --latest --instance-id {instance_id}` "
                      "(a failed `up` removes what it made; `tflab up --keep-on-failure` keeps it to look at)")
     return alive
@@ -775,16 +774,22 @@ def costs(provider: Provider, instances: list, lab: str) -> dict:
             "notes": notes}
 
 
-def stopped_why(inst) -> str | None:
-    """Why a stopped instance stopped, in words (the watchdog's own shutdown says so)."""
-    if inst.state not in ("stopped", "stopping", "terminated", "shutting-down"):
-        return None
+def stop_reason(inst) -> str:
+    """Why an instance that is not coming up stopped, in words (EC2's state reason when tflab has none)."""
     reason = inst.state_reason or ""
     if "InstanceInitiatedShutdown" in reason:
-        return "it shut itself down (the idle watchdog, or a shutdown on the host); `tflab up` starts it again"
+        return "it shut itself down (the idle watchdog, or a shutdown on the host)"
     if "UserInitiated" in reason or "User initiated" in reason:
-        return "stopped from outside (the console or the API); `tflab up` starts it again"
-    return reason or None
+        return "stopped from outside (the console or the API)"
+    return reason
+
+
+def stopped_why(inst) -> str | None:
+    """Why a stopped instance stopped and what starts it again (`status`); None while it is coming up."""
+    if inst.coming_up:
+        return None
+    why = stop_reason(inst)
+    return f"{why}; `tflab up` starts it again" if why and why != inst.state_reason else why or None
 
 
 def watchdog_view(store: StateStore, name: str, state: LabState) -> dict:

@@ -398,6 +398,24 @@ class Connection:
             raise UnreachableError(f"{self.target.display} did not answer over SFTP within {self.sftp_timeout:g} s "
                                    f"(waiting {what})", hint=_SLOW_HINT) from exc
 
+    def forwarding_refused(self, port: int, timeout: float | None = None) -> str | None:
+        """Why the host's sshd forwards nothing to 127.0.0.1:port, when it refuses a direct-tcpip channel there as
+        "administratively prohibited" (RFC 4254 section 7.2: AllowTcpForwarding no, or a PermitOpen that leaves
+        the port out), whatever listens at it; else None (a failed connect or an answer is a yes)."""
+        import paramiko
+
+        timeout = self.answer_timeout if timeout is None else max(0.1, timeout)
+        try:
+            channel = self.transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
+                                                  timeout=timeout)
+        except paramiko.ChannelException as exc:
+            prohibited = exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return (exc.text or "administratively prohibited") if prohibited else None
+        except (paramiko.SSHException, EOFError, OSError):
+            return None  # not this look's to say: the next command on the connection says what is wrong
+        channel.close()
+        return None
+
     def open_channel(self, what: str, timeout: float | None = None):
         """A new session channel, opened within timeout (answer_timeout by default); UnreachableError naming
         the host and what the channel was for when it is not, or when the host refuses it."""

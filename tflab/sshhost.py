@@ -21,8 +21,9 @@ from pathlib import Path
 
 from tflab.host import PORT_NAMES, CommandResult, Host, Service
 from tflab.paths import remote_dir, remote_script
+from tflab.ports import LAB_PORTS
 from tflab.ssh import Connection, wait_for_ssh
-from tflab.tunnels import Forward, Tunnels
+from tflab.tunnels import Forward, Tunnels, no_forwarding
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class SshHost(Host):
         if self.connection.host_key_note:
             console.note(f"host key of {target.display} {self.connection.host_key_note}")
         self.marks["connect"] = time.monotonic()
+        refused = self.connection.forwarding_refused(LAB_PORTS["serving"][0])
+        if refused:  # said now, not after the bootstrap and the training, when the tunnels are first used
+            raise no_forwarding(target.display, refused)
         self._workdir = self.connection.absolute(self._workdir)
 
     def _settle(self, console) -> None:

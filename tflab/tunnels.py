@@ -290,6 +290,14 @@ class _OpenSsh:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
+def no_forwarding(display: str, why: str) -> UnreachableError:
+    """The error of a host whose sshd forwards nothing: the lab's services can never be reached from here."""
+    return UnreachableError(f"the SSH server of {display} does not allow TCP forwarding ({why}), so the tunnels "
+                            "cannot reach the lab's services",
+                            hint="set `AllowTcpForwarding yes` (or `local`) in its sshd_config, "
+                                 "or run the lab there with `tflab run-lab --local`")
+
+
 class Tunnels:
     """Named forwards to the Connection's host: start() binds them, stop() releases them (idempotent).
 
@@ -342,10 +350,7 @@ class Tunnels:
         or the host's sshd refuses to forward."""
         display = self.connection.target.display
         if self.prohibited:
-            raise UnreachableError(f"the SSH server of {display} does not allow TCP forwarding ({self.prohibited}), "
-                                   "so the tunnels cannot reach the lab's services",
-                                   hint="set `AllowTcpForwarding yes` (or `local`) in its sshd_config, "
-                                        "or run the lab there with `tflab run-lab --local`")
+            raise no_forwarding(display, self.prohibited)
         if self.client is not None and not self.alive:
             raise UnreachableError(f"the SSH tunnels to {display} closed",
                                    hint="check that the host runs (`tflab status`), then run the command again")

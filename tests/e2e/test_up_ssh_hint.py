@@ -81,6 +81,7 @@ def test_an_instance_that_stops_while_up_waits_for_ssh_ends_the_wait(endpoint, t
     assert up.returncode == 5 and "Traceback" not in stderr, stderr
     (error,) = [line for line in stderr.splitlines() if line.startswith("tflab: error: ")]
     assert f"lab 'stops' ({instance}) is stopped while tflab waited for its SSH" in error, error
+    assert error.endswith(": stopped from outside (the console or the API)"), error  # EC2's reason, in words
     print(error)  # what a user reads (shown with -s)
     assert "did not answer SSH" not in error, error
     hint = next(line for line in stderr.splitlines() if line.startswith("  hint: "))

@@ -231,9 +231,11 @@ def test_a_host_whose_sshd_does_not_forward_fails_at_once_and_says_why(tmp_path)
         proc = tflab("run-lab", *host_args(hardened, tmp_path), "--accept-new-host-key", "--python", sys.executable,
                      "--workdir", str(workdir), "--out", str(tmp_path / "out"), "--steps", "5", timeout=600)
         assert proc.returncode == 5, proc.stderr[-3000:]
-        # Said as soon as a forwarded connection was refused, not after the serving wait's limit.
+        # Said once connected, before anything is pushed or installed there (not after the bootstrap and the
+        # training, when the tunnels are first used, nor after the serving wait's limit).
         assert "does not allow TCP forwarding" in proc.stderr and "AllowTcpForwarding yes" in proc.stderr
-        assert "within 120 s" not in proc.stderr
+        assert "pushing remote/" not in proc.stderr and "bootstrap" not in proc.stderr, proc.stderr
+        assert "within 120 s" not in proc.stderr and not workdir.exists()
     finally:
         target = SshTarget("127.0.0.1", hardened.user, hardened.port, str(hardened.user_key), str(tmp_path / "known_hosts"))
         with Connection(target) as conn:
