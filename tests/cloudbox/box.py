@@ -140,6 +140,9 @@ class Container:
            f"lowerdir={self.box.image},upperdir={self.upper},workdir={self.work}", str(self.merged))
 
     def unmount(self) -> None:
+        # A killed container's own processes end a moment after nspawn (their init gets the parent-death
+        # signal): until then the overlay is busy and they write into the layer.
+        _wait_until_empty(self.home)
         if os.path.ismount(self.merged):
             if sh("umount", str(self.merged), check=False).returncode != 0:
                 sh("umount", "-l", str(self.merged), check=False)
@@ -253,7 +256,7 @@ class Container:
 
     def remove(self) -> None:
         self.power_off()
-        shutil.rmtree(self.home, ignore_errors=True)
+        _remove_tree(self.home)
 
     def console_text(self) -> bytes:
         try:
@@ -448,7 +451,7 @@ class Box:
         uninstall_hooks()
         if Path("/sys/class/net", BRIDGE).exists():
             sh("ip", "link", "del", BRIDGE, check=False)
-        shutil.rmtree(self.home, ignore_errors=True)
+        _remove_tree(self.home)
 
 
 def _box_alive(home: Path) -> bool:
@@ -457,6 +460,23 @@ def _box_alive(home: Path) -> bool:
         return pid.isdigit() and b"tests.cloudbox" in Path("/proc", pid, "cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _wait_until_empty(home: Path, seconds: float = 30.0) -> None:
+    """Wait, bounded, until no process has its root in home (a container's, still ending): until then they
+    write into its layers, and a removal would leave files behind."""
+    deadline = time.monotonic() + seconds
+    while _processes_inside(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _remove_tree(home: Path) -> None:
+    """Remove home, retried a few times (a file a last process wrote after the first pass)."""
+    for _ in range(10):
+        shutil.rmtree(home, ignore_errors=True)
+        if not home.exists():
+            return
+        time.sleep(0.5)
 
 
 def _processes_inside(home: Path) -> list[int]:
@@ -487,11 +507,7 @@ def sweep_dead_boxes() -> list[str]:
             if argv.startswith(b"systemd-nspawn") and str(home).encode() in argv:
                 with contextlib.suppress(OSError):
                     os.kill(int(proc.name), signal.SIGKILL)
-        # The containers' own processes end with them, a moment later (their init gets the parent-death
-        # signal): until then they write into their layers, and a removal would leave files behind.
-        deadline = time.monotonic() + 30
-        while _processes_inside(home) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_until_empty(home)  # the containers' own processes end a moment after them
         for layer in (p for p in home.iterdir() if p.is_dir()):
             merged = layer / "merged"
             if os.path.ismount(merged):
@@ -499,11 +515,7 @@ def sweep_dead_boxes() -> list[str]:
             sh("ip", "link", "del", VETH_PREFIX + layer.name.removeprefix("i-")[-11:], check=False)
             if Path("/run/netns", NETNS_PREFIX + layer.name).exists():
                 sh("ip", "netns", "del", NETNS_PREFIX + layer.name, check=False)
-        for _ in range(10):
-            shutil.rmtree(home, ignore_errors=True)
-            if not home.exists():
-                break
-            time.sleep(0.5)
+        _remove_tree(home)
         removed.append(str(home))
     if not alive and Path("/sys/class/net", BRIDGE).exists():
         sh("ip", "link", "del", BRIDGE, check=False)
