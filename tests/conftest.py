@@ -42,9 +42,12 @@ def no_placement_groups_yet():
 CLOUDBOX = REPO / "tests" / "cloudbox"
 
 
-# Module-scoped fixtures made in well under a second (a loopback sshd, a tripwire endpoint): a test that shares
-# nothing else with its module may run on either worker, which then makes its own.
-CHEAP_TO_REPEAT = frozenset({"sshd", "aws"})
+def cheap_to_repeat(fixture_function):
+    """Marks a module-scoped fixture made in well under a second (a loopback sshd, a tripwire endpoint), put
+    under its @pytest.fixture: a test that shares nothing else with its module may run on either worker, which
+    then makes its own."""
+    fixture_function.cheap_to_repeat = True
+    return fixture_function
 
 
 def shares_a_fixture(item) -> bool:
@@ -53,7 +56,8 @@ def shares_a_fixture(item) -> bool:
     defs = getattr(item, "_fixtureinfo", None)
     for name in defs.names_closure if defs else ():
         for fixturedef in defs.name2fixturedefs.get(name, ()):
-            if fixturedef.scope in ("module", "class", "package") and name not in CHEAP_TO_REPEAT:
+            if fixturedef.scope in ("module", "class", "package") and not getattr(fixturedef.func,
+                                                                                  "cheap_to_repeat", False):
                 return True
     return False
 
@@ -74,15 +78,11 @@ def first_the_longest(items) -> list:
     """The box, then the modules that run TensorFlow pipelines (marked slow), then the rest: the workers take
     groups in this order, so the long ones start first and the short ones fill in at the end (a module's tests
     stay together, in their order)."""
-    def rank(item) -> int:
-        if Path(str(item.fspath)).is_relative_to(CLOUDBOX):
-            return 0
-        return 1 if any(i.get_closest_marker("slow") for i in by_module[item.fspath]) else 2
-
-    by_module: dict = {}
+    ranks: dict = {}  # module -> its rank, the lowest of its tests'
     for item in items:
-        by_module.setdefault(item.fspath, []).append(item)
-    return sorted(items, key=rank)
+        rank = 0 if Path(str(item.fspath)).is_relative_to(CLOUDBOX) else 1 if item.get_closest_marker("slow") else 2
+        ranks[item.fspath] = min(rank, ranks.get(item.fspath, rank))
+    return sorted(items, key=lambda item: ranks[item.fspath])
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which puts the mark's group into the test's id

@@ -137,7 +137,8 @@ def run_lab(
                          epochs=epochs)
     with open_run(options, console, local=local, name=name, host=host, identity=identity, known_hosts=known_hosts,
                   accept_new=accept_new_host_key, python=python, workdir=workdir, ssh_timeout=ssh_timeout,
-                  out=out, hosts=nodes, host_name=host_name) as run:
+                  out=out, hosts=nodes, host_name=host_name,
+                  provider_of=lambda state: _provider(None, None, state)) as run:
         report = run.execute()
         console.result(report.to_json(), render(report))
         if not run.host.keeps_services:  # this machine: the services end with the command

@@ -673,10 +673,10 @@ def wait_ssh(store: StateStore, state: LabState, console: Console, timeout: floa
     return True
 
 
-def _still_up(provider: Provider, name: str, instance_id: str) -> Callable[[], None]:
-    """alive() for a wait on the instance: every INSTANCE_LOOK_EVERY s, InstanceStopped once it is neither pending
-    nor running. A look-up that fails is no reason to stop waiting."""
-    from infra.errors import InfraError
+def _still_up(provider: Provider, name: str, instance_id: str, hint: str | None = None) -> Callable[[], None]:
+    """alive() for a wait on the instance's SSH: every INSTANCE_LOOK_EVERY s, InstanceStopped once it is neither
+    pending nor running (with hint [default: where its console says why]). A look-up that fails is no reason to
+    stop waiting."""
     from tflab.errors import InstanceStopped
 
     next_look = [time.monotonic() + INSTANCE_LOOK_EVERY]
@@ -685,18 +685,69 @@ def _still_up(provider: Provider, name: str, instance_id: str) -> Callable[[], N
         if time.monotonic() < next_look[0]:
             return
         next_look[0] = time.monotonic() + INSTANCE_LOOK_EVERY
-        try:
-            inst = next((i for i in provider.find_instances(name, live_only=False) if i.id == instance_id), None)
-        except (InfraError, OSError):
-            return
-        if inst is not None and not inst.coming_up:
-            why = stop_reason(inst)
+        inst = _stopped_one(provider, name, [instance_id])
+        if inst is not None:
             raise InstanceStopped(
-                f"lab '{name}' ({instance_id}) is {inst.state} while tflab waited for its SSH"
-                + (f": {why}" if why else ""),
-                hint=f"its console output says why: `aws ec2 get-console-output --latest --instance-id {instance_id}` "
-                     "(a failed `up` removes what it made; `tflab up --keep-on-failure` keeps it to look at)")
+                f"lab '{name}' ({instance_id}) is {inst.state} while tflab waited for its SSH{_because(inst)}",
+                hint=hint or f"its console output says why: `aws ec2 get-console-output --latest --instance-id "
+                             f"{instance_id}` (a failed `up` removes what it made; `tflab up --keep-on-failure` "
+                             "keeps it to look at)")
     return alive
+
+
+def _stopped_one(provider: Provider, name: str, instance_ids: list[str]):
+    """The first of the lab's instance_ids that is neither pending nor running (one look for them all); None
+    while they come up or run, or when they cannot be found (EC2's listing lags a launch) or looked at."""
+    from infra.errors import InfraError
+
+    try:
+        found = {i.id: i for i in provider.find_instances(name, live_only=False)}
+    except (InfraError, OSError) as exc:
+        log.info("could not look at lab %s's instances: %s", name, exc)
+        return None
+    return next((found[i] for i in instance_ids if i in found and not found[i].coming_up), None)
+
+
+def _because(inst) -> str:
+    why = stop_reason(inst)
+    return f": {why}" if why else ""
+
+
+EXPLAIN_LOOKS, EXPLAIN_LOOK_EVERY = 3, 4.0  # an instance powering off still says "running" for a few seconds
+
+
+def run_watch(provider: Provider, name: str, state: LabState) -> tuple[Callable[[int], Callable[[], None]],
+                                                                        Callable[[TflabError], TflabError | None]]:
+    """What run-lab learns from a lab's instances (made by `up`) besides SSH. At once: InstanceStopped when one
+    does not run (its services cannot run, and its SSH would be waited for in vain). Then alive_of(node), for
+    that node's SSH wait: the same once it stops meanwhile. And explain(error): an UnreachableError raised later
+    (SSH dropped), as the same error ending with the instance's state when it no longer runs (the watchdog
+    powered it off, it was stopped from outside, a spot reclaim), else None. A look-up that fails is no reason
+    to refuse: SSH answers or not."""
+    from tflab.errors import InstanceStopped, UnreachableError
+
+    ids = [state.node(i)["instance_id"] for i in range(max(1, len(state.nodes)))]
+    again = f"`tflab up --name {name}` starts it again (its disk keeps the model, the notebooks and the logs)"
+    inst = _stopped_one(provider, name, ids)
+    if inst is not None:
+        raise InstanceStopped(f"lab '{name}' ({inst.id}) is {inst.state}{_because(inst)}: its services cannot run",
+                              hint=f"{again}, then `tflab run-lab --name {name}`")
+
+    def alive_of(node: int) -> Callable[[], None]:
+        return _still_up(provider, name, ids[node], again)
+
+    def explain(error: TflabError) -> TflabError | None:
+        if not isinstance(error, UnreachableError) or isinstance(error, InstanceStopped):  # said already
+            return None
+        for look in range(EXPLAIN_LOOKS):
+            if look:
+                time.sleep(EXPLAIN_LOOK_EVERY)
+            inst = _stopped_one(provider, name, ids)
+            if inst is not None:
+                return InstanceStopped(f"{error.message}: its instance {inst.id} is {inst.state} now{_because(inst)}",
+                                       hint=again)
+        return None
+    return alive_of, explain
 
 
 def describe(state: LabState | None, instances: list, name: str, region: str | None = None) -> dict:

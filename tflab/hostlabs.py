@@ -108,15 +108,8 @@ def running_services(connection, workdir: str) -> dict[str, bool]:
 
 def answers(connection, port: int, timeout: float = 5.0) -> bool:
     """Whether something accepts a connection on 127.0.0.1:port on the host, reached through the SSH session
-    as a tunnel reaches it (a direct-tcpip channel, closed at once)."""
-    try:
-        channel = connection.transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
-                                                    timeout=timeout)
-    except Exception as exc:  # paramiko.ChannelException (nothing listens), SSHException
-        log.info("port %d on the host does not answer: %s", port, exc)
-        return False
-    channel.close()
-    return True
+    as a tunnel reaches it (Connection.probe)."""
+    return connection.probe(port, timeout)[0]
 
 
 def down(name: str, store: StateStore, console, *, confirm) -> dict:

@@ -15,6 +15,7 @@ host's are kept: the user asked for them), and the connection and tunnels always
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,11 +25,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tflab.autostop import activity_env
 from tflab.console import Console
-from tflab.errors import LabStepError
+from tflab.errors import LabStepError, TflabError
 from tflab.host import Host, Service
 from tflab.ports import LAB_PORTS
 from tflab.report import (HostInfo, JupyterInfo, Prediction, Report, ServerInfo, TensorBoardInfo,
@@ -131,7 +132,7 @@ class LabRun:
     def __init__(self, host: Host, options: LabOptions, console: Console, out: Path,
                  on_prepared: Callable[[Host], None] = lambda host: None, others: list[Host] | tuple = (),
                  local_ports: dict[str, int] | None = None, on_forwarded: Callable[[dict], None] = lambda ports: None,
-                 reopen: str | None = None):
+                 reopen: str | None = None, explain: Callable[[TflabError], TflabError | None] = lambda error: None):
         self.host = host  # the chief: it runs the steps, trains as worker 0 and serves
         self.others = list(others)  # the other nodes of a run across machines: each trains as one worker
         self.options = options
@@ -141,6 +142,7 @@ class LabRun:
         self.local_ports = dict(local_ports or LOCAL_PORTS)  # wanted here: the ones the lab last used, else its own
         self.on_forwarded = on_forwarded  # e.g. remember the local ports the tunnels got (stable URLs)
         self.reopen = reopen  # the command that opens the tunnels again once the run's close (None: no tunnels)
+        self.explain = explain  # a better error for a host's, from what its owner knows (e.g. its instance stopped)
         self.services: list[Service] = []
         self.report: Report | None = None
 
@@ -220,7 +222,21 @@ class LabRun:
 
     def execute(self) -> Report:
         """Run every step; serve, predict, check TensorBoard and Jupyter from here; return the report.
-        Raises LabStepError, UnreachableError, and the host's errors."""
+        Raises LabStepError, UnreachableError, and the host's errors (each as explain() says it, if it does)."""
+        with self._explained():
+            return self._execute()
+
+    @contextlib.contextmanager
+    def _explained(self) -> Iterator[None]:
+        try:
+            yield
+        except TflabError as exc:
+            better = self.explain(exc)
+            if better is None:
+                raise
+            raise better from exc
+
+    def _execute(self) -> Report:
         host, console = self.host, self.console
         started = time.monotonic()
         self._prepare()
@@ -271,6 +287,10 @@ class LabRun:
 
         Returns {"workdir", "model", "version", "ports", "services": {name: "started" | "kept running"}}.
         Raises NotFoundError when no version was exported there."""
+        with self._explained():
+            return self._resume()
+
+    def _resume(self) -> dict:
         from tflab.errors import NotFoundError
 
         host, console, name = self.host, self.console, self.options.model_name

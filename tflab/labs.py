@@ -18,8 +18,9 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from tflab.errors import TflabError
 from tflab.ports import LAB_PORTS
 from tflab.state import NAME, StateStore
 
@@ -228,14 +229,16 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
              host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
              accept_new: bool = False, python: str | None = None, workdir: str = "~/tflab",
              ssh_timeout: float | None = None, out: Path | None = None, hosts: list[str] | None = None,
-             host_name: str | None = None) -> LabRun:
+             host_name: str | None = None, provider_of: Callable | None = None) -> LabRun:
     """The run of the pipeline (a tflab.lab.LabRun) on this machine (local), on any SSH machine (host), on
     several (hosts: the first is the chief, and each trains as one worker), or on the lab `name` made by `up`.
     A --host lab is remembered under host_name [default: the name derived from its address].
 
     Results go to out [default: ./tflab-results/<local | lab | host-port>]. A lab made by `up` may
-    still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout.
-    Raises NotFoundError (no such lab), InputError (a bad --host, key or folder).
+    still be booting: its SSH is waited for up to 600 s; a --host is tried once unless ssh_timeout. With
+    provider_of(state) (its Provider), a lab made by `up` whose instance does not run is refused at once, and
+    one that stops during the run ends it with an error that says so (tflab.cloud.run_watch).
+    Raises NotFoundError (no such lab), InputError (a bad --host, key or folder), InstanceStopped.
     """
     from tflab.host import Host, LocalHost
     from tflab.lab import LabRun, across
@@ -266,11 +269,21 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         ssh_timeout = 600.0 if host is None else 0.0
     state = store.load(name) if host is None else None
     lab_nodes = state.nodes if state is not None else []  # a lab of several instances: private addresses
+    alive_of, explain = (lambda node: None), (lambda error: None)
+    if state is not None and provider_of is not None:
+        from tflab.cloud import run_watch
+
+        try:  # SSH is what run-lab needs: a profile gone since `up` only takes away what the instance's state adds
+            provider = provider_of(state)
+        except TflabError as exc:
+            log.info("the lab's instances are not looked at: %s", exc)
+        else:
+            alive_of, explain = run_watch(provider, name, state)
     # A --host machine is not ours to power off: its watchdog stops the lab's services. A lab made by
     # `up` has its own, started at boot, that powers the instance off.
     ssh_host = SshHost(Connection(target), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
                        watchdog="stop-services" if host is not None else None, booted=host is None,
-                       peer=lab_nodes[0].get("private_ip") if lab_nodes else None)
+                       peer=lab_nodes[0].get("private_ip") if lab_nodes else None, alive=alive_of(0))
 
     def remember_workdir(prepared: Host) -> None:
         """`down` stops the services it finds there; the lab's watchdog (in ~/tflab, from the boot
@@ -293,7 +306,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
         node = lab_target(name=name, identity=identity, known_hosts=known_hosts, accept_new=accept_new, store=store,
                           node=entry["index"])
         others.append(SshHost(Connection(node), workdir=workdir, python=python, ssh_timeout=ssh_timeout,
-                              peer=entry.get("private_ip"), booted=True))
+                              peer=entry.get("private_ip"), booted=True, alive=alive_of(entry["index"])))
     if others:
         options = across(options, len(others) + 1)
     key = host_name or lab_key(name, host, target)
@@ -301,7 +314,7 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
                   (lambda prepared: remember_host_lab(key, target, prepared.workdir, store)), others=others,
                   local_ports=wanted_local_ports(key, store),
                   on_forwarded=lambda local: remember_local_ports(key, local, store),
-                  reopen=tunnel_command(key, None))  # a --host lab is remembered under key
+                  reopen=tunnel_command(key, None), explain=explain)  # a --host lab is remembered under key
 
 
 def resume_run(name: str, console: Console, workdir: str) -> LabRun:

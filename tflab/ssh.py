@@ -398,23 +398,29 @@ class Connection:
             raise UnreachableError(f"{self.target.display} did not answer over SFTP within {self.sftp_timeout:g} s "
                                    f"(waiting {what})", hint=_SLOW_HINT) from exc
 
-    def forwarding_refused(self, port: int, timeout: float | None = None) -> str | None:
-        """Why the host's sshd forwards nothing to 127.0.0.1:port, when it refuses a direct-tcpip channel there as
-        "administratively prohibited" (RFC 4254 section 7.2: AllowTcpForwarding no, or a PermitOpen that leaves
-        the port out), whatever listens at it; else None (a failed connect or an answer is a yes)."""
+    def probe(self, port: int, timeout: float | None = None) -> tuple[bool, str | None]:
+        """Open a direct-tcpip channel to 127.0.0.1:port on the host, as a tunnel does, and close it at once:
+        (whether something accepted it, the sshd's refusal text when it refused it as "administratively
+        prohibited": RFC 4254 section 7.2, AllowTcpForwarding no, or a PermitOpen that leaves the port out)."""
         import paramiko
 
         timeout = self.answer_timeout if timeout is None else max(0.1, timeout)
         try:
             channel = self.transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
                                                   timeout=timeout)
-        except paramiko.ChannelException as exc:
+        except paramiko.ChannelException as exc:  # nothing listens there, or the sshd forwards nothing
+            log.info("port %d on %s does not answer: %s", port, self.target.display, exc)
             prohibited = exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-            return (exc.text or "administratively prohibited") if prohibited else None
-        except (paramiko.SSHException, EOFError, OSError):
-            return None  # not this look's to say: the next command on the connection says what is wrong
+            return False, (exc.text or "administratively prohibited") if prohibited else None
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # the next command on the connection says why
+            log.info("port %d on %s was not probed: %s", port, self.target.display, exc)
+            return False, None
         channel.close()
-        return None
+        return True, None
+
+    def forwarding_refused(self, port: int, timeout: float | None = None) -> str | None:
+        """Why the host's sshd forwards nothing to 127.0.0.1:port (probe), whatever listens at it; else None."""
+        return self.probe(port, timeout)[1]
 
     def open_channel(self, what: str, timeout: float | None = None):
         """A new session channel, opened within timeout (answer_timeout by default); UnreachableError naming

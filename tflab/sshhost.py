@@ -18,6 +18,7 @@ import secrets
 import shlex
 import time
 from pathlib import Path
+from typing import Callable
 
 from tflab.host import PORT_NAMES, CommandResult, Host, Service
 from tflab.paths import remote_dir, remote_script
@@ -53,8 +54,9 @@ class SshHost(Host):
 
     def __init__(self, connection: Connection, *, workdir: str = "~/tflab", python: str | None = None,
                  ssh_timeout: float = 600.0, bootstrap_timeout: float = 3600.0, watchdog: str | None = None,
-                 peer: str | None = None, booted: bool = False):
+                 peer: str | None = None, booted: bool = False, alive: Callable[[], None] | None = None):
         self.connection = connection
+        self._alive = alive  # raises while SSH is waited for, once waiting is vain (a lab's instance stopped)
         self._booted = booted  # a lab made by `up`: its user data starts the bootstrap at boot, in ~/tflab
         self._peer = peer  # the address the run's other hosts reach it at (a lab node's private address)
         self.watchdog = watchdog  # run-lab starts the idle watchdog with this action (remote/watchdog.py)
@@ -129,7 +131,7 @@ class SshHost(Host):
     def _connect(self, console) -> None:
         target = self.connection.target
         with console.waiting(f"connecting to {target.display}") as update:
-            self.connection = wait_for_ssh(target, timeout=self.ssh_timeout, progress=update)
+            self.connection = wait_for_ssh(target, timeout=self.ssh_timeout, progress=update, alive=self._alive)
         if self.connection.host_key_note:
             console.note(f"host key of {target.display} {self.connection.host_key_note}")
         self.marks["connect"] = time.monotonic()

@@ -83,6 +83,8 @@ def test_an_instance_killed_under_run_lab_ends_it_with_one_clear_error(box, cli)
     assert run.returncode == 5, stderr[-3000:]  # the host stopped answering
     (error,) = error_lines(stderr)
     assert "doomed" in error or "198.51.100." in error, stderr[-3000:]
+    assert f"its instance {instance} is stopped now" in error, stderr[-3000:]  # EC2's state, looked at on the drop
+    assert "hint: `tflab up --name doomed` starts it again" in stderr, stderr[-3000:]
     down = cli("down", "--name", "doomed", "--yes", timeout=600)
     assert down.returncode == 0, down.stderr
     assert leftovers([instance]) == {"containers": [], "netns": [], "links": [], "mounts": [], "layers": []}

@@ -33,6 +33,26 @@ def test_open_says_how_to_start_a_stopped_lab_and_never_starts_it(cli):
     assert cli("down", "--name", "back1", "--yes").returncode == 0
 
 
+def test_run_lab_on_a_stopped_lab_says_so_at_once_and_never_starts_it(cli):
+    """run-lab on a lab made by `up` whose instance is stopped (its watchdog powered it off, or the console):
+    one look at the instance says so, instead of 600 s waiting for an SSH that cannot answer."""
+    up = cli(*UP, "--name", "back2", "--yes", "--json")
+    assert up.returncode == 0, up.stderr
+    instance = json.loads(up.stdout)["instance_id"]
+    cli.ec2.stop_instances(InstanceIds=[instance])
+    run = cli("run-lab", "--name", "back2")  # bounded at 120 s; its SSH wait would be 600 s
+    assert run.returncode == 5, run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("tflab: error:")]
+    assert error.startswith(f"tflab: error: lab 'back2' ({instance}) is stopp")  # stopping or stopped, as EC2 says
+    assert error.endswith("stopped from outside (the console or the API): its services cannot run"), error
+    assert "hint: `tflab up --name back2` starts it again" in run.stderr
+    assert "then `tflab run-lab --name back2`" in run.stderr
+    assert "waiting for SSH" not in run.stderr and "connecting to" not in run.stderr  # SSH was not tried
+    state = cli.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("stopping", "stopped")  # run-lab did not start it
+    assert cli("down", "--name", "back2", "--yes").returncode == 0
+
+
 def test_list_shows_both_kinds_of_lab(cli):
     up = cli(*UP, "--name", "cloud1", "--yes", "--json")
     assert up.returncode == 0, up.stderr

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import cheap_to_repeat, wait_until
 from tests.sshd import SSHD, Sshd
 from tflab import ports
 from tflab.ssh import SshTarget
@@ -22,6 +22,7 @@ if not __import__("os").path.exists(SSHD):  # scripts/install.sh --test installs
 
 
 @pytest.fixture(scope="module")
+@cheap_to_repeat
 def sshd(tmp_path_factory):
     server = Sshd(tmp_path_factory.mktemp("sshd"), ports.free_port()).start()
     yield server
@@ -37,6 +38,7 @@ def target(sshd, tmp_path):
 
 
 @pytest.fixture(scope="module")
+@cheap_to_repeat
 def aws():
     """AWS at a tripwire (AWS_ENDPOINT_URL): a test sees whether any AWS call was tried."""
     from tests.tflab.test_bad_input import Tripwire

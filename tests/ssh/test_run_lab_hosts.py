@@ -157,9 +157,10 @@ def test_a_node_that_cannot_be_reached_ends_the_run_naming_it(nodes):
     assert not any("steps.py" in p for p in user_processes(first.user))
 
 
-def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(nodes, tmp_path):
+def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(nodes, tmp_path, aws):
     """A lab made by `up --nodes 2` (its state written here as `up` writes it, each node an sshd of its own
-    user, reached at 127.0.0.1 which stands in for both the public and the private address)."""
+    user, reached at 127.0.0.1 which stands in for both the public and the private address). AWS is a
+    tripwire: run-lab's look at the lab's instances fails, and a look that fails is no reason to refuse."""
     from tflab import autostop
     from tflab.state import LabState, StateStore
 
@@ -175,7 +176,8 @@ def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(no
                         ssh_port=first.port, key_path=str(key), host_key_fingerprints=entries[0]["host_key_fingerprints"],
                         nodes=entries))
     proc = tflab("run-lab", "--name", "duo", "--python", python, "--json", "--seed", "7", "--steps", "20",
-                 "--out", str(tmp_path / "results"), env={"TFLAB_HOME": str(home)}, timeout=900)
+                 "--out", str(tmp_path / "results"), env={"TFLAB_HOME": str(home), "AWS_ENDPOINT_URL": aws.url,
+                                                          "AWS_MAX_ATTEMPTS": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     report = assert_valid_report(json.loads(proc.stdout))
     workers = report["training"]["workers"]
@@ -189,6 +191,7 @@ def test_run_lab_on_a_lab_of_two_nodes_uses_both_with_their_private_addresses(no
         assert told == {"token": autostop.peers_token(store.load("duo")), "peers": ["127.0.0.1"]}
         assert peers.stat().st_mode & 0o077 == 0
     assert store.load("duo").workdir == str(Path(os.path.expanduser(f"~{first.user}")) / "tflab")
+    assert aws.connections >= 1  # it did look
 
 
 def test_a_node_lost_mid_run_ends_the_run_naming_it_and_its_worker_ends_too(nodes):

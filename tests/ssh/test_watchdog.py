@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REMOTE, tflab, wait_until
+from tests.conftest import REMOTE, cheap_to_repeat, tflab, wait_until
 from tests.sshd import Sshd
 from tflab import ports
 from tflab.client import ServingClient
@@ -36,6 +36,7 @@ def record_identity(pid: int, argv: list[str], path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+@cheap_to_repeat
 def sshd(tmp_path_factory):
     server = Sshd(tmp_path_factory.mktemp("watchdog-sshd"), ports.free_port()).start()
     yield server
