@@ -317,16 +317,16 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
                   reopen=tunnel_command(key, None), explain=explain)  # a --host lab is remembered under key
 
 
-def resume_run(name: str, console: Console, workdir: str) -> LabRun:
+def resume_run(name: str, console: Console, workdir: str, provider_of: Callable | None = None) -> LabRun:
     """The run that serves the lab `name` again (LabRun.resume): a lab made by `up`, or a --host lab
-    remembered under that name, reached as run-lab reached it (open_run), its services in workdir.
-    Raises NotFoundError when there is no such lab."""
+    remembered under that name, reached as run-lab reached it (open_run, with provider_of), its services in
+    workdir. Raises NotFoundError when there is no such lab."""
     from tflab.lab import LabOptions
 
     store = StateStore()
     record = host_lab(name, store) if store.load(name) is None else None
     if record is None:
-        return open_run(LabOptions(), console, name=name, workdir=workdir)
+        return open_run(LabOptions(), console, name=name, workdir=workdir, provider_of=provider_of)
     address = f"[{record['host']}]" if ":" in record["host"] else record["host"]
     return open_run(LabOptions(), console, host=f"{record['user']}@{address}:{record['port']}",
                     identity=record["identity"], known_hosts=record["known_hosts"], workdir=workdir, host_name=name)

@@ -106,7 +106,7 @@ def open_lab(name: str, console: Console, *, provider_of: Callable, browser: boo
     if not workdir:
         raise NotFoundError(f"lab '{name}' has not run the lab yet: there is nothing to serve",
                             hint=f"`tflab run-lab --name {name}` runs it (trains, exports, serves)")
-    with labs.resume_run(name, console, workdir) as run:
+    with labs.resume_run(name, console, workdir, provider_of=provider_of) as run:
         served = run.resume()
     what = ", ".join(f"{service} {how}" for service, how in served["services"].items())
     console.info(f"the lab is back: {served['model']} version {served['version']} served, nothing trained ({what})")
