@@ -88,3 +88,46 @@ def test_an_instance_that_stops_while_up_waits_for_ssh_ends_the_wait(endpoint, t
     assert f"get-console-output --latest --instance-id {instance}" in hint, hint
     assert "removing what this `up` of lab 'stops' created" in stderr, stderr
     assert tflab("status", "--name", "stops", env=env, timeout=120).returncode == 7  # nothing left
+
+
+def test_an_instance_that_stops_while_run_lab_waits_for_ssh_ends_the_wait(endpoint, tmp_path):
+    """run-lab on a lab made by `up` waits up to 600 s for its SSH (it may still be booting); an instance that
+    stops meanwhile (the watchdog, the console, a spot reclaim) ends that wait at the next look at it, with
+    the command that starts it again."""
+    import boto3
+
+    from tflab import ports
+
+    env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
+    closed = ports.free_port()  # the lab's SSH: nothing answers there
+    up = tflab("up", "--name", "waits", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER,
+               "--host-key-timeout", "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout", "1",
+               "--accept-new-host-key", "--keep-on-failure", "--yes", env=env, timeout=120)
+    assert up.returncode == 5 and "the instance runs and is kept" in up.stderr, up.stderr  # a running lab
+    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "waits", "--accept-new-host-key"],
+                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in run.stderr:  # until run-lab waits for SSH (the instance runs: the first look let it go on)
+            lines.append(line)
+            if "connecting to" in line:
+                break
+        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint, aws_access_key_id="testing",
+                           aws_secret_access_key="testing")
+        found = ec2.describe_instances(Filters=[{"Name": "tag:tflab:lab", "Values": ["waits"]}])["Reservations"]
+        (instance,) = [i["InstanceId"] for r in found for i in r["Instances"]]
+        ec2.stop_instances(InstanceIds=[instance])
+        lines += run.stderr.readlines()
+        run.wait(120)  # far less than the 600 s of its SSH wait
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stderr = "".join(lines)
+    assert run.returncode == 5 and "Traceback" not in stderr, stderr
+    (error,) = [line for line in stderr.splitlines() if line.startswith("tflab: error: ")]
+    assert error == (f"tflab: error: lab 'waits' ({instance}) is stopped while tflab waited for its SSH: stopped "
+                     "from outside (the console or the API)"), error
+    assert "  hint: `tflab up --name waits` starts it again" in stderr, stderr
+    assert tflab("down", "--name", "waits", "--yes", env=env, timeout=120).returncode == 0
