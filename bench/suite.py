@@ -54,7 +54,8 @@ def main() -> None:
     for count in counts:
         r = one_round(count, args.pytest_args)
         first = first or r["wall"]
-        print(f"| {count} | {r['wall'] / 60:.0f}:{r['wall'] % 60:02.0f} ({r['wall']:.0f} s) | {r['busy']:.0f} | "
+        minutes, seconds = divmod(round(r["wall"]), 60)
+        print(f"| {count} | {minutes}:{seconds:02d} ({r['wall']:.0f} s) | {r['busy']:.0f} | "
               f"{r['idle']:.0f} | {r['share']:.0%} | {r['wall'] / first:.2f}x | {r['result']} |", flush=True)
 
 

@@ -21,6 +21,33 @@ def endpoint():
         yield url
 
 
+def stopped_while_waiting(args: list[str], env: dict, endpoint: str, lab: str, waiting: str) -> tuple[int, str, str]:
+    """Run tflab with args until its stderr says `waiting`, stop the lab's instance (as the console would), and
+    let it end within 120 s: (its exit status, its stderr, the instance)."""
+    import boto3
+
+    proc = subprocess.Popen([sys.executable, "-m", "tflab", *args], env={**os.environ, **env},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:  # until it waits for SSH (the instance runs)
+            lines.append(line)
+            if waiting in line:
+                break
+        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint, aws_access_key_id="testing",
+                           aws_secret_access_key="testing")
+        found = ec2.describe_instances(Filters=[{"Name": "tag:tflab:lab", "Values": [lab]}])["Reservations"]
+        (instance,) = [i["InstanceId"] for r in found for i in r["Instances"]]
+        ec2.stop_instances(InstanceIds=[instance])
+        lines += proc.stderr.readlines()
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(lines), instance
+
+
 def test_the_ssh_timeout_hint_names_ssh_cidr(endpoint, tmp_path):
     from tflab import ports
 
@@ -49,36 +76,15 @@ def test_an_instance_that_stops_while_up_waits_for_ssh_ends_the_wait(endpoint, t
     """An instance that stops before SSH answers (its own shutdown: a broken image, the watchdog; a spot reclaim)
     ends `up`'s wait with one line that says so, at the next look at the instance, not after --ssh-timeout on an
     address nothing answers; what `up` made is removed."""
-    import boto3
-
     from tflab import ports
 
     env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
     closed = ports.free_port()
-    up = subprocess.Popen([sys.executable, "-m", "tflab", "up", "--name", "stops", "--ssh-cidr", "203.0.113.7/32",
-                           "--ami-parameter", PARAMETER, "--host-key-timeout", "0", "--ssh-host", "127.0.0.1",
-                           "--ssh-port", str(closed), "--ssh-timeout", "600", "--accept-new-host-key", "--yes"],
-                          env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        for line in up.stderr:  # until `up` waits for SSH (the instance runs)
-            lines.append(line)
-            if "waiting for SSH on" in line:
-                break
-        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint, aws_access_key_id="testing",
-                           aws_secret_access_key="testing")
-        found = ec2.describe_instances(Filters=[{"Name": "tag:tflab:lab", "Values": ["stops"]}])["Reservations"]
-        (instance,) = [i["InstanceId"] for r in found for i in r["Instances"]]
-        ec2.stop_instances(InstanceIds=[instance])
-        lines += up.stderr.readlines()
-        up.wait(120)  # far less than the 600 s of --ssh-timeout
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    stderr = "".join(lines)
-    assert up.returncode == 5 and "Traceback" not in stderr, stderr
+    returncode, stderr, instance = stopped_while_waiting(
+        ["up", "--name", "stops", "--ssh-cidr", "203.0.113.7/32", "--ami-parameter", PARAMETER, "--host-key-timeout",
+         "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout", "600", "--accept-new-host-key",
+         "--yes"], env, endpoint, "stops", "waiting for SSH on")  # far less than the 600 s of --ssh-timeout
+    assert returncode == 5 and "Traceback" not in stderr, stderr
     (error,) = [line for line in stderr.splitlines() if line.startswith("tflab: error: ")]
     assert f"lab 'stops' ({instance}) is stopped while tflab waited for its SSH" in error, error
     assert error.endswith(": stopped from outside (the console or the API)"), error  # EC2's reason, in words
@@ -94,8 +100,6 @@ def test_an_instance_that_stops_while_run_lab_waits_for_ssh_ends_the_wait(endpoi
     """run-lab on a lab made by `up` waits up to 600 s for its SSH (it may still be booting); an instance that
     stops meanwhile (the watchdog, the console, a spot reclaim) ends that wait at the next look at it, with
     the command that starts it again."""
-    import boto3
-
     from tflab import ports
 
     env = {"AWS_ENDPOINT_URL": endpoint, "TFLAB_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-west-2"}
@@ -104,28 +108,10 @@ def test_an_instance_that_stops_while_run_lab_waits_for_ssh_ends_the_wait(endpoi
                "--host-key-timeout", "0", "--ssh-host", "127.0.0.1", "--ssh-port", str(closed), "--ssh-timeout", "1",
                "--accept-new-host-key", "--keep-on-failure", "--yes", env=env, timeout=120)
     assert up.returncode == 5 and "the instance runs and is kept" in up.stderr, up.stderr  # a running lab
-    run = subprocess.Popen([sys.executable, "-m", "tflab", "run-lab", "--name", "waits", "--accept-new-host-key"],
-                           env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        for line in run.stderr:  # until run-lab waits for SSH (the instance runs: the first look let it go on)
-            lines.append(line)
-            if "connecting to" in line:
-                break
-        ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint, aws_access_key_id="testing",
-                           aws_secret_access_key="testing")
-        found = ec2.describe_instances(Filters=[{"Name": "tag:tflab:lab", "Values": ["waits"]}])["Reservations"]
-        (instance,) = [i["InstanceId"] for r in found for i in r["Instances"]]
-        ec2.stop_instances(InstanceIds=[instance])
-        lines += run.stderr.readlines()
-        run.wait(120)  # far less than the 600 s of its SSH wait
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    stderr = "".join(lines)
-    assert run.returncode == 5 and "Traceback" not in stderr, stderr
+    # run-lab waits for SSH once its first look found the instance running; far less than its 600 s
+    returncode, stderr, instance = stopped_while_waiting(["run-lab", "--name", "waits", "--accept-new-host-key"], env,
+                                                         endpoint, "waits", "connecting to")
+    assert returncode == 5 and "Traceback" not in stderr, stderr
     (error,) = [line for line in stderr.splitlines() if line.startswith("tflab: error: ")]
     assert error == (f"tflab: error: lab 'waits' ({instance}) is stopped while tflab waited for its SSH: stopped "
                      "from outside (the console or the API)"), error
