@@ -51,6 +51,18 @@ def aws():
 HOST_LAB = "mybox"
 
 
+def ports_of_its_own(home, key: str) -> None:
+    """Remember local ports for the lab `key` in the state home, as an earlier run of it would have: fresh ones
+    from the system instead of the lab's defaults (8000, 6006, 9000, 8501), which every lab on this machine asks
+    for. Labs run on the other workers at the same time: one may take a default port in the moment between two of
+    this lab's tunnels, which then rightly move ("where free"), and a test that asserts the same URL twice would
+    fail for a reason that is not tflab's."""
+    from tflab.labs import remember_local_ports
+    from tflab.state import StateStore
+
+    remember_local_ports(key, {name: ports.free_port() for name in ports.LAB_PORTS}, StateStore(home))
+
+
 @pytest.fixture(scope="module")
 def host_lab(sshd, tmp_path_factory, aws):
     """`run-lab --host ... --name mybox --detach` with its own state home and AWS at the tripwire:
@@ -64,6 +76,7 @@ def host_lab(sshd, tmp_path_factory, aws):
     env = {"TFLAB_HOME": str(tmp / "home"), "AWS_ENDPOINT_URL": aws.url, "AWS_MAX_ATTEMPTS": "1",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-west-2"}
     lab = SimpleNamespace(report=None, workdir=workdir, tmp=tmp, env=env)
+    ports_of_its_own(tmp / "home", HOST_LAB)
     try:
         proc = tflab("run-lab", *host_args(sshd, tmp), "--name", HOST_LAB, "--accept-new-host-key", "--python",
                      sys.executable, "--workdir", str(workdir), "--out", str(tmp / "results"), "--json", "--seed", "5",

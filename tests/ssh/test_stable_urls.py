@@ -16,7 +16,7 @@ from tests.conftest import tflab
 from tflab.labs import LOCAL_PORTS_FILE, host_lab_name
 from tflab.ssh import Connection, SshTarget
 from tflab.sshhost import SshHost
-from tests.ssh.conftest import TunnelProcess, host_args
+from tests.ssh.conftest import TunnelProcess, host_args, ports_of_its_own
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,7 @@ def detached_lab(sshd, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stable")
     workdir = tmp / "host-workdir"
     env = {"TFLAB_HOME": str(tmp / "home")}
+    ports_of_its_own(tmp / "home", host_lab_name("127.0.0.1", sshd.port))
     try:
         proc = tflab("run-lab", *host_args(sshd, tmp), "--accept-new-host-key", "--python", sys.executable,
                      "--workdir", str(workdir), "--out", str(tmp / "results"), "--json", "--seed", "5",
