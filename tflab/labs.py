@@ -271,11 +271,12 @@ def open_run(options: LabOptions, console: Console, *, local: bool = False, name
     lab_nodes = state.nodes if state is not None else []  # a lab of several instances: private addresses
     alive_of, explain = (lambda node: None), (lambda error: None)
     if state is not None and provider_of is not None:
+        from infra.errors import InfraError
         from tflab.cloud import run_watch
 
         try:  # SSH is what run-lab needs: a profile gone since `up` only takes away what the instance's state adds
             provider = provider_of(state)
-        except TflabError as exc:
+        except (TflabError, InfraError) as exc:  # CredentialsError (a profile gone) is an InfraError
             log.info("the lab's instances are not looked at: %s", exc)
         else:
             alive_of, explain = run_watch(provider, name, state)

@@ -53,6 +53,21 @@ def test_run_lab_on_a_stopped_lab_says_so_at_once_and_never_starts_it(cli):
     assert cli("down", "--name", "back2", "--yes").returncode == 0
 
 
+def test_run_lab_on_a_lab_whose_profile_is_gone_still_reaches_it_over_ssh(cli, tmp_path):
+    """The lab's AWS profile was removed from ~/.aws/config since `up`: run-lab cannot look at the instance, and
+    goes on over SSH, which is what it needs (here nothing answers: the SSH error, not the profile's)."""
+    config = tmp_path / "aws-config"
+    config.write_text("[profile gone]\nregion = us-west-2\naws_access_key_id = testing\n"
+                      "aws_secret_access_key = testing\n")
+    up = cli(*UP, "--name", "orphan", "--profile", "gone", "--yes", env={"AWS_CONFIG_FILE": str(config)})
+    assert up.returncode == 0, up.stderr
+    run = cli("run-lab", "--name", "orphan", "--ssh-timeout", "1")  # the profile is gone from the default config
+    assert run.returncode == 5 and "Traceback" not in run.stderr, run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("tflab: error:")]
+    assert "127.0.0.1" in error and "gone" not in error, error
+    assert cli("down", "--name", "orphan", "--yes", env={"AWS_CONFIG_FILE": str(config)}).returncode == 0
+
+
 def test_list_shows_both_kinds_of_lab(cli):
     up = cli(*UP, "--name", "cloud1", "--yes", "--json")
     assert up.returncode == 0, up.stderr
